@@ -1,0 +1,191 @@
+//! One streaming pass over a WAL: scan lines, decode `op`/`tx_id`/`data`, intern ids, and
+//! feed the rules' [`Indexer`] and the [`Replayer`]. Parses from any `BufRead`; callers at
+//! the edges open files.
+
+use std::io::{self, BufRead};
+
+use crate::replay::{ReplayState, Replayer};
+use crate::rules::{Indexer, LineKind, Slot};
+use crate::wal::{DecodeError, Entry, Interner, Item, LineScanner, decode};
+
+/// How many corrupt lines are described individually; the rest are only counted.
+pub const MAX_REPORTED_CORRUPT_LINES: usize = 20;
+/// Progress callbacks fire at most this often (in bytes), keeping the hot loop cheap.
+const PROGRESS_EVERY_BYTES: u64 = 8 << 20;
+
+/// A complete line that is not a JSON object: the WAL is corrupt and compaction refuses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CorruptLine {
+    /// 1-based line number.
+    pub line: u64,
+    /// Byte offset of the line's start.
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// Reading failed part-way (the analysis result would be partial, so there is none).
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyzeError {
+    #[error("read failed at byte {offset}: {source}")]
+    Io { offset: u64, source: io::Error },
+    #[error("more than {} distinct tx_ids", u32::MAX)]
+    TooManyTransactions,
+}
+
+/// What to compute during the pass; each costs memory per transaction.
+#[derive(Clone, Copy, Debug)]
+pub struct Want {
+    /// The rules' index (status figures and the compaction plan).
+    pub index: bool,
+    /// The replay state and digest.
+    pub replay: bool,
+}
+
+/// Everything one pass learned.
+pub struct Analysis {
+    pub index: Indexer,
+    pub replay: Option<ReplayState>,
+    /// Offset just past the last complete line.
+    pub scanned_len: u64,
+    pub torn_tail_bytes: u64,
+    pub corrupt: Vec<CorruptLine>,
+    pub corrupt_lines: u64,
+}
+
+impl Analysis {
+    /// Bytes read in all: complete lines plus the torn tail.
+    pub fn total_len(&self) -> u64 {
+        self.scanned_len + self.torn_tail_bytes
+    }
+
+    /// The first corrupt line, if any: compaction refuses the WAL then.
+    pub fn first_corrupt(&self) -> Option<&CorruptLine> {
+        self.corrupt.first()
+    }
+}
+
+/// Runs the pass. `progress` is told the offset reached every few MiB.
+pub fn analyze<R: BufRead>(
+    reader: R,
+    want: Want,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Analysis, AnalyzeError> {
+    let mut pass = Pass::new(want);
+    let mut scanner = LineScanner::new(reader);
+    let mut next_progress = PROGRESS_EVERY_BYTES;
+    loop {
+        let offset = scanner.offset();
+        let item = scanner
+            .next_item()
+            .map_err(|source| AnalyzeError::Io { offset, source })?;
+        match item {
+            None => break,
+            Some(Item::TornTail { bytes, .. }) => pass.torn_tail(bytes),
+            Some(Item::Line(line)) => pass.line(line.number, line.offset, line.bytes)?,
+        }
+        if scanner.offset() >= next_progress {
+            progress(scanner.offset());
+            next_progress = scanner.offset() + PROGRESS_EVERY_BYTES;
+        }
+    }
+    Ok(pass.finish(scanner.offset()))
+}
+
+/// State of one pass; split out so `analyze` stays a readable loop.
+struct Pass {
+    want: Want,
+    ids: Interner,
+    index: Indexer,
+    replay: Replayer,
+    torn_tail_bytes: u64,
+    corrupt: Vec<CorruptLine>,
+    corrupt_lines: u64,
+}
+
+impl Pass {
+    fn new(want: Want) -> Pass {
+        Pass {
+            want,
+            ids: Interner::default(),
+            index: Indexer::default(),
+            replay: Replayer::default(),
+            torn_tail_bytes: 0,
+            corrupt: Vec::new(),
+            corrupt_lines: 0,
+        }
+    }
+
+    fn line(&mut self, number: u64, offset: u64, bytes: &[u8]) -> Result<(), AnalyzeError> {
+        let Ok(len) = u32::try_from(bytes.len() + 1) else {
+            self.corrupt(number, offset, "line longer than 4 GiB".into());
+            return Ok(());
+        };
+        let kind = match decode(bytes) {
+            Ok(entry) => self.entry(entry, bytes)?,
+            Err(e) => {
+                self.corrupt(number, offset, describe(&e));
+                return Ok(());
+            }
+        };
+        if self.want.index {
+            self.index.observe(Slot { offset, len }, kind);
+        }
+        Ok(())
+    }
+
+    fn entry(&mut self, entry: Entry<'_>, bytes: &[u8]) -> Result<LineKind, AnalyzeError> {
+        Ok(match entry {
+            Entry::Blank => LineKind::Blank,
+            Entry::Unrecognized => {
+                if self.want.replay {
+                    self.replay.observe_unrecognized(bytes);
+                }
+                LineKind::Unrecognized
+            }
+            Entry::Tx(t) => {
+                let tx = self
+                    .ids
+                    .intern(&t.tx_id)
+                    .ok_or(AnalyzeError::TooManyTransactions)?;
+                if self.want.replay {
+                    self.replay.observe_tx(t.op, tx, t.data);
+                }
+                LineKind::Tx { op: t.op, tx }
+            }
+        })
+    }
+
+    fn corrupt(&mut self, line: u64, offset: u64, reason: String) {
+        self.corrupt_lines += 1;
+        if self.corrupt.len() < MAX_REPORTED_CORRUPT_LINES {
+            self.corrupt.push(CorruptLine {
+                line,
+                offset,
+                reason,
+            });
+        }
+    }
+
+    fn torn_tail(&mut self, bytes: &[u8]) {
+        self.torn_tail_bytes = bytes.len() as u64;
+        if self.want.replay {
+            self.replay.observe_torn_tail(bytes);
+        }
+    }
+
+    fn finish(self, end: u64) -> Analysis {
+        let replay = self.want.replay.then(|| self.replay.finish(&self.ids));
+        Analysis {
+            index: self.index,
+            replay,
+            scanned_len: end - self.torn_tail_bytes,
+            torn_tail_bytes: self.torn_tail_bytes,
+            corrupt: self.corrupt,
+            corrupt_lines: self.corrupt_lines,
+        }
+    }
+}
+
+fn describe(e: &DecodeError) -> String {
+    e.to_string()
+}

@@ -1,0 +1,203 @@
+//! The executor: writes a [`Plan`]'s surviving byte ranges, then everything after the
+//! scanned prefix verbatim, into a temp file beside the WAL. Bytes are copied, never
+//! re-serialized.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{PipelineError, Stage};
+use crate::analyze::{Want, analyze};
+use crate::rules::Plan;
+
+/// Write buffer for the temp file: big writes, bounded memory.
+const WRITE_BUFFER_BYTES: usize = 1 << 20;
+/// Extra free space required beyond the new file's size (filesystem metadata, the journal).
+pub const SPACE_MARGIN_BYTES: u64 = 1 << 20;
+
+/// Copies the plan's ranges from `src`, then `[plan.scanned_len, end)` verbatim, into `out`.
+/// Returns the bytes written.
+pub fn write_plan<R: Read + Seek, W: Write>(
+    src: &mut R,
+    plan: &Plan,
+    end: u64,
+    out: &mut W,
+) -> io::Result<u64> {
+    let mut written = 0;
+    for r in &plan.ranges {
+        written += copy_range(src, r.start, r.end - r.start, out)?;
+    }
+    written += copy_range(src, plan.scanned_len, end - plan.scanned_len, out)?;
+    Ok(written)
+}
+
+fn copy_range<R: Read + Seek, W: Write>(
+    src: &mut R,
+    start: u64,
+    len: u64,
+    out: &mut W,
+) -> io::Result<u64> {
+    if len == 0 {
+        return Ok(0);
+    }
+    src.seek(SeekFrom::Start(start))?;
+    let n = io::copy(&mut src.take(len), out)?;
+    if n != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("WAL shrank while reading bytes {start}..{}", start + len),
+        ));
+    }
+    Ok(n)
+}
+
+/// Why an in-memory compaction failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompactBytesError {
+    #[error("line {line} (byte offset {offset}) is corrupt: {reason}")]
+    Corrupt {
+        line: u64,
+        offset: u64,
+        reason: String,
+    },
+    #[error(transparent)]
+    Analyze(#[from] crate::analyze::AnalyzeError),
+}
+
+/// Compacts a WAL held in memory with the same rules and executor as the file pipeline:
+/// the reference for property tests and benchmarks.
+pub fn compact_bytes(input: &[u8]) -> Result<Vec<u8>, CompactBytesError> {
+    let analysis = analyze(
+        input,
+        Want {
+            index: true,
+            replay: false,
+        },
+        &mut |_| {},
+    )?;
+    if let Some(c) = analysis.first_corrupt() {
+        return Err(CompactBytesError::Corrupt {
+            line: c.line,
+            offset: c.offset,
+            reason: c.reason.clone(),
+        });
+    }
+    let plan = analysis.index.plan();
+    let mut out = Vec::with_capacity(input.len());
+    write_plan(
+        &mut io::Cursor::new(input),
+        &plan,
+        input.len() as u64,
+        &mut out,
+    )
+    .expect("in-memory copy");
+    Ok(out)
+}
+
+/// The compacted WAL being written, removed on drop unless [`TempFile::keep`] was called.
+#[derive(Debug)]
+pub struct TempFile {
+    pub path: PathBuf,
+    pub len: u64,
+    keep: bool,
+}
+
+impl TempFile {
+    /// The temp has been renamed or handed over: do not delete it on drop.
+    pub fn keep(&mut self) {
+        self.keep = true;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes the compacted WAL to `temp` with the WAL's owner and mode, and fsyncs it.
+/// fsync the temp file BEFORE it is verified and renamed, or a crash can leave an empty WAL.
+pub fn write_temp(
+    src: &File,
+    plan: &Plan,
+    end: u64,
+    temp: &Path,
+    wal_meta: &fs::Metadata,
+) -> Result<TempFile, PipelineError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(temp)
+        .map_err(PipelineError::io(Stage::Compact, "create", temp))?;
+    let mut guard = TempFile {
+        path: temp.to_path_buf(),
+        len: 0,
+        keep: false,
+    };
+    let io_err = PipelineError::io(Stage::Compact, "write", temp);
+    match fill(src, plan, end, &mut file, wal_meta) {
+        Ok(len) => guard.len = len,
+        Err(e) => return Err(io_err(e)),
+    }
+    Ok(guard)
+}
+
+fn fill(
+    src: &File,
+    plan: &Plan,
+    end: u64,
+    file: &mut File,
+    wal_meta: &fs::Metadata,
+) -> io::Result<u64> {
+    // Same owner and mode as the WAL, or the writer may not be able to open it after the swap.
+    let _ = std::os::unix::fs::fchown(&*file, Some(wal_meta.uid()), Some(wal_meta.gid()));
+    file.set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))?;
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut *file);
+    let mut reader = src;
+    let n = write_plan(&mut reader, plan, end, &mut out)?;
+    fail::fail_point!("compact::write::enospc", |_| Err(
+        io::Error::from_raw_os_error(libc::ENOSPC)
+    ));
+    out.flush()?;
+    drop(out);
+    fail::fail_point!("compact::before_fsync::error", |_| Err(io::Error::other(
+        "injected failure before fsync"
+    )));
+    file.sync_all()?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_memory_compaction_copies_survivors_and_the_torn_tail() {
+        let wal = concat!(
+            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":1}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":2}\n",
+            "\n",
+            "{\"op\":\"COMMIT\",\"tx_id\":\"a\"}\n",
+            "{\"op\":\"PREP"
+        );
+        let out = compact_bytes(wal.as_bytes()).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":2}\n{\"op\":\"COMMIT\",\"tx_id\":\"a\"}\n{\"op\":\"PREP"
+        );
+    }
+
+    #[test]
+    fn corrupt_input_is_refused_with_its_line() {
+        match compact_bytes(b"{}\n[1]\n") {
+            Err(CompactBytesError::Corrupt { line, offset, .. }) => {
+                assert_eq!((line, offset), (2, 3))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! The pipeline's error type: each variant names the stage and the file involved, and maps
+//! to one stable exit code.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::Stage;
+use crate::analyze::AnalyzeError;
+
+/// Process exit codes; documented in the README and kept stable for scripts.
+pub mod exit_code {
+    /// Success, including "nothing to reclaim".
+    pub const OK: i32 = 0;
+    /// Verification failed; the WAL was left as it was (or rolled back to it).
+    pub const VERIFY_FAILED: i32 = 1;
+    /// Bad command line or invalid policy.
+    pub const USAGE: i32 = 2;
+    /// The WAL has a corrupt line; refused, nothing changed.
+    pub const CORRUPT: i32 = 3;
+    /// An I/O error, missing file, no permission or no space; nothing lost.
+    pub const IO: i32 = 4;
+    /// Another compaction holds this WAL's lock.
+    pub const BUSY: i32 = 5;
+}
+
+/// Why a pipeline run (or a single command) did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("{path}: line {line} (byte offset {offset}) is corrupt: {reason}{}", more_note(*.more))]
+    Corrupt {
+        path: PathBuf,
+        line: u64,
+        offset: u64,
+        reason: String,
+        more: u64,
+    },
+
+    #[error("{path}: {what}")]
+    BadInput { path: PathBuf, what: String },
+
+    #[error("{stage} stage: {op} {path}: {source}")]
+    Io {
+        stage: Stage,
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error(
+        "{stage} stage: not enough free space for {path}: need {needed} bytes, {available} available"
+    )]
+    NoSpace {
+        stage: Stage,
+        path: PathBuf,
+        needed: u64,
+        available: u64,
+    },
+
+    #[error("{path}: another compaction holds the lock ({holder})")]
+    Busy { path: PathBuf, holder: String },
+
+    #[error(
+        "{path}: changed during compaction ({what}); nothing replaced. Stop the writer or use --online"
+    )]
+    Changed { path: PathBuf, what: String },
+
+    #[error("verification failed for {path}: {detail}; the WAL was left as it was")]
+    VerifyFailed { path: PathBuf, detail: String },
+
+    #[error("application check of {path} failed ({detail}); rolled back to backup {backup}")]
+    CheckFailed {
+        path: PathBuf,
+        backup: PathBuf,
+        detail: String,
+    },
+}
+
+fn more_note(more: u64) -> String {
+    if more == 0 {
+        String::new()
+    } else {
+        format!(" (and {more} more corrupt lines)")
+    }
+}
+
+impl PipelineError {
+    /// The stable exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            PipelineError::Corrupt { .. } => exit_code::CORRUPT,
+            PipelineError::VerifyFailed { .. } | PipelineError::CheckFailed { .. } => {
+                exit_code::VERIFY_FAILED
+            }
+            PipelineError::Busy { .. } => exit_code::BUSY,
+            _ => exit_code::IO,
+        }
+    }
+
+    /// An I/O error in `stage` while doing `op` on `path`.
+    pub fn io(
+        stage: Stage,
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(io::Error) -> PipelineError {
+        let path = path.into();
+        move |source| PipelineError::Io {
+            stage,
+            op,
+            path,
+            source,
+        }
+    }
+
+    /// Converts a failed analysis pass of `path`.
+    pub fn from_analyze(stage: Stage, path: impl Into<PathBuf>, e: AnalyzeError) -> PipelineError {
+        let path = path.into();
+        match e {
+            AnalyzeError::Io { source, .. } => PipelineError::Io {
+                stage,
+                op: "read",
+                path,
+                source,
+            },
+            other => PipelineError::BadInput {
+                path,
+                what: other.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The intent journal: a small file written (atomically) before each step that can leave
+//! the WAL's directory half-changed, so the next run or `walcompactd recover` can finish or
+//! undo it. Recovery runs only under the compaction lock.
+//!
+//! Phases and what recovery does:
+//! - `writing`: the temp file may be partial; the WAL is untouched → remove the temp.
+//! - `swapping`: the temp was verified and is being renamed over the WAL. If the temp still
+//!   exists the rename did not happen → remove it. Otherwise the rename happened → fsync the
+//!   directory so it sticks.
+//! - `rolling_back`: the swapped WAL failed a check and the original is being restored from
+//!   the backup. If the WAL does not replay to the original digest, restore it again.
+//!
+//! Without a journal, recovery removes leftover temp files (only this tool creates them).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::{PipelineError, Stage, rollback, verify};
+use crate::fsutil::{atomic_write, fsync_dir, parent_dir, sibling};
+
+/// Suffix of the journal file.
+pub const JOURNAL_SUFFIX: &str = ".compact.journal";
+/// Suffix of the compacted WAL while it is written and verified.
+pub const TEMP_SUFFIX: &str = ".compact.tmp";
+/// Suffix of a copy of a backup on its way back to the WAL's path.
+pub const ROLLBACK_SUFFIX: &str = ".rollback.tmp";
+
+/// Where the run was when it wrote the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Writing,
+    Swapping,
+    RollingBack,
+}
+
+/// The journal's content.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Journal {
+    pub phase: Phase,
+    pub temp: PathBuf,
+    pub backup: Option<PathBuf>,
+    /// Replay digest of the WAL before compaction.
+    pub original_digest: String,
+    pub pid: u32,
+}
+
+/// What recovery found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    Nothing,
+    /// Temp files with no journal were removed.
+    RemovedLeftovers(Vec<PathBuf>),
+    /// An interrupted write was undone; the WAL is the original.
+    DiscardedTemp,
+    /// An interrupted swap had happened; it is now durable.
+    CompletedSwap,
+    /// An interrupted rollback was finished; the WAL is the original again.
+    FinishedRollback,
+}
+
+/// The journal's path for `wal`.
+pub fn journal_path(wal: &Path) -> PathBuf {
+    sibling(wal, JOURNAL_SUFFIX)
+}
+
+/// Records `journal` durably before the step it describes.
+pub fn write(wal: &Path, journal: &Journal) -> Result<(), PipelineError> {
+    let path = journal_path(wal);
+    let bytes = serde_json::to_vec_pretty(journal).expect("journal serializes");
+    fail::fail_point!("journal::write::error", |_| Err(PipelineError::io(
+        Stage::Journal,
+        "write",
+        &path
+    )(io::Error::other(
+        "injected journal write failure"
+    ))));
+    atomic_write(&path, &bytes).map_err(PipelineError::io(Stage::Journal, "write", &path))
+}
+
+/// Removes the journal once the run is finished (fsyncs the directory).
+pub fn clear(wal: &Path) -> Result<(), PipelineError> {
+    let path = journal_path(wal);
+    match fs::remove_file(&path) {
+        Ok(()) => fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(
+            Stage::Journal,
+            "fsync dir of",
+            &path,
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(PipelineError::io(Stage::Journal, "remove", &path)(e)),
+    }
+}
+
+fn read(wal: &Path) -> Result<Option<Journal>, PipelineError> {
+    let path = journal_path(wal);
+    match fs::read(&path) {
+        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
+            PipelineError::BadInput {
+                path: path.clone(),
+                what: format!("unreadable journal ({e}); inspect it, then remove it to continue"),
+            }
+        })?)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(PipelineError::io(Stage::Recover, "read", &path)(e)),
+    }
+}
+
+/// Finishes or undoes an interrupted run. Call only while holding the compaction lock.
+pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
+    let Some(journal) = read(wal)? else {
+        return remove_leftovers(wal).map(|v| {
+            if v.is_empty() {
+                Recovered::Nothing
+            } else {
+                Recovered::RemovedLeftovers(v)
+            }
+        });
+    };
+    let done = match journal.phase {
+        Phase::Writing => {
+            remove_if_exists(&journal.temp)?;
+            Recovered::DiscardedTemp
+        }
+        Phase::Swapping => recover_swap(wal, &journal)?,
+        Phase::RollingBack => recover_rollback(wal, &journal)?,
+    };
+    remove_leftovers(wal)?;
+    clear(wal)?;
+    Ok(done)
+}
+
+fn recover_swap(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
+    if journal.temp.exists() {
+        // rename() is atomic: the temp still being there means the WAL was never replaced.
+        remove_if_exists(&journal.temp)?;
+        return Ok(Recovered::DiscardedTemp);
+    }
+    fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(Stage::Recover, "fsync dir of", wal))?;
+    Ok(Recovered::CompletedSwap)
+}
+
+fn recover_rollback(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
+    let current = verify::replay_path(wal, Stage::Recover)
+        .ok()
+        .map(|(r, _)| r.digest_hex());
+    if current.as_deref() != Some(journal.original_digest.as_str()) {
+        let backup = journal
+            .backup
+            .as_deref()
+            .ok_or_else(|| PipelineError::BadInput {
+                path: journal_path(wal),
+                what: "rolling back without a backup path".into(),
+            })?;
+        rollback::restore_copy(backup, wal, Stage::Recover)?;
+    }
+    Ok(Recovered::FinishedRollback)
+}
+
+/// Temp files this tool may leave behind for `wal`.
+pub fn leftover_paths(wal: &Path) -> Vec<PathBuf> {
+    [TEMP_SUFFIX, ROLLBACK_SUFFIX, ".compact.journal.tmp"]
+        .iter()
+        .map(|s| sibling(wal, s))
+        .collect()
+}
+
+fn remove_leftovers(wal: &Path) -> Result<Vec<PathBuf>, PipelineError> {
+    let mut removed = Vec::new();
+    for p in leftover_paths(wal) {
+        if remove_if_exists(&p)? {
+            removed.push(p);
+        }
+    }
+    if !removed.is_empty() {
+        fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(
+            Stage::Recover,
+            "fsync dir of",
+            wal,
+        ))?;
+    }
+    Ok(removed)
+}
+
+fn remove_if_exists(p: &Path) -> Result<bool, PipelineError> {
+    match fs::remove_file(p) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(PipelineError::io(Stage::Recover, "remove", p)(e)),
+    }
+}

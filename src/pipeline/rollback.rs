@@ -1,0 +1,44 @@
+//! Rollback and restore: put a backup's bytes back at the WAL's path, crash-safely.
+//! The backup is copied, never linked back: the WAL keeps growing after a restore and a
+//! backup must stay as it was.
+
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use super::backup::open_reader;
+use super::journal::ROLLBACK_SUFFIX;
+use super::{PipelineError, Stage};
+use crate::fsutil::{fsync_dir, parent_dir, sibling};
+
+/// Copies `backup` (decompressing `.zst`) to a temp beside `wal`, fsyncs it, renames it over
+/// `wal` and fsyncs the directory. fsync BEFORE rename, or a crash can leave an empty WAL.
+pub fn restore_copy(backup: &Path, wal: &Path, stage: Stage) -> Result<(), PipelineError> {
+    let tmp = sibling(wal, ROLLBACK_SUFFIX);
+    let result = copy_to(backup, &tmp, wal);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(PipelineError::io(stage, "copy backup to", &tmp)(e));
+    }
+    fail::fail_point!("rollback::before_rename::error", |_| Err(
+        PipelineError::io(stage, "rename to", wal)(io::Error::other("injected rollback failure"))
+    ));
+    fs::rename(&tmp, wal).map_err(PipelineError::io(stage, "rename to", wal))?;
+    fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(stage, "fsync dir of", wal))
+}
+
+fn copy_to(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<()> {
+    let mut reader = open_reader(backup)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(tmp)?;
+    if let Ok(meta) = fs::metadata(wal) {
+        let _ = std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()));
+        out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
+    }
+    io::copy(&mut reader, &mut out)?;
+    out.sync_all()
+}

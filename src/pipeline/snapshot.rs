@@ -1,0 +1,84 @@
+//! The WAL as read at the start of a run: an open handle (so later stages read the same
+//! inode), its identity, the analysis, the plan and the replay state.
+
+use std::fs::{self, File};
+use std::io::{BufReader, Read};
+use std::path::Path;
+
+use super::{PipelineError, ProgressFn, Stage};
+use crate::analyze::{Want, analyze};
+use crate::fsutil::FileId;
+use crate::replay::ReplayState;
+use crate::rules::{Counts, Plan};
+use crate::wal::SCAN_BUFFER_BYTES;
+
+/// One consistent view of the WAL.
+pub struct Snapshot {
+    pub file: File,
+    pub meta: fs::Metadata,
+    pub id: FileId,
+    pub plan: Plan,
+    pub replay: ReplayState,
+    pub counts: Counts,
+}
+
+/// Opens the WAL for reading, refusing what is not a readable regular file. Nothing is created.
+pub fn open_wal(wal: &Path) -> Result<(File, FileId), PipelineError> {
+    let bad = |what: &str| PipelineError::BadInput {
+        path: wal.into(),
+        what: what.into(),
+    };
+    let meta = match fs::metadata(wal) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(bad("WAL not found")),
+        Err(e) => return Err(PipelineError::io(Stage::Analyze, "stat", wal)(e)),
+    };
+    if meta.is_dir() {
+        return Err(bad("is a directory, not a WAL file"));
+    }
+    if !meta.is_file() {
+        return Err(bad("is not a regular file"));
+    }
+    let file = File::open(wal).map_err(PipelineError::io(Stage::Analyze, "open", wal))?;
+    let meta = file
+        .metadata()
+        .map_err(PipelineError::io(Stage::Analyze, "stat", wal))?;
+    Ok((file, FileId::of(&meta)))
+}
+
+impl Snapshot {
+    /// Opens and analyzes the WAL (one streaming pass), refusing corrupt content.
+    pub fn take(wal: &Path, progress: Option<ProgressFn>) -> Result<Snapshot, PipelineError> {
+        let (file, id) = open_wal(wal)?;
+        let meta = file
+            .metadata()
+            .map_err(PipelineError::io(Stage::Analyze, "stat", wal))?;
+        let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, (&file).take(id.len));
+        let mut tick = |done| {
+            if let Some(p) = progress {
+                p(Stage::Analyze, done, id.len)
+            }
+        };
+        let analysis = analyze(
+            reader,
+            Want {
+                index: true,
+                replay: true,
+            },
+            &mut tick,
+        )
+        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+        super::verify::refuse_corrupt(wal, &analysis)?;
+        let plan = analysis.index.plan();
+        let counts = analysis.index.counts();
+        let replay = analysis.replay.expect("replay requested");
+        Ok(Snapshot {
+            file,
+            meta,
+            id,
+            plan,
+            replay,
+            counts,
+        })
+    }
+}

@@ -1,0 +1,359 @@
+//! Decoding one complete WAL line into the three fields compaction and replay look at:
+//! `op`, `tx_id` and the raw text of `data`. Every other field is skipped unparsed and the
+//! line's bytes are never re-serialized.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserializer as _;
+use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The three operations of the two-phase-commit protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Intent with the transaction's `data`.
+    Prepare,
+    /// Final status: the prepared data is applied.
+    Commit,
+    /// Final status: the prepared data is discarded.
+    Abort,
+}
+
+impl Op {
+    /// All ops, in the order status reports them.
+    pub const ALL: [Op; 3] = [Op::Prepare, Op::Commit, Op::Abort];
+
+    fn from_wire(s: &str) -> Option<Op> {
+        match s {
+            "PREPARE" => Some(Op::Prepare),
+            "COMMIT" => Some(Op::Commit),
+            "ABORT" => Some(Op::Abort),
+            _ => None,
+        }
+    }
+
+    /// The spelling used in the WAL (`"PREPARE"` ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Prepare => "PREPARE",
+            Op::Commit => "COMMIT",
+            Op::Abort => "ABORT",
+        }
+    }
+
+    /// COMMIT and ABORT are final statuses; PREPARE is not.
+    pub fn is_final(self) -> bool {
+        !matches!(self, Op::Prepare)
+    }
+}
+
+/// What a complete line is, as far as the compaction rules care.
+#[derive(Debug)]
+pub enum Entry<'a> {
+    /// Only whitespace: dropped by compaction.
+    Blank,
+    /// A JSON object without a known string `op` and string `tx_id`: kept verbatim
+    /// (forward compatibility with ops this version does not know).
+    Unrecognized,
+    /// A PREPARE/COMMIT/ABORT of one transaction.
+    Tx(TxEntry<'a>),
+}
+
+/// A recognized protocol line. `tx_id` is the decoded JSON string (`"tx\u0041"` is `txA`).
+#[derive(Debug)]
+pub struct TxEntry<'a> {
+    pub op: Op,
+    pub tx_id: Cow<'a, str>,
+    /// The raw JSON text of `data`, if present; replay hashes it byte for byte.
+    pub data: Option<&'a RawValue>,
+}
+
+/// Why a complete line makes the WAL corrupt.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("invalid UTF-8 at byte {valid_up_to} of the line")]
+    Utf8 { valid_up_to: usize },
+    #[error("a JSON {kind}, not an object")]
+    NotObject { kind: &'static str },
+    #[error("invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Bytes counted as blank. ASCII whitespace, as Python's `line.strip()` sees it for ASCII.
+fn is_blank(line: &[u8]) -> bool {
+    line.iter().all(|b| b.is_ascii_whitespace() || *b == 0x0b)
+}
+
+/// Decodes one complete line (without its `\n`; a trailing `\r` is fine).
+pub fn decode(line: &[u8]) -> Result<Entry<'_>, DecodeError> {
+    if is_blank(line) {
+        return Ok(Entry::Blank);
+    }
+    let text = std::str::from_utf8(line).map_err(|e| DecodeError::Utf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    if let Some(kind) = non_object_kind(text) {
+        return Err(DecodeError::NotObject { kind });
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let fields = (&mut de).deserialize_map(FieldsVisitor)?;
+    de.end()?;
+    Ok(fields.into_entry())
+}
+
+/// Names the JSON type of a line that does not start with `{`; `None` for an object or for
+/// text the JSON parser should describe itself.
+fn non_object_kind(text: &str) -> Option<&'static str> {
+    match text.trim_start().as_bytes().first()? {
+        b'[' => Some("array"),
+        b'"' => Some("string"),
+        b'-' | b'0'..=b'9' => Some("number"),
+        b't' | b'f' => Some("boolean"),
+        b'n' => Some("null"),
+        _ => None,
+    }
+}
+
+/// The fields we read; duplicate keys keep the last value, as Python's `json.loads` does.
+#[derive(Default)]
+struct Fields<'a> {
+    op: Option<MaybeStr<'a>>,
+    tx_id: Option<MaybeStr<'a>>,
+    data: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    fn into_entry(self) -> Entry<'a> {
+        let op = match self.op {
+            Some(MaybeStr::Str(s)) => Op::from_wire(&s),
+            _ => None,
+        };
+        match (op, self.tx_id) {
+            (Some(op), Some(MaybeStr::Str(tx_id))) => Entry::Tx(TxEntry {
+                op,
+                tx_id,
+                data: self.data,
+            }),
+            _ => Entry::Unrecognized,
+        }
+    }
+}
+
+struct FieldsVisitor;
+
+impl<'de> Visitor<'de> for FieldsVisitor {
+    type Value = Fields<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = Fields::default();
+        while let Some(key) = map.next_key::<Key>()? {
+            match key {
+                Key::Op => fields.op = Some(map.next_value()?),
+                Key::TxId => fields.tx_id = Some(map.next_value()?),
+                Key::Data => fields.data = Some(map.next_value()?),
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// An object key, matched after JSON unescaping without allocating for the common case.
+enum Key {
+    Op,
+    TxId,
+    Data,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Key {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
+struct KeyVisitor;
+
+impl Visitor<'_> for KeyVisitor {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Key, E> {
+        Ok(match v {
+            "op" => Key::Op,
+            "tx_id" => Key::TxId,
+            "data" => Key::Data,
+            _ => Key::Other,
+        })
+    }
+}
+
+/// A value that is either a string (borrowed when it has no escapes) or anything else.
+enum MaybeStr<'a> {
+    Str(Cow<'a, str>),
+    NotStr,
+}
+
+impl<'de> Deserialize<'de> for MaybeStr<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MaybeStrVisitor)
+    }
+}
+
+struct MaybeStrVisitor;
+
+impl<'de> Visitor<'de> for MaybeStrVisitor {
+    type Value = MaybeStr<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(MaybeStr::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(MaybeStr::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(MaybeStr::Str(Cow::Owned(v)))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(MaybeStr::NotStr)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(MaybeStr::NotStr)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(MaybeStr::NotStr)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(MaybeStr::NotStr)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(MaybeStr::NotStr)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(MaybeStr::NotStr)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MaybeStr::NotStr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx(line: &str) -> (Op, String, Option<String>) {
+        match decode(line.as_bytes()).unwrap() {
+            Entry::Tx(t) => (
+                t.op,
+                t.tx_id.into_owned(),
+                t.data.map(|d| d.get().to_owned()),
+            ),
+            other => panic!("expected a tx entry, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn decodes_op_tx_id_and_raw_data() {
+        let (op, id, data) =
+            tx(r#"{"op": "PREPARE", "tx_id": "tx_001", "data": {"a": [1, 2]}, "timestamp": 1.5}"#);
+        assert_eq!((op, id.as_str()), (Op::Prepare, "tx_001"));
+        assert_eq!(data.as_deref(), Some(r#"{"a": [1, 2]}"#));
+        assert_eq!(tx(r#"{"tx_id":"b","op":"COMMIT"}"#).0, Op::Commit);
+        assert_eq!(
+            tx("{\"op\":\"ABORT\",\"tx_id\":\"c\",\"reason\":\"x\"}\r").0,
+            Op::Abort
+        );
+    }
+
+    #[test]
+    fn tx_ids_compare_decoded() {
+        assert_eq!(tx(r#"{"op":"COMMIT","tx_id":"tx\u0041"}"#).1, "txA");
+        assert_eq!(tx(r#"{"o\u0070":"COMMIT","tx_id":"a"}"#).0, Op::Commit);
+    }
+
+    #[test]
+    fn duplicate_keys_keep_the_last_like_python() {
+        assert_eq!(
+            tx(r#"{"op":"PREPARE","tx_id":"a","op":"COMMIT"}"#).0,
+            Op::Commit
+        );
+    }
+
+    #[test]
+    fn blank_lines() {
+        for line in ["", " ", "\t\r", "  \x0c "] {
+            assert!(
+                matches!(decode(line.as_bytes()).unwrap(), Entry::Blank),
+                "{line:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unrecognized_objects_are_not_errors() {
+        for line in [
+            r#"{"op":"CHECKPOINT","tx_id":"a"}"#,
+            r#"{"op":"COMMIT"}"#,
+            r#"{"tx_id":"a"}"#,
+            r#"{"op":1,"tx_id":"a"}"#,
+            r#"{"op":"COMMIT","tx_id":7}"#,
+            r#"{"op":"COMMIT","tx_id":null}"#,
+            r#"{"op":["COMMIT"],"tx_id":"a"}"#,
+            r#"{"op":"commit","tx_id":"a"}"#,
+            r#"{}"#,
+        ] {
+            assert!(
+                matches!(decode(line.as_bytes()).unwrap(), Entry::Unrecognized),
+                "{line}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_objects_and_garbage_are_corrupt() {
+        for (line, want) in [
+            ("[1,2]", "array"),
+            ("42", "number"),
+            ("-1", "number"),
+            ("\"s\"", "string"),
+            ("true", "boolean"),
+            ("null", "null"),
+        ] {
+            match decode(line.as_bytes()) {
+                Err(DecodeError::NotObject { kind }) => assert_eq!(kind, want),
+                other => panic!("{line}: {other:?}"),
+            }
+        }
+        for line in [
+            r#"{"op":"COMMIT""#,
+            r#"{"op":"COMMIT"} x"#,
+            "{'op': 1}",
+            "xyz",
+            "{} {}",
+        ] {
+            assert!(
+                matches!(decode(line.as_bytes()), Err(DecodeError::Json(_))),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            decode(b"{\"op\":\"COMMIT\",\"tx_id\":\"\xff\"}"),
+            Err(DecodeError::Utf8 { valid_up_to: 24 })
+        ));
+    }
+}

@@ -1,0 +1,10 @@
+//! Reading a WAL: line scanning with offsets and the torn tail, entry decoding, and the
+//! transaction-id interner. Nothing here writes files.
+
+mod entry;
+mod intern;
+mod scan;
+
+pub use entry::{DecodeError, Entry, Op, TxEntry, decode};
+pub use intern::{Interner, TxIdx};
+pub use scan::{Item, LineScanner, RawLine, SCAN_BUFFER_BYTES};
