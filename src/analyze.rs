@@ -47,6 +47,8 @@ pub struct Analysis {
     pub replay: Option<ReplayState>,
     /// Offset just past the last complete line.
     pub scanned_len: u64,
+    /// Complete lines, corrupt ones included.
+    pub lines: u64,
     pub torn_tail_bytes: u64,
     pub corrupt: Vec<CorruptLine>,
     pub corrupt_lines: u64,
@@ -97,6 +99,7 @@ struct Pass {
     ids: Interner,
     index: Indexer,
     replay: Replayer,
+    lines: u64,
     torn_tail_bytes: u64,
     corrupt: Vec<CorruptLine>,
     corrupt_lines: u64,
@@ -109,6 +112,7 @@ impl Pass {
             ids: Interner::default(),
             index: Indexer::default(),
             replay: Replayer::default(),
+            lines: 0,
             torn_tail_bytes: 0,
             corrupt: Vec::new(),
             corrupt_lines: 0,
@@ -116,6 +120,7 @@ impl Pass {
     }
 
     fn line(&mut self, number: u64, offset: u64, bytes: &[u8]) -> Result<(), AnalyzeError> {
+        self.lines += 1;
         let Ok(len) = u32::try_from(bytes.len() + 1) else {
             self.corrupt(number, offset, "line longer than 4 GiB".into());
             return Ok(());
@@ -179,6 +184,7 @@ impl Pass {
             index: self.index,
             replay,
             scanned_len: end - self.torn_tail_bytes,
+            lines: self.lines,
             torn_tail_bytes: self.torn_tail_bytes,
             corrupt: self.corrupt,
             corrupt_lines: self.corrupt_lines,
@@ -188,4 +194,36 @@ impl Pass {
 
 fn describe(e: &DecodeError) -> String {
     e.to_string()
+}
+
+/// Lines and bytes a `--dry-run` would remove, per rule.
+pub type DropBreakdown = std::collections::BTreeMap<crate::rules::DropReason, (u64, u64)>;
+
+/// A second pass that attributes every line the plan drops to the rule that drops it.
+/// Ids are interned in the same order as the first pass, so indices match the index.
+pub fn explain<R: BufRead>(reader: R, index: &Indexer, plan: &crate::rules::Plan) -> Result<DropBreakdown, AnalyzeError> {
+    let mut ids = Interner::default();
+    let mut scanner = LineScanner::new(reader);
+    let mut out = DropBreakdown::new();
+    loop {
+        let offset = scanner.offset();
+        let item = scanner.next_item().map_err(|source| AnalyzeError::Io { offset, source })?;
+        let Some(Item::Line(line)) = item else { break };
+        let kind = match decode(line.bytes) {
+            Ok(Entry::Blank) => LineKind::Blank,
+            Ok(Entry::Tx(t)) => LineKind::Tx { op: t.op, tx: ids.intern(&t.tx_id).ok_or(AnalyzeError::TooManyTransactions)? },
+            _ => continue,
+        };
+        if plan.keeps(line.offset) {
+            continue;
+        }
+        let status = match kind {
+            LineKind::Tx { tx, .. } => index.status(tx),
+            _ => None,
+        };
+        let e = out.entry(crate::rules::drop_reason(kind, status)).or_default();
+        e.0 += 1;
+        e.1 += line.len_on_disk();
+    }
+    Ok(out)
 }

@@ -9,7 +9,9 @@
 //! - [`analyze`]: one streaming pass feeding the scanner's lines to the rules and the replay.
 
 pub mod analyze;
+pub mod commands;
 pub mod fsutil;
+pub mod output;
 pub mod pipeline;
 pub mod replay;
 pub mod rules;

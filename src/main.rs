@@ -1,1 +1,185 @@
-fn main() {}
+//! The `walcompactd` binary: parses arguments, sets up tracing, calls the library, prints a
+//! report (human or `--json`) and maps errors to the documented exit codes.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde::Serialize;
+use walcompactd::commands;
+use walcompactd::output;
+use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
+
+#[derive(Parser)]
+#[command(name = "walcompactd", version, about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Figures about a WAL: size, lines, entries, transactions, reclaimable bytes.
+    Status {
+        wal: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Backup → compact → verify → swap; rolls back on failure.
+    Compact {
+        wal: PathBuf,
+        /// Report what each rule would remove; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+        /// Where the backup goes (default: the WAL's directory).
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+    },
+    /// Integrity check: parse every line, print the replay digest; with --against, compare.
+    Verify {
+        wal: PathBuf,
+        /// A backup (or any WAL) that must replay to the same state.
+        #[arg(long)]
+        against: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Back up the WAL now (hard link when possible, else a durable copy).
+    Backup {
+        wal: PathBuf,
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the WAL with a backup, after backing up the current WAL.
+    Restore {
+        wal: PathBuf,
+        backup: PathBuf,
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete backups older than --keep-days, always keeping the newest --keep-last.
+    PruneBackups {
+        wal: PathBuf,
+        #[arg(long)]
+        keep_days: u32,
+        #[arg(long)]
+        keep_last: u32,
+        #[arg(long)]
+        backup_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Finish or undo a compaction interrupted by a crash, and remove leftover temp files.
+    Recover {
+        wal: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_cli_tracing();
+    match dispatch(cli.command) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("walcompactd: error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Commands log warnings to stderr; stdout carries only the report.
+fn init_cli_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn print<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> String) {
+    if json {
+        println!("{}", serde_json::to_string(report).expect("reports serialize"));
+    } else {
+        print!("{}", human(report));
+    }
+}
+
+fn dispatch(command: Command) -> Result<i32, PipelineError> {
+    match command {
+        Command::Status { wal, json } => {
+            let s = commands::status(&wal)?;
+            print(json, &s, output::status);
+            Ok(if s.corrupt_lines > 0 { exit_code::CORRUPT } else { exit_code::OK })
+        }
+        Command::Compact { wal, dry_run: true, json, .. } => {
+            print(json, &commands::dry_run(&wal)?, output::dry_run);
+            Ok(exit_code::OK)
+        }
+        Command::Compact { wal, json, backup_dir, .. } => compact(wal, backup_dir, json),
+        Command::Verify { wal, against, json } => {
+            let v = commands::verify_wal(&wal, against.as_deref())?;
+            print(json, &v, output::verify);
+            Ok(match (v.corrupt_lines, v.ok()) {
+                (n, _) if n > 0 => exit_code::CORRUPT,
+                (_, true) => exit_code::OK,
+                _ => exit_code::VERIFY_FAILED,
+            })
+        }
+        Command::Backup { wal, backup_dir, json } => {
+            let b = commands::backup_now(&wal, backup_dir.as_deref())?;
+            let report = serde_json::json!({"wal": wal, "backup": b.path, "linked": b.linked});
+            print(json, &report, |_| format!("backup: {} ({})\n", b.path.display(), if b.linked { "hard link" } else { "copy" }));
+            Ok(exit_code::OK)
+        }
+        Command::Restore { wal, backup, backup_dir, json } => {
+            print(json, &commands::restore(&wal, &backup, backup_dir.as_deref())?, output::restore);
+            Ok(exit_code::OK)
+        }
+        Command::PruneBackups { wal, keep_days, keep_last, backup_dir, json } => {
+            print(json, &commands::prune_backups(&wal, backup_dir.as_deref(), keep_days, keep_last)?, output::prune);
+            Ok(exit_code::OK)
+        }
+        Command::Recover { wal, json } => {
+            let r = commands::recover(&wal)?;
+            let report = serde_json::json!({"wal": wal, "recovered": format!("{r:?}")});
+            print(json, &report, |_| format!("{}: {r:?}\n", wal.display()));
+            Ok(exit_code::OK)
+        }
+    }
+}
+
+fn compact(wal: PathBuf, backup_dir: Option<PathBuf>, json: bool) -> Result<i32, PipelineError> {
+    let bar = progress_bar();
+    let progress = |_: pipeline::Stage, done: u64, total: u64| {
+        if let Some(b) = &bar {
+            b.set_length(total);
+            b.set_position(done);
+        }
+    };
+    let mut req = Request::new(wal, "walcompactd compact");
+    req.backup_dir = backup_dir;
+    req.progress = Some(&progress);
+    let result = pipeline::run(&req);
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    print(json, &result?, output::compact);
+    Ok(exit_code::OK)
+}
+
+/// A byte progress bar on stderr, only when a person is watching it.
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    let style = indicatif::ProgressStyle::with_template("{spinner} analyzing {bytes}/{total_bytes} {wide_bar} {eta}").ok()?;
+    bar.set_style(style);
+    Some(bar)
+}

@@ -159,7 +159,7 @@ pub struct Counts {
 }
 
 /// Transaction counts by replayed status.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TxCounts {
     pub committed: u64,
     pub aborted: u64,

@@ -1,0 +1,263 @@
+//! The operator commands behind the CLI, as library calls returning serializable reports:
+//! `status`, `verify`, `backup`, `restore`, `prune-backups`, `recover` and `compact --dry-run`.
+//! `main.rs` only parses arguments, prints these reports and maps errors to exit codes.
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::analyze::{CorruptLine, Want, analyze, explain};
+use crate::fsutil::FileId;
+use crate::pipeline::{PipelineError, Stage, backup, journal, lock, open_wal, rollback, verify};
+use crate::rules::{Counts, TxCounts};
+use crate::wal::SCAN_BUFFER_BYTES;
+
+/// Figures about one WAL, as `walcompactd status` prints them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub wal: PathBuf,
+    pub size_bytes: u64,
+    /// Modification time, seconds since the Unix epoch.
+    pub mtime: f64,
+    pub lines: u64,
+    pub entries: OpEntries,
+    pub blank_lines: u64,
+    pub unrecognized_lines: u64,
+    pub transactions: TxCounts,
+    /// Bytes compaction would remove now (what the rules drop, nothing else).
+    pub reclaimable_bytes: u64,
+    pub reclaimable_ratio: f64,
+    pub torn_tail_bytes: u64,
+    pub corrupt_lines: u64,
+    pub corrupt: Vec<CorruptLine>,
+}
+
+/// Entries per op.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct OpEntries {
+    #[serde(rename = "PREPARE")]
+    pub prepare: u64,
+    #[serde(rename = "COMMIT")]
+    pub commit: u64,
+    #[serde(rename = "ABORT")]
+    pub abort: u64,
+}
+
+impl From<Counts> for OpEntries {
+    fn from(c: Counts) -> Self {
+        OpEntries { prepare: c.prepare, commit: c.commit, abort: c.abort }
+    }
+}
+
+impl Serialize for CorruptLine {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("CorruptLine", 3)?;
+        st.serialize_field("line", &self.line)?;
+        st.serialize_field("offset", &self.offset)?;
+        st.serialize_field("reason", &self.reason)?;
+        st.end()
+    }
+}
+
+fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a File>> {
+    BufReader::with_capacity(SCAN_BUFFER_BYTES, file.take(id.len))
+}
+
+/// Reads the WAL once and reports its figures. Corrupt lines are reported, not fatal.
+pub fn status(wal: &Path) -> Result<Status, PipelineError> {
+    let (file, id) = open_wal(wal)?;
+    let an = analyze(reader_for(&file, &id), Want { index: true, replay: false }, &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    let reclaimable = an.index.reclaimable_bytes();
+    Ok(Status {
+        wal: wal.into(),
+        size_bytes: id.len,
+        mtime: id.mtime_ns as f64 / 1e9,
+        lines: an.lines,
+        entries: an.index.counts().into(),
+        blank_lines: an.index.counts().blank,
+        unrecognized_lines: an.index.counts().unrecognized,
+        transactions: an.index.tx_counts(),
+        reclaimable_bytes: reclaimable,
+        reclaimable_ratio: if id.len == 0 { 0.0 } else { reclaimable as f64 / id.len as f64 },
+        torn_tail_bytes: an.torn_tail_bytes,
+        corrupt_lines: an.corrupt_lines,
+        corrupt: an.corrupt,
+    })
+}
+
+/// What `compact --dry-run` reports: what each rule would remove.
+#[derive(Debug, Clone, Serialize)]
+pub struct DryRun {
+    pub wal: PathBuf,
+    pub outcome: &'static str,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+    pub reclaimable_bytes: u64,
+    pub lines_before: u64,
+    pub lines_after: u64,
+    pub removed: Vec<RuleRemoval>,
+}
+
+/// Lines and bytes one rule removes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleRemoval {
+    pub rule: &'static str,
+    pub lines: u64,
+    pub bytes: u64,
+}
+
+/// Plans a compaction and attributes each removed line to its rule; changes nothing.
+pub fn dry_run(wal: &Path) -> Result<DryRun, PipelineError> {
+    let (file, id) = open_wal(wal)?;
+    let an = analyze(reader_for(&file, &id), Want { index: true, replay: false }, &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    verify::refuse_corrupt(wal, &an)?;
+    let plan = an.index.plan();
+    let (file, id2) = open_wal(wal)?;
+    if id2 != id {
+        return Err(PipelineError::Changed { path: wal.into(), what: "modified during the dry run".into() });
+    }
+    let breakdown = explain(reader_for(&file, &id), &an.index, &plan).map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    Ok(DryRun {
+        wal: wal.into(),
+        outcome: "dry_run",
+        bytes_before: id.len,
+        bytes_after: id.len - plan.reclaimable_bytes(),
+        reclaimable_bytes: plan.reclaimable_bytes(),
+        lines_before: an.index.counts().lines,
+        lines_after: plan.survivor_lines,
+        removed: breakdown.into_iter().map(|(r, (lines, bytes))| RuleRemoval { rule: r.as_str(), lines, bytes }).collect(),
+    })
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub wal: PathBuf,
+    pub digest: String,
+    pub lines: u64,
+    pub committed: u64,
+    pub aborted: u64,
+    pub in_flight: u64,
+    pub anomalies: u64,
+    pub unrecognized: u64,
+    pub torn_tail_bytes: u64,
+    pub corrupt_lines: u64,
+    pub corrupt: Vec<CorruptLine>,
+    pub against: Option<Against>,
+}
+
+/// The comparison with a backup.
+#[derive(Debug, Clone, Serialize)]
+pub struct Against {
+    pub backup: PathBuf,
+    pub digest: String,
+    pub equal: bool,
+}
+
+impl VerifyReport {
+    /// Whether the command succeeded: no corrupt line, and equal to the backup if compared.
+    pub fn ok(&self) -> bool {
+        self.corrupt_lines == 0 && self.against.as_ref().is_none_or(|a| a.equal)
+    }
+}
+
+fn replay_any(path: &Path, reader: impl Read) -> Result<crate::analyze::Analysis, PipelineError> {
+    let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
+    analyze(reader, Want { index: false, replay: true }, &mut |_| {}).map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
+}
+
+/// Parses every line and computes the replay digest; with `against`, compares with a backup.
+pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, PipelineError> {
+    let (file, id) = open_wal(wal)?;
+    let an = replay_any(wal, (&file).take(id.len))?;
+    let state = an.replay.clone().expect("replay requested");
+    let against = match against {
+        None => None,
+        Some(b) => {
+            let r = backup::open_reader(b).map_err(PipelineError::io(Stage::Verify, "open", b))?;
+            let ban = replay_any(b, r)?;
+            verify::refuse_corrupt(b, &ban)?;
+            let bd = ban.replay.expect("replay requested").digest_hex();
+            Some(Against { backup: b.into(), equal: bd == state.digest_hex(), digest: bd })
+        }
+    };
+    Ok(VerifyReport {
+        wal: wal.into(),
+        digest: state.digest_hex(),
+        lines: an.lines,
+        committed: state.committed,
+        aborted: state.aborted,
+        in_flight: state.in_flight,
+        anomalies: state.anomalies,
+        unrecognized: state.unrecognized,
+        torn_tail_bytes: state.torn_tail_bytes,
+        corrupt_lines: an.corrupt_lines,
+        corrupt: an.corrupt,
+        against,
+    })
+}
+
+/// Takes a backup now (hard link or copy), as the pipeline would.
+pub fn backup_now(wal: &Path, backup_dir: Option<&Path>) -> Result<backup::Backup, PipelineError> {
+    let (file, _) = open_wal(wal)?;
+    let dir = backup::backup_dir(wal, backup_dir);
+    backup::check_dir(&dir)?;
+    backup::create(wal, &file, &dir, chrono::Utc::now())
+}
+
+/// What `restore` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreReport {
+    pub wal: PathBuf,
+    pub restored_from: PathBuf,
+    /// The WAL as it was before the restore, backed up first.
+    pub previous_backup: Option<PathBuf>,
+    pub digest: String,
+}
+
+/// Replaces the WAL with a backup's content, crash-safely, after backing up the current WAL.
+pub fn restore(wal: &Path, from: &Path, backup_dir: Option<&Path>) -> Result<RestoreReport, PipelineError> {
+    let reader = backup::open_reader(from).map_err(PipelineError::io(Stage::Rollback, "open backup", from))?;
+    let an = replay_any(from, reader)?;
+    verify::refuse_corrupt(from, &an)?;
+    let _lock = lock::acquire(wal, "walcompactd restore")?;
+    journal::recover(wal)?;
+    let previous_backup = match wal.exists() {
+        true => Some(backup_now(wal, backup_dir)?.path),
+        false => None,
+    };
+    rollback::restore_copy(from, wal, Stage::Rollback)?;
+    Ok(RestoreReport {
+        wal: wal.into(),
+        restored_from: from.into(),
+        previous_backup,
+        digest: an.replay.expect("replay requested").digest_hex(),
+    })
+}
+
+/// What `prune-backups` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PruneReport {
+    pub removed: Vec<PathBuf>,
+    pub kept: Vec<PathBuf>,
+}
+
+/// Applies the retention rule to the WAL's backups.
+pub fn prune_backups(wal: &Path, backup_dir: Option<&Path>, keep_days: u32, keep_last: u32) -> Result<PruneReport, PipelineError> {
+    let dir = backup::backup_dir(wal, backup_dir);
+    backup::check_dir(&dir)?;
+    let removed = backup::prune(wal, &dir, keep_days, keep_last, None, chrono::Utc::now())?;
+    let kept = backup::list(wal, &dir).map_err(PipelineError::io(Stage::Prune, "list", &dir))?.into_iter().map(|b| b.path).collect();
+    Ok(PruneReport { removed, kept })
+}
+
+/// Finishes or undoes an interrupted compaction of `wal`.
+pub fn recover(wal: &Path) -> Result<journal::Recovered, PipelineError> {
+    let _lock = lock::acquire(wal, "walcompactd recover")?;
+    journal::recover(wal)
+}
