@@ -192,8 +192,17 @@ impl Pass {
     }
 }
 
+/// serde_json appends " at line 1 column N", which misleads inside a multi-line file:
+/// report the column within the line instead.
 fn describe(e: &DecodeError) -> String {
-    e.to_string()
+    match e {
+        DecodeError::Json(j) => {
+            let msg = j.to_string();
+            let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
+            format!("invalid JSON at column {}: {msg}", j.column())
+        }
+        other => other.to_string(),
+    }
 }
 
 /// Lines and bytes a `--dry-run` would remove, per rule.
@@ -201,17 +210,28 @@ pub type DropBreakdown = std::collections::BTreeMap<crate::rules::DropReason, (u
 
 /// A second pass that attributes every line the plan drops to the rule that drops it.
 /// Ids are interned in the same order as the first pass, so indices match the index.
-pub fn explain<R: BufRead>(reader: R, index: &Indexer, plan: &crate::rules::Plan) -> Result<DropBreakdown, AnalyzeError> {
+pub fn explain<R: BufRead>(
+    reader: R,
+    index: &Indexer,
+    plan: &crate::rules::Plan,
+) -> Result<DropBreakdown, AnalyzeError> {
     let mut ids = Interner::default();
     let mut scanner = LineScanner::new(reader);
     let mut out = DropBreakdown::new();
     loop {
         let offset = scanner.offset();
-        let item = scanner.next_item().map_err(|source| AnalyzeError::Io { offset, source })?;
+        let item = scanner
+            .next_item()
+            .map_err(|source| AnalyzeError::Io { offset, source })?;
         let Some(Item::Line(line)) = item else { break };
         let kind = match decode(line.bytes) {
             Ok(Entry::Blank) => LineKind::Blank,
-            Ok(Entry::Tx(t)) => LineKind::Tx { op: t.op, tx: ids.intern(&t.tx_id).ok_or(AnalyzeError::TooManyTransactions)? },
+            Ok(Entry::Tx(t)) => LineKind::Tx {
+                op: t.op,
+                tx: ids
+                    .intern(&t.tx_id)
+                    .ok_or(AnalyzeError::TooManyTransactions)?,
+            },
             _ => continue,
         };
         if plan.keeps(line.offset) {
@@ -221,7 +241,9 @@ pub fn explain<R: BufRead>(reader: R, index: &Indexer, plan: &crate::rules::Plan
             LineKind::Tx { tx, .. } => index.status(tx),
             _ => None,
         };
-        let e = out.entry(crate::rules::drop_reason(kind, status)).or_default();
+        let e = out
+            .entry(crate::rules::drop_reason(kind, status))
+            .or_default();
         e.0 += 1;
         e.1 += line.len_on_disk();
     }

@@ -47,7 +47,11 @@ pub struct OpEntries {
 
 impl From<Counts> for OpEntries {
     fn from(c: Counts) -> Self {
-        OpEntries { prepare: c.prepare, commit: c.commit, abort: c.abort }
+        OpEntries {
+            prepare: c.prepare,
+            commit: c.commit,
+            abort: c.abort,
+        }
     }
 }
 
@@ -69,8 +73,15 @@ fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a Fi
 /// Reads the WAL once and reports its figures. Corrupt lines are reported, not fatal.
 pub fn status(wal: &Path) -> Result<Status, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = analyze(reader_for(&file, &id), Want { index: true, replay: false }, &mut |_| {})
-        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    let an = analyze(
+        reader_for(&file, &id),
+        Want {
+            index: true,
+            replay: false,
+        },
+        &mut |_| {},
+    )
+    .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
     let reclaimable = an.index.reclaimable_bytes();
     Ok(Status {
         wal: wal.into(),
@@ -82,7 +93,11 @@ pub fn status(wal: &Path) -> Result<Status, PipelineError> {
         unrecognized_lines: an.index.counts().unrecognized,
         transactions: an.index.tx_counts(),
         reclaimable_bytes: reclaimable,
-        reclaimable_ratio: if id.len == 0 { 0.0 } else { reclaimable as f64 / id.len as f64 },
+        reclaimable_ratio: if id.len == 0 {
+            0.0
+        } else {
+            reclaimable as f64 / id.len as f64
+        },
         torn_tail_bytes: an.torn_tail_bytes,
         corrupt_lines: an.corrupt_lines,
         corrupt: an.corrupt,
@@ -113,15 +128,26 @@ pub struct RuleRemoval {
 /// Plans a compaction and attributes each removed line to its rule; changes nothing.
 pub fn dry_run(wal: &Path) -> Result<DryRun, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = analyze(reader_for(&file, &id), Want { index: true, replay: false }, &mut |_| {})
-        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    let an = analyze(
+        reader_for(&file, &id),
+        Want {
+            index: true,
+            replay: false,
+        },
+        &mut |_| {},
+    )
+    .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
     verify::refuse_corrupt(wal, &an)?;
     let plan = an.index.plan();
     let (file, id2) = open_wal(wal)?;
     if id2 != id {
-        return Err(PipelineError::Changed { path: wal.into(), what: "modified during the dry run".into() });
+        return Err(PipelineError::Changed {
+            path: wal.into(),
+            what: "modified during the dry run".into(),
+        });
     }
-    let breakdown = explain(reader_for(&file, &id), &an.index, &plan).map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    let breakdown = explain(reader_for(&file, &id), &an.index, &plan)
+        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
     Ok(DryRun {
         wal: wal.into(),
         outcome: "dry_run",
@@ -130,7 +156,14 @@ pub fn dry_run(wal: &Path) -> Result<DryRun, PipelineError> {
         reclaimable_bytes: plan.reclaimable_bytes(),
         lines_before: an.index.counts().lines,
         lines_after: plan.survivor_lines,
-        removed: breakdown.into_iter().map(|(r, (lines, bytes))| RuleRemoval { rule: r.as_str(), lines, bytes }).collect(),
+        removed: breakdown
+            .into_iter()
+            .map(|(r, (lines, bytes))| RuleRemoval {
+                rule: r.as_str(),
+                lines,
+                bytes,
+            })
+            .collect(),
     })
 }
 
@@ -168,7 +201,15 @@ impl VerifyReport {
 
 fn replay_any(path: &Path, reader: impl Read) -> Result<crate::analyze::Analysis, PipelineError> {
     let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
-    analyze(reader, Want { index: false, replay: true }, &mut |_| {}).map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
+    analyze(
+        reader,
+        Want {
+            index: false,
+            replay: true,
+        },
+        &mut |_| {},
+    )
+    .map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
 }
 
 /// Parses every line and computes the replay digest; with `against`, compares with a backup.
@@ -183,7 +224,11 @@ pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, Pi
             let ban = replay_any(b, r)?;
             verify::refuse_corrupt(b, &ban)?;
             let bd = ban.replay.expect("replay requested").digest_hex();
-            Some(Against { backup: b.into(), equal: bd == state.digest_hex(), digest: bd })
+            Some(Against {
+                backup: b.into(),
+                equal: bd == state.digest_hex(),
+                digest: bd,
+            })
         }
     };
     Ok(VerifyReport {
@@ -221,8 +266,16 @@ pub struct RestoreReport {
 }
 
 /// Replaces the WAL with a backup's content, crash-safely, after backing up the current WAL.
-pub fn restore(wal: &Path, from: &Path, backup_dir: Option<&Path>) -> Result<RestoreReport, PipelineError> {
-    let reader = backup::open_reader(from).map_err(PipelineError::io(Stage::Rollback, "open backup", from))?;
+pub fn restore(
+    wal: &Path,
+    from: &Path,
+    backup_dir: Option<&Path>,
+) -> Result<RestoreReport, PipelineError> {
+    let reader = backup::open_reader(from).map_err(PipelineError::io(
+        Stage::Rollback,
+        "open backup",
+        from,
+    ))?;
     let an = replay_any(from, reader)?;
     verify::refuse_corrupt(from, &an)?;
     let _lock = lock::acquire(wal, "walcompactd restore")?;
@@ -248,11 +301,20 @@ pub struct PruneReport {
 }
 
 /// Applies the retention rule to the WAL's backups.
-pub fn prune_backups(wal: &Path, backup_dir: Option<&Path>, keep_days: u32, keep_last: u32) -> Result<PruneReport, PipelineError> {
+pub fn prune_backups(
+    wal: &Path,
+    backup_dir: Option<&Path>,
+    keep_days: u32,
+    keep_last: u32,
+) -> Result<PruneReport, PipelineError> {
     let dir = backup::backup_dir(wal, backup_dir);
     backup::check_dir(&dir)?;
     let removed = backup::prune(wal, &dir, keep_days, keep_last, None, chrono::Utc::now())?;
-    let kept = backup::list(wal, &dir).map_err(PipelineError::io(Stage::Prune, "list", &dir))?.into_iter().map(|b| b.path).collect();
+    let kept = backup::list(wal, &dir)
+        .map_err(PipelineError::io(Stage::Prune, "list", &dir))?
+        .into_iter()
+        .map(|b| b.path)
+        .collect();
     Ok(PruneReport { removed, kept })
 }
 

@@ -12,7 +12,11 @@ use walcompactd::output;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
 
 #[derive(Parser)]
-#[command(name = "walcompactd", version, about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction")]
+#[command(
+    name = "walcompactd",
+    version,
+    about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -85,6 +89,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Fault injection for the crash suite: FAILPOINTS="name=action;..." (failpoints builds only).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
     init_cli_tracing();
     match dispatch(cli.command) {
@@ -98,13 +105,20 @@ fn main() -> ExitCode {
 
 /// Commands log warnings to stderr; stdout carries only the report.
 fn init_cli_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn print<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> String) {
     if json {
-        println!("{}", serde_json::to_string(report).expect("reports serialize"));
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("reports serialize")
+        );
     } else {
         print!("{}", human(report));
     }
@@ -115,13 +129,27 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
         Command::Status { wal, json } => {
             let s = commands::status(&wal)?;
             print(json, &s, output::status);
-            Ok(if s.corrupt_lines > 0 { exit_code::CORRUPT } else { exit_code::OK })
+            Ok(if s.corrupt_lines > 0 {
+                exit_code::CORRUPT
+            } else {
+                exit_code::OK
+            })
         }
-        Command::Compact { wal, dry_run: true, json, .. } => {
+        Command::Compact {
+            wal,
+            dry_run: true,
+            json,
+            ..
+        } => {
             print(json, &commands::dry_run(&wal)?, output::dry_run);
             Ok(exit_code::OK)
         }
-        Command::Compact { wal, json, backup_dir, .. } => compact(wal, backup_dir, json),
+        Command::Compact {
+            wal,
+            json,
+            backup_dir,
+            ..
+        } => compact(wal, backup_dir, json),
         Command::Verify { wal, against, json } => {
             let v = commands::verify_wal(&wal, against.as_deref())?;
             print(json, &v, output::verify);
@@ -131,18 +159,47 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
                 _ => exit_code::VERIFY_FAILED,
             })
         }
-        Command::Backup { wal, backup_dir, json } => {
+        Command::Backup {
+            wal,
+            backup_dir,
+            json,
+        } => {
             let b = commands::backup_now(&wal, backup_dir.as_deref())?;
             let report = serde_json::json!({"wal": wal, "backup": b.path, "linked": b.linked});
-            print(json, &report, |_| format!("backup: {} ({})\n", b.path.display(), if b.linked { "hard link" } else { "copy" }));
+            print(json, &report, |_| {
+                format!(
+                    "backup: {} ({})\n",
+                    b.path.display(),
+                    if b.linked { "hard link" } else { "copy" }
+                )
+            });
             Ok(exit_code::OK)
         }
-        Command::Restore { wal, backup, backup_dir, json } => {
-            print(json, &commands::restore(&wal, &backup, backup_dir.as_deref())?, output::restore);
+        Command::Restore {
+            wal,
+            backup,
+            backup_dir,
+            json,
+        } => {
+            print(
+                json,
+                &commands::restore(&wal, &backup, backup_dir.as_deref())?,
+                output::restore,
+            );
             Ok(exit_code::OK)
         }
-        Command::PruneBackups { wal, keep_days, keep_last, backup_dir, json } => {
-            print(json, &commands::prune_backups(&wal, backup_dir.as_deref(), keep_days, keep_last)?, output::prune);
+        Command::PruneBackups {
+            wal,
+            keep_days,
+            keep_last,
+            backup_dir,
+            json,
+        } => {
+            print(
+                json,
+                &commands::prune_backups(&wal, backup_dir.as_deref(), keep_days, keep_last)?,
+                output::prune,
+            );
             Ok(exit_code::OK)
         }
         Command::Recover { wal, json } => {
@@ -179,7 +236,10 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
         return None;
     }
     let bar = indicatif::ProgressBar::new(0);
-    let style = indicatif::ProgressStyle::with_template("{spinner} analyzing {bytes}/{total_bytes} {wide_bar} {eta}").ok()?;
+    let style = indicatif::ProgressStyle::with_template(
+        "{spinner} analyzing {bytes}/{total_bytes} {wide_bar} {eta}",
+    )
+    .ok()?;
     bar.set_style(style);
     Some(bar)
 }

@@ -11,19 +11,43 @@ fn pct(ratio: f64) -> String {
 }
 
 fn rfc3339(secs: f64) -> String {
-    chrono::DateTime::from_timestamp(secs as i64, 0).map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string()).unwrap_or_default()
+    chrono::DateTime::from_timestamp(secs as i64, 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
 }
 
 /// `walcompactd status`.
 pub fn status(s: &Status) -> String {
     let mut o = String::new();
     let _ = writeln!(o, "wal            {}", s.wal.display());
-    let _ = writeln!(o, "size           {} bytes (modified {})", s.size_bytes, rfc3339(s.mtime));
-    let _ = writeln!(o, "lines          {} (blank {}, unrecognized {}, corrupt {})", s.lines, s.blank_lines, s.unrecognized_lines, s.corrupt_lines);
-    let _ = writeln!(o, "entries        PREPARE {}  COMMIT {}  ABORT {}", s.entries.prepare, s.entries.commit, s.entries.abort);
+    let _ = writeln!(
+        o,
+        "size           {} bytes (modified {})",
+        s.size_bytes,
+        rfc3339(s.mtime)
+    );
+    let _ = writeln!(
+        o,
+        "lines          {} (blank {}, unrecognized {}, corrupt {})",
+        s.lines, s.blank_lines, s.unrecognized_lines, s.corrupt_lines
+    );
+    let _ = writeln!(
+        o,
+        "entries        PREPARE {}  COMMIT {}  ABORT {}",
+        s.entries.prepare, s.entries.commit, s.entries.abort
+    );
     let t = &s.transactions;
-    let _ = writeln!(o, "transactions   committed {}  aborted {}  in flight {}  anomalies {}", t.committed, t.aborted, t.in_flight, t.anomalies);
-    let _ = writeln!(o, "reclaimable    {} bytes ({})", s.reclaimable_bytes, pct(s.reclaimable_ratio));
+    let _ = writeln!(
+        o,
+        "transactions   committed {}  aborted {}  in flight {}  anomalies {}",
+        t.committed, t.aborted, t.in_flight, t.anomalies
+    );
+    let _ = writeln!(
+        o,
+        "reclaimable    {} bytes ({})",
+        s.reclaimable_bytes,
+        pct(s.reclaimable_ratio)
+    );
     let _ = writeln!(o, "torn tail      {} bytes", s.torn_tail_bytes);
     corrupt_lines(&mut o, &s.corrupt, s.corrupt_lines);
     o
@@ -31,10 +55,18 @@ pub fn status(s: &Status) -> String {
 
 fn corrupt_lines(o: &mut String, list: &[crate::analyze::CorruptLine], total: u64) {
     for c in list {
-        let _ = writeln!(o, "corrupt        line {} (byte offset {}): {}", c.line, c.offset, c.reason);
+        let _ = writeln!(
+            o,
+            "corrupt        line {} (byte offset {}): {}",
+            c.line, c.offset, c.reason
+        );
     }
     if total > list.len() as u64 {
-        let _ = writeln!(o, "corrupt        ... and {} more", total - list.len() as u64);
+        let _ = writeln!(
+            o,
+            "corrupt        ... and {} more",
+            total - list.len() as u64
+        );
     }
 }
 
@@ -43,12 +75,29 @@ pub fn compact(r: &Report) -> String {
     let mut o = String::new();
     match r.outcome {
         crate::pipeline::Outcome::Skipped => {
-            let _ = writeln!(o, "{}: nothing to reclaim; nothing changed", r.wal.display());
+            let _ = writeln!(
+                o,
+                "{}: nothing to reclaim; nothing changed",
+                r.wal.display()
+            );
         }
         _ => {
-            let _ = writeln!(o, "{}: compacted {} -> {} bytes (reclaimed {}), {} -> {} lines", r.wal.display(), r.bytes_before, r.bytes_after, r.reclaimed_bytes, r.lines_before, r.lines_after);
+            let _ = writeln!(
+                o,
+                "{}: compacted {} -> {} bytes (reclaimed {}), {} -> {} lines",
+                r.wal.display(),
+                r.bytes_before,
+                r.bytes_after,
+                r.reclaimed_bytes,
+                r.lines_before,
+                r.lines_after
+            );
             if let Some(b) = &r.backup {
-                let how = if r.backup_linked == Some(true) { "hard link" } else { "copy" };
+                let how = if r.backup_linked == Some(true) {
+                    "hard link"
+                } else {
+                    "copy"
+                };
                 let _ = writeln!(o, "backup: {} ({how})", b.display());
             }
             let _ = writeln!(o, "verified: replay digest sha256:{}", r.digest);
@@ -64,12 +113,31 @@ pub fn compact(r: &Report) -> String {
 pub fn dry_run(d: &DryRun) -> String {
     let mut o = String::new();
     if d.reclaimable_bytes == 0 {
-        let _ = writeln!(o, "{}: nothing to reclaim ({} bytes, {} lines)", d.wal.display(), d.bytes_before, d.lines_before);
+        let _ = writeln!(
+            o,
+            "{}: nothing to reclaim ({} bytes, {} lines)",
+            d.wal.display(),
+            d.bytes_before,
+            d.lines_before
+        );
         return o;
     }
-    let _ = writeln!(o, "{}: would compact {} -> {} bytes ({} reclaimable), {} -> {} lines", d.wal.display(), d.bytes_before, d.bytes_after, d.reclaimable_bytes, d.lines_before, d.lines_after);
+    let _ = writeln!(
+        o,
+        "{}: would compact {} -> {} bytes ({} reclaimable), {} -> {} lines",
+        d.wal.display(),
+        d.bytes_before,
+        d.bytes_after,
+        d.reclaimable_bytes,
+        d.lines_before,
+        d.lines_after
+    );
     for r in &d.removed {
-        let _ = writeln!(o, "  {:<30} {:>10} lines {:>14} bytes", r.rule, r.lines, r.bytes);
+        let _ = writeln!(
+            o,
+            "  {:<30} {:>10} lines {:>14} bytes",
+            r.rule, r.lines, r.bytes
+        );
     }
     let _ = writeln!(o, "dry run: nothing changed");
     o
@@ -78,14 +146,34 @@ pub fn dry_run(d: &DryRun) -> String {
 /// `walcompactd verify`.
 pub fn verify(v: &VerifyReport) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "{}: {} lines, {} committed, {} aborted, {} in flight, {} anomalies, {} unrecognized, torn tail {} bytes", v.wal.display(), v.lines, v.committed, v.aborted, v.in_flight, v.anomalies, v.unrecognized, v.torn_tail_bytes);
+    let _ = writeln!(
+        o,
+        "{}: {} lines, {} committed, {} aborted, {} in flight, {} anomalies, {} unrecognized, torn tail {} bytes",
+        v.wal.display(),
+        v.lines,
+        v.committed,
+        v.aborted,
+        v.in_flight,
+        v.anomalies,
+        v.unrecognized,
+        v.torn_tail_bytes
+    );
     corrupt_lines(&mut o, &v.corrupt, v.corrupt_lines);
     if v.corrupt_lines == 0 {
         let _ = writeln!(o, "replay digest sha256:{}", v.digest);
     }
     if let Some(a) = &v.against {
-        let verdict = if a.equal { "same replay state" } else { "DIFFERENT replay state" };
-        let _ = writeln!(o, "against {}: sha256:{} — {verdict}", a.backup.display(), a.digest);
+        let verdict = if a.equal {
+            "same replay state"
+        } else {
+            "DIFFERENT replay state"
+        };
+        let _ = writeln!(
+            o,
+            "against {}: sha256:{} — {verdict}",
+            a.backup.display(),
+            a.digest
+        );
     }
     o
 }
@@ -96,7 +184,13 @@ pub fn restore(r: &RestoreReport) -> String {
     if let Some(p) = &r.previous_backup {
         let _ = writeln!(o, "backed up the current WAL to {}", p.display());
     }
-    let _ = writeln!(o, "restored {} from {} (replay digest sha256:{})", r.wal.display(), r.restored_from.display(), r.digest);
+    let _ = writeln!(
+        o,
+        "restored {} from {} (replay digest sha256:{})",
+        r.wal.display(),
+        r.restored_from.display(),
+        r.digest
+    );
     o
 }
 

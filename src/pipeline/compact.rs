@@ -13,8 +13,9 @@ use crate::rules::Plan;
 
 /// Write buffer for the temp file: big writes, bounded memory.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
-/// Extra free space required beyond the new file's size (filesystem metadata, the journal).
-pub const SPACE_MARGIN_BYTES: u64 = 1 << 20;
+/// Extra free space required beyond the new file's size (filesystem metadata, the journal):
+/// 64 KiB covers the journal (< 1 KiB) and block rounding without refusing small filesystems.
+pub const SPACE_MARGIN_BYTES: u64 = 64 << 10;
 
 /// Copies the plan's ranges from `src`, then `[plan.scanned_len, end)` verbatim, into `out`.
 /// Returns the bytes written.

@@ -93,26 +93,27 @@ pub fn decode(line: &[u8]) -> Result<Entry<'_>, DecodeError> {
     let text = std::str::from_utf8(line).map_err(|e| DecodeError::Utf8 {
         valid_up_to: e.valid_up_to(),
     })?;
-    if let Some(kind) = non_object_kind(text) {
-        return Err(DecodeError::NotObject { kind });
-    }
     let mut de = serde_json::Deserializer::from_str(text);
-    let fields = (&mut de).deserialize_map(FieldsVisitor)?;
+    let fields = (&mut de)
+        .deserialize_map(FieldsVisitor)
+        .map_err(|e| classify(e, text))?;
     de.end()?;
     Ok(fields.into_entry())
 }
 
-/// Names the JSON type of a line that does not start with `{`; `None` for an object or for
-/// text the JSON parser should describe itself.
-fn non_object_kind(text: &str) -> Option<&'static str> {
-    match text.trim_start().as_bytes().first()? {
-        b'[' => Some("array"),
-        b'"' => Some("string"),
-        b'-' | b'0'..=b'9' => Some("number"),
-        b't' | b'f' => Some("boolean"),
-        b'n' => Some("null"),
-        _ => None,
+/// A type mismatch at the top level means valid JSON that is not an object: name its type.
+fn classify(e: serde_json::Error, text: &str) -> DecodeError {
+    if e.classify() != serde_json::error::Category::Data {
+        return DecodeError::Json(e);
     }
+    let kind = match text.trim_start().as_bytes().first() {
+        Some(b'[') => "array",
+        Some(b'"') => "string",
+        Some(b't' | b'f') => "boolean",
+        Some(b'n') => "null",
+        _ => "number",
+    };
+    DecodeError::NotObject { kind }
 }
 
 /// The fields we read; duplicate keys keep the last value, as Python's `json.loads` does.

@@ -1,0 +1,188 @@
+//! Issue-3 safety guarantees through the real binary: I/O errors mid-write, the free-space
+//! precheck on a real full filesystem, and recovery of each interrupted journal phase.
+
+mod common;
+
+use std::fs;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use walcompactd::pipeline::journal::{self, Journal, Phase};
+
+/// A write error in the middle of the temp file (EFBIG from a real RLIMIT_FSIZE): the temp
+/// is removed, the journal cleared, the WAL untouched, and the next run succeeds.
+#[test]
+fn io_error_mid_write_leaves_the_wal_untouched() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(3000));
+    let original = fs::read(&wal).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.arg("compact").arg(&wal);
+    // The new WAL is ~150 KiB; lock and journal files are far below this limit.
+    let limit: libc::rlim_t = 64 * 1024;
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let r = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("compact stage: write") && stderr.contains("wal.log.compact.tmp"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(&wal).unwrap(), original);
+    let left = names(d.path());
+    assert!(
+        left.iter()
+            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
+        "{left:?}"
+    );
+    walcompactd().arg("compact").arg(&wal).assert().success();
+}
+
+/// Mounts a tiny tmpfs (root only); `None` where mounting is not permitted.
+struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    fn mount(size: &str) -> Option<TinyFs> {
+        let d = tempfile::tempdir().ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(TinyFs(d))
+    }
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(self.0.path()).status();
+    }
+}
+
+#[test]
+fn a_full_filesystem_is_refused_before_writing() {
+    let Some(fs_) = TinyFs::mount("1m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let wal = write_wal(fs_.path(), "wal.log", &redundant_wal(2000));
+    // Fill the filesystem but for 16 KiB: room for the lock file, not for the new WAL.
+    let filler = fs_.path().join("filler");
+    let free = walcompactd::fsutil::available_bytes(fs_.path()).unwrap();
+    fs::write(&filler, vec![b'x'; (free - 16 * 1024) as usize]).unwrap();
+    let original = fs::read(&wal).unwrap();
+    walcompactd()
+        .arg("compact")
+        .arg(&wal)
+        .assert()
+        .code(4)
+        .stderr(predicates::str::contains("not enough free space"));
+    assert_eq!(fs::read(&wal).unwrap(), original);
+    let left = names(fs_.path());
+    assert!(
+        left.iter()
+            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
+        "{left:?}"
+    );
+    fs::remove_file(&filler).unwrap();
+    walcompactd().arg("compact").arg(&wal).assert().success();
+}
+
+fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
+    let temp = walcompactd::fsutil::sibling(wal, journal::TEMP_SUFFIX);
+    if temp_exists {
+        fs::write(&temp, "partial").unwrap();
+    }
+    let j = Journal {
+        phase,
+        temp,
+        backup: backup.map(Path::to_path_buf),
+        original_digest: digest(backup.unwrap_or(wal)),
+        pid: 1,
+    };
+    journal::write(wal, &j).unwrap();
+}
+
+fn recover(wal: &Path) -> String {
+    let out = walcompactd()
+        .args(["recover", "--json"])
+        .arg(wal)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["recovered"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn recovery_finishes_or_undoes_each_phase() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    let original = fs::read(&wal).unwrap();
+
+    journal(&wal, Phase::Writing, true, None);
+    assert_eq!(recover(&wal), "DiscardedTemp");
+    assert_eq!(fs::read(&wal).unwrap(), original);
+
+    journal(&wal, Phase::Swapping, true, None);
+    assert_eq!(
+        recover(&wal),
+        "DiscardedTemp",
+        "temp still there: the rename never happened"
+    );
+
+    journal(&wal, Phase::Swapping, false, None);
+    assert_eq!(recover(&wal), "CompletedSwap");
+
+    fs::write(walcompactd::fsutil::sibling(&wal, ".compact.tmp"), "stale").unwrap();
+    assert!(recover(&wal).starts_with("RemovedLeftovers"));
+    assert_eq!(recover(&wal), "Nothing");
+    assert_eq!(names(d.path()), ["wal.log", "wal.log.compact.lock"]);
+
+    // Rolling back: the WAL is the compacted one; recovery restores the backup's bytes.
+    let backup = d.path().join("wal_backup_20260101_000000.log");
+    fs::write(&backup, &original).unwrap();
+    walcompactd().arg("compact").arg(&wal).assert().success();
+    journal(&wal, Phase::RollingBack, false, Some(&backup));
+    fs::write(&wal, prepare("x", 1)).unwrap();
+    assert_eq!(recover(&wal), "FinishedRollback");
+    assert_eq!(fs::read(&wal).unwrap(), original);
+}
+
+#[test]
+fn compaction_recovers_a_leftover_journal_first() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    journal(&wal, Phase::Writing, true, None);
+    let out = walcompactd()
+        .args(["compact", "--json"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["recovered"], "DiscardedTemp");
+    assert_eq!(v["outcome"], "success");
+}
