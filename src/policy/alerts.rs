@@ -82,9 +82,14 @@ fn threshold(
 
 /// Known actions, at least one, no duplicates; absent means `["log"]`.
 fn actions(raw: Option<Vec<String>>, key: &str, errors: &mut Vec<KeyError>) -> Vec<AlertAction> {
-    let Some(raw) = raw else { return DEFAULT_ACTIONS.to_vec() };
+    let Some(raw) = raw else {
+        return DEFAULT_ACTIONS.to_vec();
+    };
     if raw.is_empty() {
-        let msg = format!("at least one action is required (any of {})", AlertAction::expected());
+        let msg = format!(
+            "at least one action is required (any of {})",
+            AlertAction::expected()
+        );
         push(errors, key, msg);
     }
     let mut actions = Vec::new();
@@ -95,7 +100,11 @@ fn actions(raw: Option<Vec<String>>, key: &str, errors: &mut Vec<KeyError>) -> V
             continue;
         }
         if actions.contains(&action) {
-            push(errors, &format!("{key}[{i}]"), format!("duplicate action {:?}", action.as_str()));
+            push(
+                errors,
+                &format!("{key}[{i}]"),
+                format!("duplicate action {:?}", action.as_str()),
+            );
         } else {
             actions.push(action);
         }
@@ -104,10 +113,19 @@ fn actions(raw: Option<Vec<String>>, key: &str, errors: &mut Vec<KeyError>) -> V
 }
 
 /// `command` and the `command` action go together; one without the other is a mistake.
-fn check_command(actions: &[AlertAction], command: &[String], key: &str, errors: &mut Vec<KeyError>) {
+fn check_command(
+    actions: &[AlertAction],
+    command: &[String],
+    key: &str,
+    errors: &mut Vec<KeyError>,
+) {
     let wants = actions.contains(&AlertAction::Command);
     if wants && command.is_empty() {
-        push(errors, key, "must not be empty when actions include \"command\"");
+        push(
+            errors,
+            key,
+            "must not be empty when actions include \"command\"",
+        );
     } else if !wants && !command.is_empty() {
         push(errors, key, "is set but actions do not include \"command\"");
     }

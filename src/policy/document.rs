@@ -13,23 +13,24 @@ use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
 use super::KeyError;
-use super::schema::{RawAlert, RawBackups, RawDaemon, RawHooks, RawTriggers, RawWal, field_names};
+use super::schema::{RawAlert, RawDaemon, RawWal, field_names};
 
 /// Top-level keys of a policy file.
 const TOP_LEVEL_KEYS: &[&str] = &["daemon", "wal", "alert"];
 
-/// What the structural pass recovered. A `None` entry means that section had
-/// errors (already reported) and is skipped by semantic validation.
+/// What the structural pass recovered. Keys that had errors are left at their
+/// defaults so semantic validation can still check the rest of each section;
+/// `parse` fails anyway if any error was reported.
 #[derive(Debug, Default)]
 pub(crate) struct RawDocument {
-    /// `None` when `[daemon]` had errors; absent `[daemon]` yields all-defaults.
-    pub daemon: Option<RawDaemon>,
-    /// One slot per `[[wal]]` entry, in file order.
+    /// Absent `[daemon]` yields all-defaults.
+    pub daemon: RawDaemon,
+    /// One slot per `[[wal]]` entry, in file order; `None` if the entry is not a table.
     pub wals: Vec<Option<RawWal>>,
     /// The `name` of every `[[wal]]` entry that has a string one, even if the entry
     /// itself had errors, so alert `wal = "..."` references are not misreported.
     pub wal_names: Vec<String>,
-    /// One slot per `[[alert]]` entry, in file order.
+    /// One slot per `[[alert]]` entry, in file order; `None` if the entry is not a table.
     pub alerts: Vec<Option<RawAlert>>,
 }
 
@@ -52,11 +53,12 @@ pub(crate) fn read(text: &str, errors: &mut Vec<KeyError>) -> Option<RawDocument
         if let Some(name) = entry.as_ref().and_then(|t| t.get("name")?.as_str()) {
             doc.wal_names.push(name.to_string());
         }
-        doc.wals.push(entry.and_then(|t| read_wal(t, &prefix, errors)));
+        doc.wals.push(entry.map(|t| read_wal(t, &prefix, errors)));
     }
     for (index, entry) in array_of_tables(table.remove("alert"), "alert", errors) {
         let prefix = format!("alert[{index}]");
-        doc.alerts.push(entry.and_then(|t| read_section(t, &prefix, errors)));
+        doc.alerts
+            .push(entry.map(|t| read_section(t, &prefix, errors)));
     }
     Some(doc)
 }
@@ -80,13 +82,13 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-fn read_daemon(value: Option<Value>, errors: &mut Vec<KeyError>) -> Option<RawDaemon> {
+fn read_daemon(value: Option<Value>, errors: &mut Vec<KeyError>) -> RawDaemon {
     match value {
-        None => Some(RawDaemon::default()),
+        None => RawDaemon::default(),
         Some(Value::Table(table)) => read_section(table, "daemon", errors),
         Some(other) => {
             errors.push(wrong_type("daemon", "a table ([daemon])", &other));
-            None
+            RawDaemon::default()
         }
     }
 }
@@ -101,7 +103,11 @@ fn array_of_tables(
         None => return Vec::new(),
         Some(Value::Array(items)) => items,
         Some(other) => {
-            errors.push(wrong_type(key, &format!("an array of tables ([[{key}]])"), &other));
+            errors.push(wrong_type(
+                key,
+                &format!("an array of tables ([[{key}]])"),
+                &other,
+            ));
             return Vec::new();
         }
     };
@@ -116,17 +122,16 @@ fn array_of_tables(
 }
 
 /// One `[[wal]]` entry: its three sub-tables first, then the rest.
-fn read_wal(mut table: Table, prefix: &str, errors: &mut Vec<KeyError>) -> Option<RawWal> {
-    let triggers: Option<RawTriggers> = read_sub_table(&mut table, prefix, "triggers", errors);
-    let backups: Option<RawBackups> = read_sub_table(&mut table, prefix, "backups", errors);
-    let hooks: Option<RawHooks> = read_sub_table(&mut table, prefix, "hooks", errors);
-    let wal: Option<RawWal> = read_section(table, prefix, errors);
-    Some(RawWal {
-        triggers: triggers?,
-        backups: backups?,
-        hooks: hooks?,
-        ..wal?
-    })
+fn read_wal(mut table: Table, prefix: &str, errors: &mut Vec<KeyError>) -> RawWal {
+    let triggers = read_sub_table(&mut table, prefix, "triggers", errors);
+    let backups = read_sub_table(&mut table, prefix, "backups", errors);
+    let hooks = read_sub_table(&mut table, prefix, "hooks", errors);
+    RawWal {
+        triggers,
+        backups,
+        hooks,
+        ..read_section(table, prefix, errors)
+    }
 }
 
 fn read_sub_table<T: DeserializeOwned + Default>(
@@ -134,43 +139,51 @@ fn read_sub_table<T: DeserializeOwned + Default>(
     prefix: &str,
     key: &str,
     errors: &mut Vec<KeyError>,
-) -> Option<T> {
+) -> T {
     let path = format!("{prefix}.{key}");
     match table.remove(key) {
-        None => Some(T::default()),
+        None => T::default(),
         Some(Value::Table(sub)) => read_section(sub, &path, errors),
         Some(other) => {
             errors.push(wrong_type(&path, &format!("a table ([wal.{key}])"), &other));
-            None
+            T::default()
         }
     }
 }
 
-/// Deserializes one section, reporting every unknown key and every type error.
-/// Returns `None` if anything was reported.
-fn read_section<T: DeserializeOwned>(
+/// Deserializes one section, reporting every unknown key and every type error;
+/// each offending key is dropped (left at its default) and the rest kept.
+fn read_section<T: DeserializeOwned + Default>(
     mut table: Table,
     prefix: &str,
     errors: &mut Vec<KeyError>,
-) -> Option<T> {
-    let before = errors.len();
+) -> T {
     report_unknown(&mut table, prefix, field_names::<T>(), errors);
     loop {
-        let result = serde_path_to_error::deserialize(Value::Table(table.clone()));
-        let error = match result {
-            Ok(value) => return (errors.len() == before).then_some(value),
+        let error = match serde_path_to_error::deserialize(Value::Table(table.clone())) {
+            Ok(value) => return value,
             Err(error) => error,
         };
         errors.push(KeyError::new(
             join_path(prefix, &error.path().to_string()),
-            error.inner().message().to_string(),
+            plain_types(error.inner().message()),
         ));
         // Drop the offending top-level key and retry; give up if we cannot tell which.
         let Some(Segment::Map { key }) = error.path().iter().next() else {
-            return None;
+            return T::default();
         };
-        table.remove(key)?;
+        if table.remove(key).is_none() {
+            return T::default();
+        }
     }
+}
+
+/// serde names Rust types ("expected i64"); policy authors think in TOML types.
+fn plain_types(message: &str) -> String {
+    message
+        .replace("expected i64", "expected an integer")
+        .replace("expected f64", "expected a number")
+        .replace("expected a sequence", "expected an array")
 }
 
 /// Reports and removes every key of `table` not in `expected`.
@@ -188,7 +201,10 @@ fn report_unknown(table: &mut Table, prefix: &str, expected: &[&str], errors: &m
 }
 
 fn wrong_type(key: &str, expected: &str, found: &Value) -> KeyError {
-    KeyError::new(key, format!("expected {expected}, got {}", found.type_str()))
+    KeyError::new(
+        key,
+        format!("expected {expected}, got {}", found.type_str()),
+    )
 }
 
 /// `prefix` + `.` + `rest`, where either may be empty (serde_path_to_error renders "." for the root).
@@ -204,6 +220,22 @@ fn join_path(prefix: &str, rest: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_names_are_toml_names() {
+        let errors = errors_of(
+            "[[wal]]\nlock_timeout_ms = \"x\"\n[wal.triggers]\nmax_size_mb = \"y\"\nschedule = 1\n",
+        );
+        let messages: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "invalid type: string \"y\", expected a number",
+                "invalid type: integer `1`, expected an array",
+                "invalid type: string \"x\", expected an integer",
+            ]
+        );
+    }
 
     fn errors_of(text: &str) -> Vec<KeyError> {
         let mut errors = Vec::new();
@@ -230,7 +262,10 @@ mod tests {
         let errors = errors_of("[[wal]]\nname = 1\npath = 2\nlock_timeout_ms = \"x\"\n");
         let mut keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["wal[0].lock_timeout_ms", "wal[0].name", "wal[0].path"]);
+        assert_eq!(
+            keys,
+            ["wal[0].lock_timeout_ms", "wal[0].name", "wal[0].path"]
+        );
     }
 
     #[test]
@@ -251,14 +286,20 @@ mod tests {
     fn unknown_top_level_key() {
         let errors = errors_of("[wals]\n");
         assert_eq!(errors[0].key, "wals");
-        assert_eq!(errors[0].message, "unknown key (expected one of daemon, wal, alert)");
+        assert_eq!(
+            errors[0].message,
+            "unknown key (expected one of daemon, wal, alert)"
+        );
     }
 
     #[test]
     fn join_path_cases() {
         assert_eq!(join_path("wal[0]", "."), "wal[0]");
         assert_eq!(join_path("", "daemon"), "daemon");
-        assert_eq!(join_path("wal[0].triggers", "schedule[1]"), "wal[0].triggers.schedule[1]");
+        assert_eq!(
+            join_path("wal[0].triggers", "schedule[1]"),
+            "wal[0].triggers.schedule[1]"
+        );
         assert_eq!(join_path("x", "[2]"), "x[2]");
     }
 }

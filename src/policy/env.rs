@@ -120,12 +120,18 @@ mod tests {
     fn normalize_is_lexical() {
         assert_eq!(normalize(Path::new("/a/./b/../c")), PathBuf::from("/a/c"));
         assert_eq!(normalize(Path::new("/../x")), PathBuf::from("/x"));
-        assert_eq!(normalize(Path::new("../a/../../b")), PathBuf::from("../../b"));
+        assert_eq!(
+            normalize(Path::new("../a/../../b")),
+            PathBuf::from("../../b")
+        );
     }
 
     #[test]
     fn resolve_joins_relative_paths_only() {
-        assert_eq!(env().resolve(Path::new("./w/wal.log")), PathBuf::from("/srv/app/w/wal.log"));
+        assert_eq!(
+            env().resolve(Path::new("./w/wal.log")),
+            PathBuf::from("/srv/app/w/wal.log")
+        );
         assert_eq!(env().resolve(Path::new("/tmp/x")), PathBuf::from("/tmp/x"));
     }
 
@@ -134,9 +140,15 @@ mod tests {
         let mut env = env();
         assert_eq!(env.default_state_dir(), PathBuf::from(SYSTEM_STATE_DIR));
         env.home = Some("/home/u".into());
-        assert_eq!(env.default_state_dir(), PathBuf::from("/home/u/.local/state/walcompactd"));
+        assert_eq!(
+            env.default_state_dir(),
+            PathBuf::from("/home/u/.local/state/walcompactd")
+        );
         env.xdg_state_home = Some("relative/ignored".into());
-        assert_eq!(env.default_state_dir(), PathBuf::from("/home/u/.local/state/walcompactd"));
+        assert_eq!(
+            env.default_state_dir(),
+            PathBuf::from("/home/u/.local/state/walcompactd")
+        );
         env.xdg_state_home = Some("/xdg".into());
         assert_eq!(env.default_state_dir(), PathBuf::from("/xdg/walcompactd"));
         env.state_directory = Some("/var/lib/w:/var/lib/other".into());

@@ -16,6 +16,7 @@ mod render;
 mod schema;
 mod types;
 mod validate;
+mod wal;
 
 use std::fmt;
 use std::io;
@@ -67,7 +68,10 @@ pub struct KeyError {
 impl KeyError {
     /// Builds an error for `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        KeyError { key: key.into(), message: message.into() }
+        KeyError {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -118,22 +122,29 @@ fn list_errors(origin: &str, errors: &[KeyError]) -> String {
 /// and defaults come from `env`, never from the process. `origin` labels errors.
 pub fn parse(text: &str, origin: &str, env: &ParseEnv) -> Result<Policy, PolicyError> {
     let mut errors = Vec::new();
-    let policy = document::read(text, &mut errors)
-        .and_then(|doc| validate::policy(doc, env, &mut errors));
+    let policy =
+        document::read(text, &mut errors).and_then(|doc| validate::policy(doc, env, &mut errors));
     match policy {
         Some(policy) if errors.is_empty() => Ok(policy),
         _ => {
             sort_by_section(&mut errors);
-            Err(PolicyError::Invalid { origin: origin.to_string(), errors })
+            Err(PolicyError::Invalid {
+                origin: origin.to_string(),
+                errors,
+            })
         }
     }
 }
 
-/// Groups errors by section in file order (document-level, `daemon`, each
+/// One error per key, grouped by section in file order (document-level, `daemon`, each
 /// `wal[i]`, each `alert[i]`); the sort is stable, so within one section the
 /// passes' own order (unknown keys, types, then values) is kept.
-fn sort_by_section(errors: &mut [KeyError]) {
+/// A key that failed to deserialize is validated at its default, which can
+/// yield a second, spurious error for the same key; only the first is kept.
+fn sort_by_section(errors: &mut Vec<KeyError>) {
     errors.sort_by_key(|e| section_rank(&e.key));
+    let mut seen = std::collections::HashSet::new();
+    errors.retain(|e| seen.insert(e.key.clone()));
 }
 
 fn section_rank(key: &str) -> (usize, usize) {
@@ -169,10 +180,17 @@ pub fn load_with(
     let path = match explicit {
         Some(path) => path,
         None if default_path.exists() => default_path,
-        None => return Ok((parse(EMBEDDED_POLICY, EMBEDDED_ORIGIN, env)?, PolicySource::Embedded)),
+        None => {
+            return Ok((
+                parse(EMBEDDED_POLICY, EMBEDDED_ORIGIN, env)?,
+                PolicySource::Embedded,
+            ));
+        }
     };
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PolicyError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let policy = parse(&text, &path.display().to_string(), env)?;
     Ok((policy, PolicySource::File(path.to_path_buf())))
 }

@@ -26,7 +26,12 @@ fn daemon(d: &DaemonPolicy) -> RawDaemon {
         log_level: Some(d.log_level.clone()),
         state_dir: Some(path_text(&d.state_dir)),
         metrics_listen: Some(d.metrics_listen.map(|a| a.to_string()).unwrap_or_default()),
-        metrics_textfile: Some(d.metrics_textfile.as_deref().map(path_text).unwrap_or_default()),
+        metrics_textfile: Some(
+            d.metrics_textfile
+                .as_deref()
+                .map(path_text)
+                .unwrap_or_default(),
+        ),
     }
 }
 

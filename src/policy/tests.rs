@@ -53,27 +53,56 @@ fn embedded_default_is_the_config_file() {
 fn embedded_default_parses_to_the_operations_guide() {
     let policy = ok(EMBEDDED_POLICY);
     assert_eq!(policy.daemon.log_format, LogFormat::Json);
-    assert_eq!(policy.daemon.state_dir, PathBuf::from("/home/op/.local/state/walcompactd"));
-    assert_eq!(policy.daemon.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        policy.daemon.state_dir,
+        PathBuf::from("/home/op/.local/state/walcompactd")
+    );
+    assert_eq!(
+        policy.daemon.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
     assert_eq!(policy.daemon.metrics_textfile, None);
-    let [wal] = policy.wals.as_slice() else { panic!("one wal expected") };
+    let [wal] = policy.wals.as_slice() else {
+        panic!("one wal expected")
+    };
     assert_eq!(wal.name, "diotec360");
     assert_eq!(wal.path, PathBuf::from(".diotec360_wal/wal.log"));
-    assert_eq!(wal.resolved_path, PathBuf::from("/srv/app/.diotec360_wal/wal.log"));
+    assert_eq!(
+        wal.resolved_path,
+        PathBuf::from("/srv/app/.diotec360_wal/wal.log")
+    );
     assert_eq!(wal.mode, Mode::Offline);
     assert_eq!(wal.triggers.max_size_bytes, Some(10_000_000));
     assert_eq!(wal.triggers.max_commits_since_compaction, Some(10_000));
     assert_eq!(wal.triggers.min_reclaimable_ratio, Some(0.5));
     assert_eq!(wal.triggers.min_free_disk_percent, Some(10.0));
     assert_eq!(wal.triggers.schedule[0].as_str(), "0 0 2 * * Sun");
-    assert_eq!(wal.backups, BackupPolicy { keep_days: 7, keep_last: 3, compress: false });
+    assert_eq!(
+        wal.backups,
+        BackupPolicy {
+            keep_days: 7,
+            keep_last: 3,
+            compress: false
+        }
+    );
     let names: Vec<&str> = policy.alerts.iter().map(|a| a.name.as_str()).collect();
-    assert_eq!(names, ["WAL Size Warning", "WAL Size Critical", "Reclaimable Ratio High", "Compaction Stalled"]);
+    assert_eq!(
+        names,
+        [
+            "WAL Size Warning",
+            "WAL Size Critical",
+            "Reclaimable Ratio High",
+            "Compaction Stalled"
+        ]
+    );
     let stalled = &policy.alerts[3];
     assert_eq!(stalled.metric, AlertMetric::CompactionStalledSeconds);
     assert_eq!(stalled.threshold, Threshold::Above(21_600.0));
     assert_eq!(stalled.severity, Severity::Critical);
-    assert_eq!(policy.alerts[1].actions, [AlertAction::Log, AlertAction::Compact]);
+    assert_eq!(
+        policy.alerts[1].actions,
+        [AlertAction::Log, AlertAction::Compact]
+    );
     assert!(policy.notes().is_empty());
 }
 
@@ -81,14 +110,20 @@ fn embedded_default_parses_to_the_operations_guide() {
 fn empty_policy_is_valid_and_idles() {
     let policy = ok("");
     assert!(policy.wals.is_empty() && policy.alerts.is_empty());
-    assert_eq!(policy.notes(), ["no [[wal]] entries: the daemon will start and idle"]);
+    assert_eq!(
+        policy.notes(),
+        ["no [[wal]] entries: the daemon will start and idle"]
+    );
 }
 
 #[test]
 fn defaults_are_filled_in() {
     let policy = ok(MINIMAL_WAL);
     assert_eq!(policy.daemon.log_level, "info");
-    assert_eq!(policy.daemon.metrics_listen, Some("127.0.0.1:9464".parse().unwrap()));
+    assert_eq!(
+        policy.daemon.metrics_listen,
+        Some("127.0.0.1:9464".parse().unwrap())
+    );
     let wal = &policy.wals[0];
     assert_eq!(wal.mode, Mode::Offline);
     assert_eq!(wal.backup_dir, None);
@@ -98,7 +133,14 @@ fn defaults_are_filled_in() {
     assert!(!wal.triggers.any_enabled());
     assert_eq!(wal.triggers.min_reclaimable_bytes, 65_536);
     assert_eq!(wal.triggers.min_interval, Duration::from_secs(300));
-    assert_eq!(wal.backups, BackupPolicy { keep_days: 7, keep_last: 3, compress: false });
+    assert_eq!(
+        wal.backups,
+        BackupPolicy {
+            keep_days: 7,
+            keep_last: 3,
+            compress: false
+        }
+    );
     assert_eq!(wal.hooks, Hooks::default());
     assert_eq!(policy.notes().len(), 1, "a WAL without triggers is noted");
 }
@@ -131,22 +173,39 @@ fn explicit_paths_resolve_against_the_base_dir() {
     );
     let policy = ok(&text);
     assert_eq!(policy.daemon.state_dir, PathBuf::from("/srv/app/state"));
-    assert_eq!(policy.daemon.metrics_textfile, Some(PathBuf::from("/var/lib/node/w.prom")));
+    assert_eq!(
+        policy.daemon.metrics_textfile,
+        Some(PathBuf::from("/var/lib/node/w.prom"))
+    );
     assert_eq!(policy.wals[0].backup_dir, Some(PathBuf::from("/srv/bk")));
 }
 
 #[test]
 fn invalid_cron_has_its_key_path() {
-    let text = format!("{MINIMAL_WAL}[[wal]]\nname = \"b\"\npath = \"b.log\"\n[wal.triggers]\nschedule = [\"x\"]\n");
+    let text = format!(
+        "{MINIMAL_WAL}[[wal]]\nname = \"b\"\npath = \"b.log\"\n[wal.triggers]\nschedule = [\"x\"]\n"
+    );
     let errs = errors(&text);
     assert_eq!(errs.len(), 1);
     assert_eq!(errs[0].key, "wal[1].triggers.schedule[0]");
-    assert!(errs[0].message.starts_with("invalid cron expression \"x\": "), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("invalid cron expression \"x\": "),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn cron_accepts_what_the_scheduler_accepts() {
-    for expr in ["*/1 * * * * *", "0 0 2 * * Sun", "0 */15 * * * *", "0 0 0 1 1 * 2099", "@daily"] {
+    for expr in [
+        "*/1 * * * * *",
+        "0 0 2 * * Sun",
+        "0 */15 * * * *",
+        "0 0 0 1 1 * 2099",
+        "@daily",
+    ] {
         let schedule = Schedule::parse(expr).unwrap_or_else(|e| panic!("{expr}: {e}"));
         assert!(schedule.next_fire(now()).is_some(), "{expr}");
     }
@@ -161,7 +220,10 @@ fn next_fire_is_utc() {
     // 2025-01-01 is a Wednesday; the next Sunday is the 5th.
     let expected = Utc.with_ymd_and_hms(2025, 1, 5, 2, 0, 0).unwrap();
     assert_eq!(sunday_2am.next_fire(now()), Some(expected));
-    assert_eq!(sunday_2am.next_fire(expected), Some(expected + chrono::Duration::days(7)));
+    assert_eq!(
+        sunday_2am.next_fire(expected),
+        Some(expected + chrono::Duration::days(7))
+    );
 }
 
 #[test]
@@ -195,9 +257,15 @@ fn absolute_and_relative_spellings_of_one_file_collide() {
 #[test]
 fn ratio_out_of_range() {
     let text = format!("{MINIMAL_WAL}[wal.triggers]\nmin_reclaimable_ratio = -0.5\n");
-    assert_eq!(lines(&text), ["wal[0].triggers.min_reclaimable_ratio: must be between 0 and 1, got -0.5"]);
+    assert_eq!(
+        lines(&text),
+        ["wal[0].triggers.min_reclaimable_ratio: must be between 0 and 1, got -0.5"]
+    );
     let text = format!("{MINIMAL_WAL}[wal.triggers]\nmin_free_disk_percent = 101\n");
-    assert_eq!(lines(&text), ["wal[0].triggers.min_free_disk_percent: must be between 0 and 100, got 101"]);
+    assert_eq!(
+        lines(&text),
+        ["wal[0].triggers.min_free_disk_percent: must be between 0 and 100, got 101"]
+    );
 }
 
 #[test]
@@ -222,7 +290,9 @@ fn negative_numbers_are_refused() {
 
 #[test]
 fn lower_bounds_above_zero() {
-    let text = format!("{MINIMAL_WAL}job_timeout_secs = 0\npoll_interval_secs = 0\n[wal.backups]\nkeep_last = 0\n");
+    let text = format!(
+        "{MINIMAL_WAL}job_timeout_secs = 0\npoll_interval_secs = 0\n[wal.backups]\nkeep_last = 0\n"
+    );
     assert_eq!(
         lines(&text),
         [
@@ -236,9 +306,15 @@ fn lower_bounds_above_zero() {
 #[test]
 fn alert_with_both_or_neither_threshold() {
     let both = "[[alert]]\nname = \"x\"\nmetric = \"wal_size_mb\"\nabove = 1\nbelow = 2\n";
-    assert_eq!(lines(both), ["alert[0].above: exactly one of above/below is required"]);
+    assert_eq!(
+        lines(both),
+        ["alert[0].above: exactly one of above/below is required"]
+    );
     let neither = "[[alert]]\nname = \"x\"\nmetric = \"wal_size_mb\"\n";
-    assert_eq!(lines(neither), ["alert[0].above: exactly one of above/below is required"]);
+    assert_eq!(
+        lines(neither),
+        ["alert[0].above: exactly one of above/below is required"]
+    );
 }
 
 #[test]
@@ -263,12 +339,17 @@ fn alert_semantic_errors() {
 #[test]
 fn duplicate_alert_names() {
     let rule = "[[alert]]\nname = \"x\"\nmetric = \"wal_size_mb\"\nabove = 1\n";
-    assert_eq!(lines(&rule.repeat(2)), ["alert[1].name: duplicate name \"x\" (also alert[0])"]);
+    assert_eq!(
+        lines(&rule.repeat(2)),
+        ["alert[1].name: duplicate name \"x\" (also alert[0])"]
+    );
 }
 
 #[test]
 fn alert_may_name_an_existing_wal() {
-    let text = format!("{MINIMAL_WAL}[[alert]]\nname = \"x\"\nmetric = \"wal_size_mb\"\nabove = 1\nwal = \"a\"\n");
+    let text = format!(
+        "{MINIMAL_WAL}[[alert]]\nname = \"x\"\nmetric = \"wal_size_mb\"\nabove = 1\nwal = \"a\"\n"
+    );
     assert_eq!(ok(&text).alerts[0].wal.as_deref(), Some("a"));
 }
 
@@ -303,18 +384,37 @@ fn type_errors_have_key_paths() {
                 [wal.backups]\ncompress = \"yes\"\n[wal.hooks]\nverify = \"check.sh\"\n";
     assert_eq!(
         keys(text),
-        ["daemon.log_format", "wal[0].backups.compress", "wal[0].hooks.verify", "wal[0].mode"]
+        [
+            "daemon.log_format",
+            "wal[0].backups.compress",
+            "wal[0].hooks.verify",
+            "wal[0].mode"
+        ]
     );
 }
 
 #[test]
 fn daemon_errors() {
-    let text = "[daemon]\nlog_format = \"xml\"\nlog_level = \"info,[\"\nmetrics_listen = \"localhost\"\n";
+    let text =
+        "[daemon]\nlog_format = \"xml\"\nlog_level = \"info,[\"\nmetrics_listen = \"localhost\"\n";
     let errs = errors(text);
     let keys: Vec<&str> = errs.iter().map(|e| e.key.as_str()).collect();
-    assert_eq!(keys, ["daemon.log_format", "daemon.log_level", "daemon.metrics_listen"]);
+    assert_eq!(
+        keys,
+        [
+            "daemon.log_format",
+            "daemon.log_level",
+            "daemon.metrics_listen"
+        ]
+    );
     assert_eq!(errs[0].message, "must be one of json, pretty; got \"xml\"");
-    assert!(errs[2].message.starts_with("invalid socket address \"localhost\""), "{}", errs[2]);
+    assert!(
+        errs[2]
+            .message
+            .starts_with("invalid socket address \"localhost\""),
+        "{}",
+        errs[2]
+    );
 }
 
 #[test]
@@ -345,8 +445,31 @@ fn several_sections_report_together() {
         [
             "daemon.metrics_listen",
             "wal[0].triggers.max_sise_mb",
+            "wal[0].triggers.schedule[0]",
             "wal[1].triggers.min_reclaimable_ratio",
             "alert[0].above",
+        ]
+    );
+}
+
+#[test]
+fn keys_with_type_errors_do_not_hide_other_checks() {
+    let text = "[daemon]\nbogus = 1\nlog_format = \"xml\"\n\
+                [[wal]]\nname = 7\npath = \"a\"\nmode = 1\nlock_timeout_ms = -1\n\
+                [[wal]]\nname = \"b\"\npath = \"./a\"\npoll_interval_secs = \"x\"\n\
+                [[wal]]\nname = \"b\"\npath = \"c\"\n\
+                [[alert]]\nname = \"x\"\nmetric = \"wal_size_mb\"\nabove = \"1\"\n";
+    assert_eq!(
+        lines(text),
+        [
+            "daemon.bogus: unknown key (expected one of log_format, log_level, state_dir, metrics_listen, metrics_textfile)",
+            "daemon.log_format: must be one of json, pretty; got \"xml\"",
+            "wal[0].mode: invalid type: integer `1`, expected a string",
+            "wal[0].name: invalid type: integer `7`, expected a string",
+            "wal[0].lock_timeout_ms: must not be negative, got -1",
+            "wal[1].poll_interval_secs: invalid type: string \"x\", expected an integer",
+            "wal[2].name: duplicate name \"b\" (also wal[1])",
+            "alert[0].above: invalid type: string \"1\", expected a number",
         ]
     );
 }
@@ -355,16 +478,30 @@ fn several_sections_report_together() {
 fn syntax_error_reports_line_and_column() {
     let errs = errors("[daemon]\nlog_level = \"info\"\n[[wal]\n");
     assert_eq!(errs.len(), 1);
-    assert!(errs[0].message.starts_with("TOML syntax error at line 3, column"), "{}", errs[0]);
+    assert!(
+        errs[0]
+            .message
+            .starts_with("TOML syntax error at line 3, column"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]
 fn invalid_display_lists_every_error_prefixed_by_origin() {
-    let err = parse("[daemon]\nlog_format = \"x\"\nmetrics_listen = \"y\"\n", "/etc/p.toml", &env()).unwrap_err();
+    let err = parse(
+        "[daemon]\nlog_format = \"x\"\nmetrics_listen = \"y\"\n",
+        "/etc/p.toml",
+        &env(),
+    )
+    .unwrap_err();
     let text = err.to_string();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 2);
-    assert!(lines.iter().all(|l| l.starts_with("/etc/p.toml: daemon.")), "{text}");
+    assert!(
+        lines.iter().all(|l| l.starts_with("/etc/p.toml: daemon.")),
+        "{text}"
+    );
 }
 
 #[test]
@@ -379,7 +516,8 @@ fn to_toml_round_trips() {
     for text in [EMBEDDED_POLICY, "", MINIMAL_WAL, full.as_str()] {
         let policy = ok(text);
         let rendered = policy.to_toml();
-        let again = parse(&rendered, "rendered", &env()).unwrap_or_else(|e| panic!("{e}\n{rendered}"));
+        let again =
+            parse(&rendered, "rendered", &env()).unwrap_or_else(|e| panic!("{e}\n{rendered}"));
         assert_eq!(again, policy, "{rendered}");
     }
 }
@@ -387,7 +525,13 @@ fn to_toml_round_trips() {
 #[test]
 fn to_toml_shows_every_key() {
     let rendered = ok(MINIMAL_WAL).to_toml();
-    for key in ["state_dir = \"/home/op/.local/state/walcompactd\"", "metrics_textfile = \"\"", "max_size_mb = 0.0", "keep_last = 3", "verify = []"] {
+    for key in [
+        "state_dir = \"/home/op/.local/state/walcompactd\"",
+        "metrics_textfile = \"\"",
+        "max_size_mb = 0.0",
+        "keep_last = 3",
+        "verify = []",
+    ] {
         assert!(rendered.contains(key), "{key} missing from:\n{rendered}");
     }
 }
@@ -408,7 +552,10 @@ fn load_reads_explicit_then_default_path() {
     let file = dir.path().join("p.toml");
     std::fs::write(&file, MINIMAL_WAL).unwrap();
     let (policy, source) = load_with(None, &file, &env()).unwrap();
-    assert_eq!((policy.wals.len(), source), (1, PolicySource::File(file.clone())));
+    assert_eq!(
+        (policy.wals.len(), source),
+        (1, PolicySource::File(file.clone()))
+    );
     let (_, source) = load_with(Some(&file), Path::new("/nonexistent"), &env()).unwrap();
     assert_eq!(source.to_string(), file.display().to_string());
     let err = load_with(Some(&dir.path().join("nope.toml")), &file, &env()).unwrap_err();
@@ -421,5 +568,8 @@ fn invalid_file_errors_are_prefixed_by_its_path() {
     let file = dir.path().join("p.toml");
     std::fs::write(&file, "[daemon]\nlog_format = \"x\"\n").unwrap();
     let err = load_with(Some(&file), &file, &env()).unwrap_err();
-    assert!(err.to_string().starts_with(&format!("{}: daemon.log_format: ", file.display())));
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: daemon.log_format: ", file.display()))
+    );
 }

@@ -298,7 +298,10 @@ impl Schedule {
     /// `Job::new_async` accepts.
     pub fn parse(expression: &str) -> Result<Self, CronError> {
         let cron = scheduler_parser().parse(expression)?;
-        Ok(Schedule { expression: expression.to_string(), cron })
+        Ok(Schedule {
+            expression: expression.to_string(),
+            cron,
+        })
     }
 
     /// The expression as written in the policy.
