@@ -573,3 +573,31 @@ fn invalid_file_errors_are_prefixed_by_its_path() {
             .starts_with(&format!("{}: daemon.log_format: ", file.display()))
     );
 }
+
+#[test]
+fn cron_acceptance_matches_tokio_cron_scheduler() {
+    let exprs = [
+        "*/1 * * * * *",
+        "0 0 2 * * Sun",
+        "0 0 2 * * SUN",
+        "0 0 0 1 1 * 2099",
+        "0 0 0 ? * MON-FRI",
+        "0 0 0 L * *",
+        "@hourly",
+        "x",
+        "",
+        "0 2 * * Sun",
+        "0 0 2 * * Funday",
+        "60 * * * * *",
+        "0 0 0 1 1 * 2099 1",
+    ];
+    for expr in exprs {
+        let ours = Schedule::parse(expr).is_ok();
+        let scheduler =
+            tokio_cron_scheduler::Job::new_async(expr, |_, _| Box::pin(async {})).is_ok();
+        assert_eq!(
+            ours, scheduler,
+            "{expr:?}: ours {ours}, scheduler {scheduler}"
+        );
+    }
+}
