@@ -2,17 +2,25 @@
 //! transaction.
 //!
 //! Modules, in data-flow order:
+//! - [`policy`]: the TOML policy — serde schema (`deny_unknown_fields`), validation with key
+//!   paths (every error collected), the embedded default. Reads the policy file, nothing else.
 //! - [`wal`]: reading a WAL — line scanning (offsets, torn tail), decoding `op`/`tx_id`/`data`,
 //!   interning transaction ids. Never writes.
 //! - [`rules`]: the compaction rules as a pure index → [`rules::Plan`] of surviving byte ranges.
 //! - [`replay`]: the replay state and its SHA-256 digest, computed independently of the rules.
 //! - [`analyze`]: one streaming pass feeding the scanner's lines to the rules and the replay.
+//! - [`pipeline`]: backup → compact → verify → swap (→ rollback), the journal and the lock;
+//!   one module per stage, sequenced by `pipeline::run`.
+//! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
+//! - [`output`]: human-readable renderings of the commands' reports.
+//! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
 
 pub mod analyze;
 pub mod commands;
 pub mod fsutil;
 pub mod output;
 pub mod pipeline;
+pub mod policy;
 pub mod replay;
 pub mod rules;
 pub mod wal;
