@@ -205,6 +205,79 @@ fn describe(e: &DecodeError) -> String {
     }
 }
 
+/// Keeps a WAL's rules index up to date by reading only what was appended: the daemon's
+/// statistics cost is proportional to appended bytes. Memory is per transaction.
+pub struct Tracker {
+    pass: Pass,
+    /// Offset just past the last complete line consumed.
+    offset: u64,
+}
+
+impl Default for Tracker {
+    fn default() -> Self {
+        Tracker {
+            pass: Pass::new(Want {
+                index: true,
+                replay: false,
+            }),
+            offset: 0,
+        }
+    }
+}
+
+impl Tracker {
+    /// Consumes complete lines from `reader`, which must be positioned at [`Tracker::offset`].
+    /// A torn tail is measured but not consumed: it is read again once completed.
+    /// Returns the bytes of complete lines consumed.
+    pub fn feed<R: BufRead>(&mut self, reader: R) -> Result<u64, AnalyzeError> {
+        let start = self.offset;
+        self.pass.torn_tail_bytes = 0;
+        let mut scanner = LineScanner::resume(reader, self.offset, self.pass.lines);
+        loop {
+            let offset = scanner.offset();
+            match scanner
+                .next_item()
+                .map_err(|source| AnalyzeError::Io { offset, source })?
+            {
+                None => break,
+                Some(Item::TornTail { bytes, .. }) => {
+                    self.pass.torn_tail_bytes = bytes.len() as u64
+                }
+                Some(Item::Line(line)) => {
+                    self.pass.line(line.number, line.offset, line.bytes)?;
+                    self.offset = scanner.offset();
+                }
+            }
+        }
+        Ok(self.offset - start)
+    }
+
+    /// Where the next read must start.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// The rules' index over every complete line consumed.
+    pub fn index(&self) -> &Indexer {
+        &self.pass.index
+    }
+
+    /// Complete lines consumed, corrupt ones included.
+    pub fn lines(&self) -> u64 {
+        self.pass.lines
+    }
+
+    /// Bytes after the last complete line, as of the last feed.
+    pub fn torn_tail_bytes(&self) -> u64 {
+        self.pass.torn_tail_bytes
+    }
+
+    /// Corrupt lines seen (the first few are described).
+    pub fn corrupt(&self) -> (&[CorruptLine], u64) {
+        (&self.pass.corrupt, self.pass.corrupt_lines)
+    }
+}
+
 /// Lines and bytes a `--dry-run` would remove, per rule.
 pub type DropBreakdown = std::collections::BTreeMap<crate::rules::DropReason, (u64, u64)>;
 

@@ -186,3 +186,23 @@ fn compaction_recovers_a_leftover_journal_first() {
     assert_eq!(v["recovered"], "DiscardedTemp");
     assert_eq!(v["outcome"], "success");
 }
+
+/// A cancelled run (daemon shutdown) stops at a safe point and leaves the WAL as it was.
+#[test]
+fn a_cancelled_run_changes_nothing() {
+    use std::sync::atomic::AtomicBool;
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    let original = fs::read(&wal).unwrap();
+    let cancel = AtomicBool::new(true);
+    let mut req = walcompactd::pipeline::Request::new(&wal, "test");
+    req.cancel = Some(&cancel);
+    match walcompactd::pipeline::run(&req) {
+        Err(walcompactd::pipeline::PipelineError::Cancelled { stage, .. }) => {
+            assert_eq!(stage.as_str(), "backup")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fs::read(&wal).unwrap(), original);
+    assert_eq!(names(d.path()), ["wal.log", "wal.log.compact.lock"]);
+}

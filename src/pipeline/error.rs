@@ -67,6 +67,11 @@ pub enum PipelineError {
     #[error("verification failed for {path}: {detail}; the WAL was left as it was")]
     VerifyFailed { path: PathBuf, detail: String },
 
+    #[error(
+        "{path}: cancelled before the {stage} stage (shutting down); the WAL was left as it was"
+    )]
+    Cancelled { path: PathBuf, stage: Stage },
+
     #[error("application check of {path} failed ({detail}); rolled back to backup {backup}")]
     CheckFailed {
         path: PathBuf,

@@ -18,6 +18,7 @@ pub mod verify;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::Serialize;
@@ -106,6 +107,9 @@ pub struct Request<'a> {
     pub who: String,
     pub check: Option<CheckFn<'a>>,
     pub progress: Option<ProgressFn<'a>>,
+    /// Set by the daemon at shutdown: the run stops at the next safe point (before the
+    /// backup, before writing, before the swap), leaving the WAL as it was.
+    pub cancel: Option<&'a AtomicBool>,
 }
 
 impl Request<'_> {
@@ -117,6 +121,7 @@ impl Request<'_> {
             who: who.into(),
             check: None,
             progress: None,
+            cancel: None,
         }
     }
 }
@@ -223,6 +228,7 @@ fn compact_and_swap(
     clock: &mut Clock,
 ) -> Result<backup::Backup, PipelineError> {
     let wal = req.wal.as_path();
+    checkpoint(req, Stage::Backup)?;
     precheck_space(wal, snap, backup_dir)?;
     let backup = clock.stage(Stage::Backup, || {
         backup::create(wal, &snap.file, backup_dir, chrono::Utc::now())
@@ -253,6 +259,7 @@ fn write_verify_swap(
     clock: &mut Clock,
 ) -> Result<(), PipelineError> {
     let wal = req.wal.as_path();
+    checkpoint(req, Stage::Compact)?;
     let mut temp = clock.stage(Stage::Compact, || {
         compact::write_temp(&snap.file, &snap.plan, snap.id.len, temp_path, &snap.meta)
     })?;
@@ -261,6 +268,7 @@ fn write_verify_swap(
         verify::verify_temp(&temp.path, wal, &snap.replay, expected_len)
     })?;
     ensure_unchanged(wal, &snap.id)?;
+    checkpoint(req, Stage::Swap)?;
     entry.phase = journal::Phase::Swapping;
     journal::write(wal, entry)?;
     clock.stage(Stage::Swap, || swap::swap(&temp.path, wal))?;
@@ -280,6 +288,17 @@ fn write_verify_swap(
         }
     }
     journal::clear(wal)
+}
+
+/// A safe point: stop here if cancellation was requested.
+fn checkpoint(req: &Request, next: Stage) -> Result<(), PipelineError> {
+    match req.cancel {
+        Some(flag) if flag.load(Ordering::SeqCst) => Err(PipelineError::Cancelled {
+            path: req.wal.clone(),
+            stage: next,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Offline mode has no writers: if the WAL changed since it was read, someone is writing.

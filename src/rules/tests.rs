@@ -169,3 +169,42 @@ fn plan_keeps_reports_membership() {
     assert!(plan.keeps(second + p("a", 2).len() as u64));
     assert_eq!(plan.ranges.len(), 1, "adjacent survivors coalesce");
 }
+
+#[test]
+fn tracker_fed_in_pieces_matches_one_full_pass() {
+    use crate::analyze::{Tracker, Want, analyze};
+    let full = [
+        p("a", 1),
+        p("a", 2),
+        c("a"),
+        p("b", 1),
+        "\n".into(),
+        a("b"),
+        c("a"),
+        p("c", 1),
+    ]
+    .concat();
+    let mut t = Tracker::default();
+    // Feed in uneven chunks, including cuts in the middle of lines (torn tails).
+    let mut fed = 0usize;
+    for cut in [5, 40, 41, 90, 200, full.len()] {
+        let cut = cut.min(full.len());
+        let consumed = t.feed(&full.as_bytes()[t.offset() as usize..cut]).unwrap();
+        fed += consumed as usize;
+        assert_eq!(t.offset() as usize, fed);
+        assert_eq!(t.torn_tail_bytes() as usize, cut - fed);
+    }
+    let one = analyze(
+        full.as_bytes(),
+        Want {
+            index: true,
+            replay: false,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(t.index().reclaimable_bytes(), one.index.reclaimable_bytes());
+    assert_eq!(t.index().counts(), one.index.counts());
+    assert_eq!(t.index().tx_counts(), one.index.tx_counts());
+    assert_eq!(t.lines(), one.lines);
+}
