@@ -79,8 +79,14 @@ fn unit_passes_systemd_analyze_verify() {
     };
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let report = format!("status: {}\nstdout:\n{stdout}\nstderr:\n{stderr}", output.status);
-    assert!(output.status.success(), "systemd-analyze verify failed\n{report}");
+    let report = format!(
+        "status: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        output.status
+    );
+    assert!(
+        output.status.success(),
+        "systemd-analyze verify failed\n{report}"
+    );
     let about_unit = lines_about_unit(&stderr, &unit);
     assert!(
         about_unit.is_empty(),
