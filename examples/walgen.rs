@@ -251,6 +251,7 @@ struct Tx {
     outcome: Outcome,
     /// Remaining steps in reverse order, so the next one is `pop()`ed.
     steps: Vec<Step>,
+    /// Whether a line was written: only then does it count as a transaction.
     started: bool,
 }
 
@@ -301,6 +302,7 @@ struct Generator {
 }
 
 impl Generator {
+    /// Seeds everything from `--seed`, filler text included, so output is reproducible.
     fn new(args: &Args, clock: Clock) -> Self {
         let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
         let filler_len = MEMO_FILLER_BYTES.max(2 * args.payload);
@@ -374,6 +376,7 @@ impl Generator {
         &self.summary
     }
 
+    /// Counts a transaction once it has written its last line.
     fn count_outcome(&mut self, outcome: Outcome) {
         match outcome {
             Outcome::Commit => self.summary.committed += 1,
@@ -404,6 +407,7 @@ impl Generator {
         }
     }
 
+    /// One draw decides in flight / abort / commit, so their fractions add up as given.
     fn pick_outcome(&mut self) -> Outcome {
         let draw: f64 = self.rng.random();
         if draw < self.mix.in_flight {
@@ -465,6 +469,7 @@ impl Generator {
         self.payload.saturating_sub(probe.len())
     }
 
+    /// Next timestamp: strictly increasing in file mode, like a real clock.
     fn timestamp(&mut self) -> f64 {
         match &mut self.clock {
             Clock::Virtual(now) => {
@@ -477,6 +482,7 @@ impl Generator {
         }
     }
 
+    /// Appends the JSON text of `step` for transaction `index`, newline included.
     fn render(&mut self, index: usize, step: Step, line: &mut Vec<u8>) {
         let timestamp = self.timestamp();
         let tx = &self.window[index];
@@ -523,6 +529,7 @@ impl Generator {
     }
 }
 
+/// Borrows a transaction's payload; the memo is a slice of the shared filler.
 fn payload_of<'a>(tx: &'a Tx, filler: &'a [u8]) -> Payload<'a> {
     let memo = &filler[tx.memo_start..tx.memo_start + tx.memo_len];
     Payload {
@@ -580,6 +587,7 @@ fn append_paced(args: &Args, generator: &mut Generator) -> io::Result<()> {
     Ok(())
 }
 
+/// fdatasync after every `every` lines, mimicking a writer that syncs in batches.
 fn maybe_sync(out: &File, every: Option<u64>, lines: u64) -> io::Result<()> {
     match every {
         Some(n) if lines.is_multiple_of(n) => out.sync_data(),
@@ -587,6 +595,7 @@ fn maybe_sync(out: &File, every: Option<u64>, lines: u64) -> io::Result<()> {
     }
 }
 
+/// Sleeps to an absolute deadline, so pacing does not drift with oversleeps.
 fn sleep_until(deadline: Instant) {
     let now = Instant::now();
     if deadline > now {
