@@ -147,6 +147,16 @@ pub struct AppendStats {
 /// One `WalWriter` per thread of writing (it needs `&mut self`); several writers, in this or
 /// other processes, may share a WAL: `flock` locks belong to the open file description, so
 /// each `WalWriter` excludes every other one, even within one process.
+///
+/// ```no_run
+/// use walcompactd::writer::{Durability, WalWriter};
+///
+/// let mut w = WalWriter::open("/data/wal.log", Durability::Fsync)?;
+/// let stats = w.append(br#"{"op": "PREPARE", "tx_id": "t1", "data": {}}"#)?;
+/// w.append_json(&serde_json::json!({"op": "COMMIT", "tx_id": "t1"}))?;
+/// println!("waited {:?}, held {:?}", stats.waited, stats.held);
+/// # Ok::<(), walcompactd::writer::WriterError>(())
+/// ```
 #[derive(Debug)]
 pub struct WalWriter {
     path: PathBuf,

@@ -162,3 +162,19 @@ fn python_and_rust_writers_survive_concurrent_swaps() {
     }
     assert!(seen.is_empty(), "unexpected writers: {:?}", seen.keys());
 }
+
+/// docs/PROTOCOL.md shows the core of the Python writer; it must be the script's own code.
+#[test]
+fn protocol_doc_python_example_is_the_script() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = fs::read_to_string(root.join("docs/PROTOCOL.md")).unwrap();
+    let script = fs::read_to_string(script()).unwrap();
+    let start = doc.find("```python\n").expect("a python block in the doc") + "```python\n".len();
+    let len = doc[start..].find("```").unwrap();
+    let block = &doc[start..start + len];
+    assert!(block.contains("fcntl.flock(self.lock_fd, fcntl.LOCK_EX)"));
+    assert!(
+        script.contains(block),
+        "the doc's Python example differs from examples/protocol_writer.py"
+    );
+}
