@@ -14,6 +14,8 @@
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
+//! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
+//!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
 
 pub mod analyze;
 pub mod commands;
@@ -24,3 +26,4 @@ pub mod policy;
 pub mod replay;
 pub mod rules;
 pub mod wal;
+pub mod writer;
