@@ -13,11 +13,14 @@
 //!   one module per stage, sequenced by `pipeline::run`.
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
+//! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
+//!   publish per-WAL figures, run outcomes and alert states.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
 
 pub mod analyze;
 pub mod commands;
 pub mod fsutil;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
