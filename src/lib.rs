@@ -15,8 +15,11 @@
 //! - [`output`]: human-readable renderings of the commands' reports.
 //! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
 //!   publish per-WAL figures, run outcomes and alert states.
+//! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the
+//!   edge actions: logging and running the rule's command.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
 
+pub mod alerts;
 pub mod analyze;
 pub mod commands;
 pub mod fsutil;
