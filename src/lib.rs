@@ -13,13 +13,19 @@
 //!   one module per stage, sequenced by `pipeline::run`.
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
+//! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
+//!   publish per-WAL figures, run outcomes and alert states.
+//! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the
+//!   edge actions: logging and running the rule's command.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
 //! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
 //!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
 
+pub mod alerts;
 pub mod analyze;
 pub mod commands;
 pub mod fsutil;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
