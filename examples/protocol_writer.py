@@ -22,10 +22,13 @@ import time
 class ProtocolWriter:
     """Appends JSON lines to one WAL under the online-compaction lock protocol."""
 
-    def __init__(self, wal_path, fsync=False, mode=0o644):
+    def __init__(self, wal_path, fsync=False, mode=0o644, mirror=None):
         self.path = wal_path
         self.fsync = fsync
         self.mode = mode
+        # Optional audit copy, appended under the same lock: the uncompacted stream.
+        self.mirror_fd = None if mirror is None else os.open(
+            mirror, os.O_WRONLY | os.O_APPEND | os.O_CREAT, mode)
         # The lock file is never renamed or deleted; read-only is enough for flock.
         self.lock_fd = os.open(wal_path + ".lock", os.O_RDONLY | os.O_CREAT, mode)
         self.fd = None
@@ -58,6 +61,8 @@ class ProtocolWriter:
             view = memoryview(data)
             while view:
                 view = view[os.write(self.fd, view):]
+            if self.mirror_fd is not None:
+                os.write(self.mirror_fd, data)
             if self.fsync:
                 os.fsync(self.fd)  # before unlocking
         finally:
@@ -76,11 +81,13 @@ def main():
     p.add_argument("--count", required=True, type=int, metavar="N",
                    help="transactions to write (2 lines each: PREPARE, COMMIT)")
     p.add_argument("--fsync", action="store_true", help="fsync after every line")
+    p.add_argument("--mirror", metavar="PATH",
+                   help="also append every line here, under the same lock (audit copy)")
     p.add_argument("--rate", type=float, metavar="LINES_PER_SEC",
                    help="pace the lines (default: as fast as possible)")
     args = p.parse_args()
 
-    writer = ProtocolWriter(args.wal, fsync=args.fsync)
+    writer = ProtocolWriter(args.wal, fsync=args.fsync, mirror=args.mirror)
     start = time.monotonic()
     lines = 0
     try:

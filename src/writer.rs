@@ -168,6 +168,8 @@ pub struct WalWriter {
     durability: Durability,
     mode: u32,
     unsynced: u32,
+    /// An audit copy: every line also appended here under the same lock hold.
+    mirror: Option<File>,
 }
 
 impl WalWriter {
@@ -210,6 +212,7 @@ impl WalWriter {
             durability,
             mode,
             unsynced: 0,
+            mirror: None,
         })
     }
 
@@ -257,6 +260,21 @@ impl WalWriter {
             bytes: line.len(),
             synced,
         })
+    }
+
+    /// Also appends every line to `path` (created if missing), under the same lock hold, so
+    /// the audit file has exactly the WAL's order of appends — the uncompacted stream, for
+    /// auditing or for checking a compactor against it.
+    pub fn mirror_to(&mut self, path: impl AsRef<Path>) -> Result<(), WriterError> {
+        let path = path.as_ref();
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(self.mode)
+            .open(path)
+            .map_err(io_err(Operation::Open, path))?;
+        self.mirror = Some(file);
+        Ok(())
     }
 
     /// Serializes `value` as compact JSON (which never contains a raw newline) and appends it.
@@ -311,6 +329,11 @@ impl WalWriter {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(self.write_error(written, line.len(), e)),
             }
+        }
+        if let Some(mirror) = self.mirror.as_mut() {
+            mirror
+                .write_all(line)
+                .map_err(io_err(Operation::Open, &self.path))?;
         }
         // fsync before unlocking: the line is durable before any compactor can copy it, and
         // the sync covers the inode the path names, not one swapped away after we unlock.
