@@ -38,14 +38,14 @@ fn transaction(id: &str, n: u64) -> Vec<serde_json::Value> {
     let tx = format!("{id}-{n}");
     let prepare = |attempt: u64| json!({"op": "PREPARE", "tx_id": tx, "data": {"writer": id, "seq": n, "attempt": attempt}});
     let mut lines = vec![prepare(0)];
-    if n % 3 == 0 {
+    if n.is_multiple_of(3) {
         lines.push(prepare(1));
     }
-    if n % 5 == 0 {
+    if n.is_multiple_of(5) {
         lines.push(json!({"op": "ABORT", "tx_id": tx, "reason": "stress"}));
     } else {
         lines.push(json!({"op": "COMMIT", "tx_id": tx}));
-        if n % 7 == 0 {
+        if n.is_multiple_of(7) {
             lines.push(json!({"op": "COMMIT", "tx_id": tx}));
         }
     }
