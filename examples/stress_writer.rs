@@ -3,7 +3,8 @@
 //! ABORTs so that concurrent compactions have something to reclaim.
 //!
 //! `stress_writer --wal PATH --writer-id ID --count N [--mirror AUDIT] [--rate LINES_PER_SEC]
-//!  [--latency-out FILE]` — `--latency-out` writes one append latency (µs) per line.
+//!  [--latency-out FILE] [--duration SECS]` — `--latency-out` writes `<unix ns> <latency µs>`
+//!  per append.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -27,9 +28,12 @@ struct Args {
     /// Pace appends to this many lines per second (default: as fast as possible).
     #[arg(long)]
     rate: Option<f64>,
-    /// Write each append's latency in microseconds, one per line, to this file.
+    /// Write `<unix time ns> <latency µs>` per append to this file.
     #[arg(long)]
     latency_out: Option<std::path::PathBuf>,
+    /// Stop after this many seconds even if `--count` is not reached.
+    #[arg(long)]
+    duration: Option<f64>,
 }
 
 /// The lines of transaction `n`: every 3rd is retried, every 5th aborted, every 7th has a
@@ -61,22 +65,29 @@ fn main() {
     let mut latencies = Vec::new();
     let start = Instant::now();
     let mut lines = 0u64;
+    let stop = args.duration.map(|d| start + Duration::from_secs_f64(d));
     for n in 0..args.count {
+        if stop.is_some_and(|s| Instant::now() >= s) {
+            break;
+        }
         for line in transaction(&args.writer_id, n) {
             if let Some(rate) = args.rate {
                 let due = start + Duration::from_secs_f64(lines as f64 / rate);
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
             let t = Instant::now();
+            let wall = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
             w.append_json(&line).expect("append");
-            latencies.push(t.elapsed().as_micros() as u64);
+            latencies.push((wall.as_nanos(), t.elapsed().as_micros() as u64));
             lines += 1;
         }
     }
     if let Some(path) = &args.latency_out {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("latency file"));
-        for l in latencies {
-            writeln!(f, "{l}").expect("write latency");
+        for (at, l) in latencies {
+            writeln!(f, "{at} {l}").expect("write latency");
         }
     }
     eprintln!("stress_writer: {} wrote {lines} lines", args.writer_id);

@@ -360,11 +360,17 @@ fn swap_online(
     let copied = clock.stage(Stage::Compact, || {
         online::catch_up(&snap.file, snap.id.len, &mut sinks, &mut check, &mut stats)
     })?;
+    // Flush the catch-up before locking, so the fsync under the lock covers only the last delta.
+    sinks.temp.sync_data().map_err(io_err("fsync"))?;
+    // Journal the swap before locking too: recovery decides by whether the temp still exists,
+    // which holds whether or not the rename below happens. Writers wait for none of this.
+    entry.phase = journal::Phase::Swapping;
+    journal::write(wal, entry)?;
     let wait = Instant::now();
     let lock = online::acquire_writer_lock(wal, online.lock_timeout)?;
     stats.lock_wait_ms = ms(wait);
     let end = online::final_delta(wal, snap, copied, &mut sinks, &mut check, &mut stats)?;
-    swap_journaled(wal, temp, entry, clock)?;
+    clock.stage(Stage::Swap, || swap::swap(temp, wal))?;
     stats.lock_held_ms = ms(lock.acquired);
     drop(lock);
     stats.appended_bytes = end - snap.id.len;
