@@ -13,10 +13,13 @@
 //!   one module per stage, sequenced by `pipeline::run`.
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
+//! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,
+//!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
 
 pub mod analyze;
 pub mod commands;
+pub mod daemon;
 pub mod fsutil;
 pub mod output;
 pub mod pipeline;
