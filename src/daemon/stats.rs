@@ -214,7 +214,11 @@ mod tests {
         let s = t.stats(false);
         assert_eq!(s.commit_lines, 1);
         assert_eq!(s.torn_tail_bytes, 11);
-        assert_eq!(s.reclaimable_bytes, PB.len() as u64, "an aborted PREPARE is dropped");
+        assert_eq!(
+            s.reclaimable_bytes,
+            PB.len() as u64,
+            "an aborted PREPARE is dropped"
+        );
         // Nothing appended: nothing read.
         assert!(matches!(
             t.refresh(false).unwrap(),
