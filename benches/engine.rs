@@ -19,16 +19,32 @@ fn synthetic_wal(bytes: usize) -> Vec<u8> {
     let mut i: u64 = 0;
     while out.len() < bytes {
         let tx = format!("tx_{i:09}");
-        let prepare = |n: u64| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{tx}\", \"data\": {{\"account\": \"acc_{n}\", \"amount\": {n}, \"memo\": \"{memo}\"}}, \"timestamp\": 1732780000.{n}}}\n");
+        let prepare = |n: u64| {
+            format!(
+                "{{\"op\": \"PREPARE\", \"tx_id\": \"{tx}\", \"data\": {{\"account\": \"acc_{n}\", \"amount\": {n}, \"memo\": \"{memo}\"}}, \"timestamp\": 1732780000.{n}}}\n"
+            )
+        };
         out += &prepare(i);
-        if i % 5 == 0 {
+        if i.is_multiple_of(5) {
             out += &prepare(i + 1);
         }
         match i % 10 {
-            0 => out += &format!("{{\"op\": \"ABORT\", \"tx_id\": \"{tx}\", \"reason\": \"timeout\"}}\n"),
-            7 => out += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\"}}\n{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\"}}\n"),
+            0 => {
+                out += &format!(
+                    "{{\"op\": \"ABORT\", \"tx_id\": \"{tx}\", \"reason\": \"timeout\"}}\n"
+                )
+            }
+            7 => {
+                out += &format!(
+                    "{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\"}}\n{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\"}}\n"
+                )
+            }
             9 => {}
-            _ => out += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\", \"timestamp\": 1732780001.0}}\n"),
+            _ => {
+                out += &format!(
+                    "{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\", \"timestamp\": 1732780001.0}}\n"
+                )
+            }
         }
         i += 1;
     }
@@ -41,14 +57,44 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Bytes(wal.len() as u64));
     g.sample_size(10);
     g.bench_function("scan_index", |b| {
-        b.iter(|| analyze(black_box(&wal[..]), Want { index: true, replay: false }, &mut |_| {}).unwrap())
+        b.iter(|| {
+            analyze(
+                black_box(&wal[..]),
+                Want {
+                    index: true,
+                    replay: false,
+                },
+                &mut |_| {},
+            )
+            .unwrap()
+        })
     });
     g.bench_function("scan_replay", |b| {
-        b.iter(|| analyze(black_box(&wal[..]), Want { index: false, replay: true }, &mut |_| {}).unwrap())
+        b.iter(|| {
+            analyze(
+                black_box(&wal[..]),
+                Want {
+                    index: false,
+                    replay: true,
+                },
+                &mut |_| {},
+            )
+            .unwrap()
+        })
     });
-    let an = analyze(&wal[..], Want { index: true, replay: false }, &mut |_| {}).unwrap();
+    let an = analyze(
+        &wal[..],
+        Want {
+            index: true,
+            replay: false,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
     g.bench_function("plan", |b| b.iter(|| black_box(an.index.plan())));
-    g.bench_function("compact_in_memory", |b| b.iter(|| compact_bytes(black_box(&wal)).unwrap()));
+    g.bench_function("compact_in_memory", |b| {
+        b.iter(|| compact_bytes(black_box(&wal)).unwrap())
+    });
     g.finish();
 }
 

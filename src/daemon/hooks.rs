@@ -139,10 +139,10 @@ pub fn holders_in(proc_root: &Path, wal: &Path, own_pid: u32) -> Holders {
 fn holds(fd_dir: &Path, target: (u64, u64)) -> io::Result<bool> {
     for fd in fs::read_dir(fd_dir)?.flatten() {
         // metadata() follows the magic link to the open file itself, even if renamed.
-        if let Ok(m) = fs::metadata(fd.path()) {
-            if (m.dev(), m.ino()) == target {
-                return Ok(true);
-            }
+        if let Ok(m) = fs::metadata(fd.path())
+            && (m.dev(), m.ino()) == target
+        {
+            return Ok(true);
         }
     }
     Ok(false)

@@ -74,10 +74,10 @@ pub async fn run(policy: &WalPolicy, trigger: &str, cancel: &CancellationToken) 
         .await;
     }
     log_result(policy, trigger, &result, started);
-    if let JobResult::Success(report) = &result {
-        if let Some(b) = &report.backup {
-            housekeeping(policy.clone(), b.clone());
-        }
+    if let JobResult::Success(report) = &result
+        && let Some(b) = &report.backup
+    {
+        housekeeping(policy.clone(), b.clone());
     }
     result
 }

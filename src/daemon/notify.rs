@@ -31,10 +31,10 @@ impl Systemd {
     }
 
     fn send(&self, states: &[NotifyState]) {
-        if self.enabled {
-            if let Err(e) = sd_notify::notify(false, states) {
-                tracing::debug!(event = "systemd", "sd_notify failed: {e}");
-            }
+        if self.enabled
+            && let Err(e) = sd_notify::notify(false, states)
+        {
+            tracing::debug!(event = "systemd", "sd_notify failed: {e}");
         }
     }
 

@@ -42,10 +42,10 @@ impl Schedules {
 
     /// Stops every job; running ones only enqueue, so nothing is left half-done.
     pub async fn shutdown(&mut self) {
-        if let Some(mut sched) = self.sched.take() {
-            if let Err(e) = sched.shutdown().await {
-                tracing::warn!(event = "schedule", "cron scheduler shutdown: {e}");
-            }
+        if let Some(mut sched) = self.sched.take()
+            && let Err(e) = sched.shutdown().await
+        {
+            tracing::warn!(event = "schedule", "cron scheduler shutdown: {e}");
         }
     }
 }

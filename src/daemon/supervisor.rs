@@ -196,17 +196,17 @@ impl Supervisor {
         );
         let wal = self.policy.name.as_str();
         let blocked = matches!(decision, Decision::Blocked { .. });
-        if blocked && !self.blocked {
-            if let Decision::Blocked {
+        if blocked
+            && !self.blocked
+            && let Decision::Blocked {
                 reasons,
                 reclaimable,
                 min,
             } = &decision
-            {
-                info!(event = "blocked", wal, trigger = %triggers::describe(reasons),
+        {
+            info!(event = "blocked", wal, trigger = %triggers::describe(reasons),
                     reclaimable_bytes = reclaimable, min_reclaimable_bytes = min,
                     "{wal}: blocked: too little reclaimable ({reclaimable} bytes, minimum {min}); not compacting");
-            }
         }
         self.blocked = blocked;
         self.publish(stats);
@@ -295,10 +295,10 @@ impl Supervisor {
         let outcome = result.outcome();
         let now = Utc::now();
         self.state.record(outcome, now);
-        if matches!(result, JobResult::Success(_)) {
-            if let Some(stats) = self.refresh(true).await {
-                self.state.commit_base = stats.commit_lines;
-            }
+        if matches!(result, JobResult::Success(_))
+            && let Some(stats) = self.refresh(true).await
+        {
+            self.state.commit_base = stats.commit_lines;
         }
         if outcome != LastOutcome::Cancelled {
             self.save_state();

@@ -114,10 +114,10 @@ pub fn threshold_reasons(stats: &WalStats, t: &Triggers, commit_base: u64) -> Ve
     {
         reasons.push(Reason::Ratio { ratio, min });
     }
-    if let (Some(min), Some(percent)) = (t.min_free_disk_percent, stats.free_percent) {
-        if percent < min {
-            reasons.push(Reason::FreeDisk { percent, min });
-        }
+    if let (Some(min), Some(percent)) = (t.min_free_disk_percent, stats.free_percent)
+        && percent < min
+    {
+        reasons.push(Reason::FreeDisk { percent, min });
     }
     reasons
 }
@@ -150,10 +150,10 @@ pub fn decide(
     if let Some(until) = cooldown_until(triggers, state).filter(|u| now < *u) {
         return Decision::Cooldown { reasons, until };
     }
-    if request != Some(Request::Scheduled) {
-        if let Some(until) = backoff_until(state).filter(|u| now < *u) {
-            return Decision::Backoff { reasons, until };
-        }
+    if request != Some(Request::Scheduled)
+        && let Some(until) = backoff_until(state).filter(|u| now < *u)
+    {
+        return Decision::Backoff { reasons, until };
     }
     Decision::Compact(reasons)
 }

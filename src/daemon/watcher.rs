@@ -95,7 +95,9 @@ impl Watcher {
         let mut dirs: HashSet<PathBuf> = routes.wals.keys().map(|p| parent_dir(p)).collect();
         dirs.extend(routes.policy.as_deref().map(parent_dir));
         drop(routes);
-        dirs.iter().fold(true, |all, d| self.ensure(d) && all)
+        // Not `all()`: every directory must be tried, not just up to the first failure.
+        let missing = dirs.iter().filter(|d| !self.ensure(d)).count();
+        missing == 0
     }
 
     /// Routes changes of the policy file to the reload channel.

@@ -273,19 +273,19 @@ fn write_verify_swap(
     journal::write(wal, entry)?;
     clock.stage(Stage::Swap, || swap::swap(&temp.path, wal))?;
     temp.keep();
-    if let Some(check) = req.check {
-        if let Err(detail) = clock.stage(Stage::Check, || check(wal, &backup.path)) {
-            entry.phase = journal::Phase::RollingBack;
-            journal::write(wal, entry)?;
-            clock.stage(Stage::Rollback, || {
-                rollback::restore_copy(&backup.path, wal, Stage::Rollback)
-            })?;
-            return Err(PipelineError::CheckFailed {
-                path: wal.into(),
-                backup: backup.path.clone(),
-                detail,
-            });
-        }
+    if let Some(check) = req.check
+        && let Err(detail) = clock.stage(Stage::Check, || check(wal, &backup.path))
+    {
+        entry.phase = journal::Phase::RollingBack;
+        journal::write(wal, entry)?;
+        clock.stage(Stage::Rollback, || {
+            rollback::restore_copy(&backup.path, wal, Stage::Rollback)
+        })?;
+        return Err(PipelineError::CheckFailed {
+            path: wal.into(),
+            backup: backup.path.clone(),
+            detail,
+        });
     }
     journal::clear(wal)
 }

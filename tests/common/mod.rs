@@ -209,10 +209,10 @@ impl Daemon {
             status = self.child.try_wait().unwrap();
             status.is_some()
         });
-        if status.is_some() {
-            if let Some(r) = self.reader.take() {
-                let _ = r.join();
-            }
+        if status.is_some()
+            && let Some(r) = self.reader.take()
+        {
+            let _ = r.join();
         }
         status
     }
