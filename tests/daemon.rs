@@ -379,3 +379,19 @@ fn run_refuses_an_invalid_policy_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("daemon.log_format"));
 }
+
+#[test]
+fn reload_starts_added_and_stops_removed_wals() {
+    let d = tempfile::tempdir().unwrap();
+    write_wal(d.path(), "a.log", &clean_wal("a", 10));
+    write_wal(d.path(), "b.log", &wal_text(2000));
+    write_policy(d.path(), &test_policy(&wal_table("wa", "a.log", "", "")));
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| v["event"] == "supervisor" && v["wal"] == "wa");
+    let t = "max_size_mb = 0.1\nmin_reclaimable_bytes = 1";
+    write_policy(d.path(), &test_policy(&wal_table("wb", "b.log", t, "")));
+    daemon.wait_for_log(|v| {
+        v["event"] == "supervisor" && v["wal"] == "wa" && v["message"] == "stopped"
+    });
+    daemon.wait_for_log(|v| is_run(v, "wb", "success"));
+}
