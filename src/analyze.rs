@@ -52,6 +52,8 @@ pub struct Analysis {
     pub torn_tail_bytes: u64,
     pub corrupt: Vec<CorruptLine>,
     pub corrupt_lines: u64,
+    /// The transaction ids seen, by index (drop it early: it costs memory per transaction).
+    pub ids: Interner,
 }
 
 impl Analysis {
@@ -188,6 +190,7 @@ impl Pass {
             torn_tail_bytes: self.torn_tail_bytes,
             corrupt: self.corrupt,
             corrupt_lines: self.corrupt_lines,
+            ids: self.ids,
         }
     }
 }

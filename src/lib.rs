@@ -15,15 +15,24 @@
 //! - [`output`]: human-readable renderings of the commands' reports.
 //! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,
 //!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify.
+//! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
+//!   publish per-WAL figures, run outcomes and alert states.
+//! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the
+//!   edge actions: logging and running the rule's command.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
+//! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
+//!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
 
+pub mod alerts;
 pub mod analyze;
 pub mod commands;
 pub mod daemon;
 pub mod fsutil;
+pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
 pub mod replay;
 pub mod rules;
 pub mod wal;
+pub mod writer;

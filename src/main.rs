@@ -43,6 +43,12 @@ enum Command {
         /// Where the backup goes (default: the WAL's directory).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
+        /// Let writers that follow docs/PROTOCOL.md keep appending during the compaction.
+        #[arg(long)]
+        online: bool,
+        /// Online: give up (exit 5, nothing changed) if writers hold the lock this long.
+        #[arg(long, default_value_t = 2000, requires = "online")]
+        lock_timeout_ms: u64,
     },
     /// Integrity check: parse every line, print the replay digest; with --against, compare.
     Verify {
@@ -230,8 +236,15 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             wal,
             json,
             backup_dir,
+            online,
+            lock_timeout_ms,
             ..
-        } => compact(wal, backup_dir, json),
+        } => {
+            let online = online.then(|| pipeline::Online {
+                lock_timeout: std::time::Duration::from_millis(lock_timeout_ms),
+            });
+            compact(wal, backup_dir, online, json)
+        }
         Command::Verify { wal, against, json } => {
             let v = commands::verify_wal(&wal, against.as_deref())?;
             print(json, &v, output::verify);
@@ -294,7 +307,12 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
     }
 }
 
-fn compact(wal: PathBuf, backup_dir: Option<PathBuf>, json: bool) -> Result<i32, PipelineError> {
+fn compact(
+    wal: PathBuf,
+    backup_dir: Option<PathBuf>,
+    online: Option<pipeline::Online>,
+    json: bool,
+) -> Result<i32, PipelineError> {
     let bar = progress_bar();
     let progress = |_: pipeline::Stage, done: u64, total: u64| {
         if let Some(b) = &bar {
@@ -305,6 +323,7 @@ fn compact(wal: PathBuf, backup_dir: Option<PathBuf>, json: bool) -> Result<i32,
     let mut req = Request::new(wal, "walcompactd compact");
     req.backup_dir = backup_dir;
     req.progress = Some(&progress);
+    req.online = online;
     let result = pipeline::run(&req);
     if let Some(b) = &bar {
         b.finish_and_clear();

@@ -317,6 +317,18 @@ impl Indexer {
         c
     }
 
+    /// Transactions whose last PREPARE the plan drops (it precedes their final ABORT). A COMMIT
+    /// appended later with no new PREPARE would be decided by that dropped line, so online
+    /// compaction must not copy such a COMMIT verbatim after the compacted prefix.
+    pub fn txs_with_dropped_last_prepare(&self) -> impl Iterator<Item = TxIdx> + '_ {
+        (0..self.txs.len() as TxIdx).filter(|&tx| {
+            let s = &self.txs[tx as usize];
+            matches!(s.final_slot(), Some((_, Op::Abort)))
+                && s.prepare_slot().is_some()
+                && !self.after_final.contains_key(&tx)
+        })
+    }
+
     /// The surviving byte ranges, sorted and coalesced.
     pub fn plan(&self) -> Plan {
         let mut slots = Vec::with_capacity(self.txs.len() + self.unrecognized.len());

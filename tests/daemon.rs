@@ -395,3 +395,32 @@ fn reload_starts_added_and_stops_removed_wals() {
     });
     daemon.wait_for_log(|v| is_run(v, "wb", "success"));
 }
+
+#[test]
+fn online_mode_compacts_while_another_process_holds_the_wal() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &wal_text(2000));
+    let before = digest(&wal);
+    let mut holder = std::process::Command::new("sleep")
+        .arg("60")
+        .stdin(fs::File::open(&wal).unwrap())
+        .spawn()
+        .unwrap();
+    let t = "max_size_mb = 0.1\nmin_reclaimable_bytes = 1";
+    let table = wal_table("w1", "wal.log", t, "").replace(
+        "poll_interval_secs",
+        "mode = \"online\"\npoll_interval_secs",
+    );
+    write_policy(d.path(), &test_policy(&table));
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| is_run(v, "w1", "success"));
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        daemon.count(|v| is_run(v, "w1", "skipped")),
+        0,
+        "{}",
+        daemon.dump()
+    );
+    assert_eq!(digest(&wal), before);
+}

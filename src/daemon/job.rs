@@ -188,6 +188,9 @@ async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -
         Ok(Err(PipelineError::Busy { holder, .. })) => {
             JobResult::Skipped(format!("another compaction holds the lock ({holder})"))
         }
+        Ok(Err(PipelineError::LockTimeout { waited_ms, .. })) => JobResult::Skipped(format!(
+            "online mode: the writer lock was not free within {waited_ms} ms; retrying later"
+        )),
         Ok(Err(e @ PipelineError::Cancelled { .. })) if timed_out => JobResult::Failed(
             stage_of(&e),
             format!("timed out after {} s: {e}", policy.job_timeout.as_secs()),
@@ -219,6 +222,11 @@ fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, Pipel
     if !policy.hooks.verify.is_empty() {
         req.check = Some(&check);
     }
+    if policy.mode == Mode::Online {
+        req.online = Some(pipeline::Online {
+            lock_timeout: policy.lock_timeout,
+        });
+    }
     pipeline::run(&req)
 }
 
@@ -229,7 +237,7 @@ fn stage_of(e: &PipelineError) -> Option<Stage> {
         | PipelineError::NoSpace { stage, .. }
         | PipelineError::Cancelled { stage, .. } => Some(*stage),
         PipelineError::Corrupt { .. } | PipelineError::BadInput { .. } => Some(Stage::Analyze),
-        PipelineError::Busy { .. } => Some(Stage::Lock),
+        PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => Some(Stage::Lock),
         PipelineError::Changed { .. } => Some(Stage::Swap),
         PipelineError::VerifyFailed { .. } => Some(Stage::Verify),
         PipelineError::CheckFailed { .. } => Some(Stage::Check),

@@ -60,6 +60,11 @@ pub enum PipelineError {
     Busy { path: PathBuf, holder: String },
 
     #[error(
+        "{path}: writers held the lock for more than {waited_ms} ms; nothing replaced, retry later"
+    )]
+    LockTimeout { path: PathBuf, waited_ms: u64 },
+
+    #[error(
         "{path}: changed during compaction ({what}); nothing replaced. Stop the writer or use --online"
     )]
     Changed { path: PathBuf, what: String },
@@ -96,7 +101,7 @@ impl PipelineError {
             PipelineError::VerifyFailed { .. } | PipelineError::CheckFailed { .. } => {
                 exit_code::VERIFY_FAILED
             }
-            PipelineError::Busy { .. } => exit_code::BUSY,
+            PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => exit_code::BUSY,
             _ => exit_code::IO,
         }
     }

@@ -11,6 +11,7 @@ pub mod compact;
 mod error;
 pub mod journal;
 pub mod lock;
+pub mod online;
 pub mod rollback;
 mod snapshot;
 pub mod swap;
@@ -24,7 +25,12 @@ use std::time::Instant;
 use serde::Serialize;
 
 pub use error::{PipelineError, exit_code};
+pub use online::{Online, OnlineStats};
 pub use snapshot::{Snapshot, open_wal};
+
+/// A rollback must not give up on the writer lock as quickly as a compaction: it is putting
+/// the original WAL back.
+const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::fsutil::{FileId, available_bytes, parent_dir, sibling};
 
@@ -110,6 +116,8 @@ pub struct Request<'a> {
     /// Set by the daemon at shutdown: the run stops at the next safe point (before the
     /// backup, before writing, before the swap), leaving the WAL as it was.
     pub cancel: Option<&'a AtomicBool>,
+    /// Online mode: writers following the lock protocol keep appending during the run.
+    pub online: Option<Online>,
 }
 
 impl Request<'_> {
@@ -122,6 +130,7 @@ impl Request<'_> {
             check: None,
             progress: None,
             cancel: None,
+            online: None,
         }
     }
 }
@@ -152,6 +161,8 @@ pub struct Report {
     pub recovered: Option<String>,
     pub duration_ms: f64,
     pub stages: Vec<StageTime>,
+    /// Online mode: catch-up and writer-lock figures.
+    pub online: Option<OnlineStats>,
 }
 
 /// Timing of stages in a run.
@@ -186,7 +197,9 @@ fn ms(t: Instant) -> f64 {
 /// Runs backup → compact → verify → swap (→ rollback) on one WAL.
 pub fn run(req: &Request) -> Result<Report, PipelineError> {
     let mut clock = Clock::start();
-    let mut snap = clock.stage(Stage::Analyze, || Snapshot::take(&req.wal, req.progress))?;
+    let mut snap = clock.stage(Stage::Analyze, || {
+        Snapshot::take(&req.wal, req.progress, req.online.is_some())
+    })?;
     let backup_dir = backup::backup_dir(&req.wal, req.backup_dir.as_deref());
     backup::check_dir(&backup_dir)?;
     if snap.plan.reclaimable_bytes() == 0 && !journal::journal_path(&req.wal).exists() {
@@ -196,7 +209,9 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
     let recovered = clock.stage(Stage::Recover, || journal::recover(&req.wal))?;
     if open_wal(&req.wal)?.1 != snap.id {
         // Recovery or another compaction changed the WAL since it was analyzed.
-        snap = clock.stage(Stage::Analyze, || Snapshot::take(&req.wal, req.progress))?;
+        snap = clock.stage(Stage::Analyze, || {
+            Snapshot::take(&req.wal, req.progress, req.online.is_some())
+        })?;
     }
     let recovered = (recovered != journal::Recovered::Nothing).then(|| format!("{recovered:?}"));
     if snap.plan.reclaimable_bytes() == 0 {
@@ -209,15 +224,21 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
             recovered,
         ));
     }
-    let backup = compact_and_swap(req, &snap, &backup_dir, &mut clock)?;
-    Ok(report(
+    let (backup, online) = compact_and_swap(req, &snap, &backup_dir, &mut clock)?;
+    let mut r = report(
         req,
         &snap,
         &clock,
         Outcome::Success,
         Some(backup),
         recovered,
-    ))
+    );
+    if let Some(o) = online {
+        // Lines appended during the run are in the new WAL too.
+        r.bytes_after += o.appended_bytes;
+        r.online = Some(o);
+    }
+    Ok(r)
 }
 
 /// The stages that change files, each preceded by its journal entry.
@@ -226,7 +247,7 @@ fn compact_and_swap(
     snap: &Snapshot,
     backup_dir: &Path,
     clock: &mut Clock,
-) -> Result<backup::Backup, PipelineError> {
+) -> Result<(backup::Backup, Option<OnlineStats>), PipelineError> {
     let wal = req.wal.as_path();
     checkpoint(req, Stage::Backup)?;
     precheck_space(wal, snap, backup_dir)?;
@@ -247,7 +268,7 @@ fn compact_and_swap(
         // The WAL is intact (or rolled back); the temp was removed by its guard.
         let _ = journal::clear(wal);
     }
-    result.map(|()| backup)
+    result.map(|online| (backup, online))
 }
 
 fn write_verify_swap(
@@ -257,7 +278,7 @@ fn write_verify_swap(
     backup: &backup::Backup,
     entry: &mut journal::Journal,
     clock: &mut Clock,
-) -> Result<(), PipelineError> {
+) -> Result<Option<OnlineStats>, PipelineError> {
     let wal = req.wal.as_path();
     checkpoint(req, Stage::Compact)?;
     let mut temp = clock.stage(Stage::Compact, || {
@@ -267,27 +288,121 @@ fn write_verify_swap(
     clock.stage(Stage::Verify, || {
         verify::verify_temp(&temp.path, wal, &snap.replay, expected_len)
     })?;
-    ensure_unchanged(wal, &snap.id)?;
     checkpoint(req, Stage::Swap)?;
+    let stats = match req.online {
+        None => {
+            ensure_unchanged(wal, &snap.id)?;
+            swap_journaled(wal, &temp.path, entry, clock)?;
+            None
+        }
+        Some(online) => Some(swap_online(
+            req, snap, &temp.path, backup, entry, online, clock,
+        )?),
+    };
+    temp.keep();
+    check_or_rollback(req, backup, entry, stats.as_ref(), clock)?;
+    journal::clear(wal)?;
+    Ok(stats)
+}
+
+/// Records the swap in the journal, then renames the temp over the WAL.
+fn swap_journaled(
+    wal: &Path,
+    temp: &Path,
+    entry: &mut journal::Journal,
+    clock: &mut Clock,
+) -> Result<(), PipelineError> {
     entry.phase = journal::Phase::Swapping;
     journal::write(wal, entry)?;
-    clock.stage(Stage::Swap, || swap::swap(&temp.path, wal))?;
-    temp.keep();
-    if let Some(check) = req.check
-        && let Err(detail) = clock.stage(Stage::Check, || check(wal, &backup.path))
-    {
-        entry.phase = journal::Phase::RollingBack;
-        journal::write(wal, entry)?;
-        clock.stage(Stage::Rollback, || {
-            rollback::restore_copy(&backup.path, wal, Stage::Rollback)
-        })?;
-        return Err(PipelineError::CheckFailed {
-            path: wal.into(),
-            backup: backup.path.clone(),
-            detail,
-        });
-    }
-    journal::clear(wal)
+    clock.stage(Stage::Swap, || swap::swap(temp, wal))
+}
+
+/// Online: catch up on appended bytes, then copy the last delta and swap under the writers' lock.
+fn swap_online(
+    req: &Request,
+    snap: &Snapshot,
+    temp: &Path,
+    backup: &backup::Backup,
+    entry: &mut journal::Journal,
+    online: Online,
+    clock: &mut Clock,
+) -> Result<OnlineStats, PipelineError> {
+    let wal = req.wal.as_path();
+    let io_err = |what| PipelineError::io(Stage::Compact, what, temp);
+    let mut temp_file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(temp)
+        .map_err(io_err("open"))?;
+    let mut backup_copy = match backup.linked {
+        true => None,
+        false => {
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&backup.path)
+                .map_err(PipelineError::io(Stage::Backup, "open", &backup.path))?;
+            let len = f
+                .metadata()
+                .map_err(PipelineError::io(Stage::Backup, "stat", &backup.path))?
+                .len();
+            Some((f, len))
+        }
+    };
+    let mut sinks = online::Sinks {
+        temp: &mut temp_file,
+        backup: backup_copy.as_mut().map(|(f, n)| (f, *n)),
+    };
+    let mut check = online::TailCheck::new(wal, snap);
+    let mut stats = OnlineStats::default();
+    // The torn fragment after the last complete line was already copied; the check reads it again.
+    let fragment = online::read_range(&snap.file, snap.plan.scanned_len, snap.id.len, wal)?;
+    check.feed(&fragment)?;
+    fail::fail_point!("online::catch_up::delay");
+    let copied = clock.stage(Stage::Compact, || {
+        online::catch_up(&snap.file, snap.id.len, &mut sinks, &mut check, &mut stats)
+    })?;
+    let wait = Instant::now();
+    let lock = online::acquire_writer_lock(wal, online.lock_timeout)?;
+    stats.lock_wait_ms = ms(wait);
+    let end = online::final_delta(wal, snap, copied, &mut sinks, &mut check, &mut stats)?;
+    swap_journaled(wal, temp, entry, clock)?;
+    stats.lock_held_ms = ms(lock.acquired);
+    drop(lock);
+    stats.appended_bytes = end - snap.id.len;
+    stats.len_at_swap = temp_file.metadata().map_err(io_err("stat"))?.len();
+    Ok(stats)
+}
+
+/// Runs the application's check of the swapped WAL; on failure restores the backup,
+/// keeping (online) every line appended since the swap.
+fn check_or_rollback(
+    req: &Request,
+    backup: &backup::Backup,
+    entry: &mut journal::Journal,
+    online: Option<&OnlineStats>,
+    clock: &mut Clock,
+) -> Result<(), PipelineError> {
+    let wal = req.wal.as_path();
+    let Some(check) = req.check else {
+        return Ok(());
+    };
+    let Err(detail) = clock.stage(Stage::Check, || check(wal, &backup.path)) else {
+        return Ok(());
+    };
+    entry.phase = journal::Phase::RollingBack;
+    journal::write(wal, entry)?;
+    clock.stage(Stage::Rollback, || match (online, req.online) {
+        (Some(stats), Some(o)) => {
+            let _lock =
+                online::acquire_writer_lock(wal, o.lock_timeout.max(ROLLBACK_LOCK_TIMEOUT))?;
+            rollback::restore_keeping(&backup.path, wal, Stage::Rollback, Some(stats.len_at_swap))
+        }
+        _ => rollback::restore_copy(&backup.path, wal, Stage::Rollback),
+    })?;
+    Err(PipelineError::CheckFailed {
+        path: wal.into(),
+        backup: backup.path.clone(),
+        detail,
+    })
 }
 
 /// A safe point: stop here if cancellation was requested.
@@ -397,5 +512,6 @@ fn report(
         recovered,
         duration_ms: ms(clock.start),
         stages: clock.stages.clone(),
+        online: None,
     }
 }

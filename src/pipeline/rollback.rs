@@ -15,8 +15,20 @@ use crate::fsutil::{fsync_dir, parent_dir, sibling};
 /// Copies `backup` (decompressing `.zst`) to a temp beside `wal`, fsyncs it, renames it over
 /// `wal` and fsyncs the directory. fsync BEFORE rename, or a crash can leave an empty WAL.
 pub fn restore_copy(backup: &Path, wal: &Path, stage: Stage) -> Result<(), PipelineError> {
+    restore_keeping(backup, wal, stage, None)
+}
+
+/// Like [`restore_copy`], and appends the current WAL's bytes from `appended_from` on:
+/// the lines writers appended after an online swap survive the rollback. The caller holds
+/// the writers' lock, so nothing is appended meanwhile.
+pub fn restore_keeping(
+    backup: &Path,
+    wal: &Path,
+    stage: Stage,
+    appended_from: Option<u64>,
+) -> Result<(), PipelineError> {
     let tmp = sibling(wal, ROLLBACK_SUFFIX);
-    let result = copy_to(backup, &tmp, wal);
+    let result = copy_to(backup, &tmp, wal, appended_from);
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(PipelineError::io(stage, "copy backup to", &tmp)(e));
@@ -28,7 +40,7 @@ pub fn restore_copy(backup: &Path, wal: &Path, stage: Stage) -> Result<(), Pipel
     fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(stage, "fsync dir of", wal))
 }
 
-fn copy_to(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<()> {
+fn copy_to(backup: &Path, tmp: &Path, wal: &Path, appended_from: Option<u64>) -> io::Result<()> {
     let mut reader = open_reader(backup)?;
     let mut out = OpenOptions::new()
         .write(true)
@@ -40,5 +52,10 @@ fn copy_to(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<()> {
         out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }
     io::copy(&mut reader, &mut out)?;
+    if let Some(from) = appended_from {
+        let mut current = fs::File::open(wal)?;
+        io::Seek::seek(&mut current, io::SeekFrom::Start(from))?;
+        io::copy(&mut current, &mut out)?;
+    }
     out.sync_all()
 }

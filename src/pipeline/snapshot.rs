@@ -1,6 +1,7 @@
 //! The WAL as read at the start of a run: an open handle (so later stages read the same
 //! inode), its identity, the analysis, the plan and the replay state.
 
+use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{BufReader, Read};
 use std::path::Path;
@@ -20,6 +21,9 @@ pub struct Snapshot {
     pub plan: Plan,
     pub replay: ReplayState,
     pub counts: Counts,
+    /// Online mode: ids whose deciding PREPARE the plan drops (see
+    /// [`crate::rules::Indexer::txs_with_dropped_last_prepare`]); empty offline.
+    pub at_risk: HashSet<String>,
 }
 
 /// Opens the WAL for reading, refusing what is not a readable regular file. Nothing is created.
@@ -47,8 +51,13 @@ pub fn open_wal(wal: &Path) -> Result<(File, FileId), PipelineError> {
 }
 
 impl Snapshot {
-    /// Opens and analyzes the WAL (one streaming pass), refusing corrupt content.
-    pub fn take(wal: &Path, progress: Option<ProgressFn>) -> Result<Snapshot, PipelineError> {
+    /// Opens and analyzes the WAL (one streaming pass), refusing corrupt content. `online`
+    /// also collects the ids the tail check needs.
+    pub fn take(
+        wal: &Path,
+        progress: Option<ProgressFn>,
+        online: bool,
+    ) -> Result<Snapshot, PipelineError> {
         let (file, id) = open_wal(wal)?;
         let meta = file
             .metadata()
@@ -69,9 +78,22 @@ impl Snapshot {
         )
         .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
         super::verify::refuse_corrupt(wal, &analysis)?;
-        let plan = analysis.index.plan();
-        let counts = analysis.index.counts();
-        let replay = analysis.replay.expect("replay requested");
+        let at_risk = match online {
+            true => analysis
+                .index
+                .txs_with_dropped_last_prepare()
+                .map(|i| analysis.ids.get(i).to_owned())
+                .collect(),
+            false => HashSet::new(),
+        };
+        // Ids are not needed for planning: free them before the plan is built.
+        let crate::analyze::Analysis {
+            index, replay, ids, ..
+        } = analysis;
+        drop(ids);
+        let plan = index.plan();
+        let counts = index.counts();
+        let replay = replay.expect("replay requested");
         Ok(Snapshot {
             file,
             meta,
@@ -79,6 +101,7 @@ impl Snapshot {
             plan,
             replay,
             counts,
+            at_risk,
         })
     }
 }

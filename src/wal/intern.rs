@@ -13,37 +13,46 @@ pub type TxIdx = u32;
 /// An append-only set of transaction ids.
 #[derive(Default)]
 pub struct Interner {
-    table: HashTable<TxIdx>,
+    /// (index, 32 bits of the id's hash): keeping the hash means growing the table never
+    /// re-reads ids, and most failed probes are rejected without comparing bytes.
+    table: HashTable<(TxIdx, u32)>,
     /// End offset in `arena` of each id; id `i` spans `ends[i-1]..ends[i]`.
     ends: Vec<usize>,
-    arena: String,
+    /// Concatenated ids; only whole `&str`s are appended, so every span is valid UTF-8.
+    arena: Vec<u8>,
     hasher: DefaultHashBuilder,
+}
+
+/// The table hash of an entry, rebuilt from its stored 32 bits (enough for 2^32 buckets).
+fn table_hash(h32: u32) -> u64 {
+    (u64::from(h32) << 32) | u64::from(h32)
 }
 
 impl Interner {
     /// The index of `id`, adding it if new. Returns `None` only past `u32::MAX` ids.
     pub fn intern(&mut self, id: &str) -> Option<TxIdx> {
-        let hash = self.hasher.hash_one(id);
+        let h32 = (self.hasher.hash_one(id) >> 32) as u32;
         let Interner {
-            table,
-            ends,
-            arena,
-            hasher,
+            table, ends, arena, ..
         } = self;
-        let slice = |i: TxIdx| id_at(ends, arena, i);
-        if let Some(&i) = table.find(hash, |&i| slice(i) == id) {
+        let bytes = id.as_bytes();
+        let found = table.find(table_hash(h32), |&(i, h)| {
+            h == h32 && span(ends, arena, i) == bytes
+        });
+        if let Some(&(i, _)) = found {
             return Some(i);
         }
         let idx = TxIdx::try_from(ends.len()).ok()?;
-        arena.push_str(id);
+        arena.extend_from_slice(bytes);
         ends.push(arena.len());
-        table.insert_unique(hash, idx, |&i| hasher.hash_one(id_at(ends, arena, i)));
+        table.insert_unique(table_hash(h32), (idx, h32), |&(_, h)| table_hash(h));
         Some(idx)
     }
 
     /// The id behind an index.
     pub fn get(&self, idx: TxIdx) -> &str {
-        id_at(&self.ends, &self.arena, idx)
+        std::str::from_utf8(span(&self.ends, &self.arena, idx))
+            .expect("the arena holds whole str values")
     }
 
     /// Number of distinct ids.
@@ -57,7 +66,7 @@ impl Interner {
     }
 }
 
-fn id_at<'a>(ends: &[usize], arena: &'a str, idx: TxIdx) -> &'a str {
+fn span<'a>(ends: &[usize], arena: &'a [u8], idx: TxIdx) -> &'a [u8] {
     let i = idx as usize;
     let start = if i == 0 { 0 } else { ends[i - 1] };
     &arena[start..ends[i]]

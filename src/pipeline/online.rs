@@ -1,0 +1,317 @@
+//! Online compaction: writers that follow `docs/PROTOCOL.md` keep appending while the WAL
+//! is compacted. The prefix `[0, N)` was compacted and verified without any lock; here the
+//! bytes appended since are copied verbatim after it — first without the lock while the
+//! remaining tail is large, then under the writers' `<wal>.lock` for the last few — and the
+//! result is renamed over the WAL while writers wait. The lock is held only for the last
+//! delta: its cost does not grow with the WAL's size.
+//!
+//! Copying appended lines verbatim after the compacted prefix replays to the same state as
+//! the original, except for one pattern the tail check refuses (see [`TailCheck`]).
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::{PipelineError, Snapshot, Stage, open_wal};
+use crate::wal::{Entry, Op, decode};
+
+/// Catch up without the lock until at most this much is left: copying and checking it under
+/// the lock then takes about a millisecond.
+pub const CATCH_UP_TAIL_BYTES: u64 = 256 << 10;
+/// Catch-up rounds before taking the lock anyway, so a writer faster than the copy cannot
+/// postpone the swap forever (the lock then covers what that writer added in one round).
+const MAX_CATCH_UP_ROUNDS: u32 = 16;
+/// How often a waiting compactor retries the writer lock.
+const LOCK_POLL: Duration = Duration::from_millis(1);
+/// Chunk size for copying the tail.
+const COPY_CHUNK_BYTES: usize = 256 << 10;
+
+/// Online-mode settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Online {
+    /// Give up (cleanly) if the writer lock is not acquired within this time.
+    pub lock_timeout: Duration,
+}
+
+/// What the online phase measured, for the report and the latency benchmark.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OnlineStats {
+    pub catch_up_rounds: u32,
+    /// Bytes appended by writers between the snapshot and the swap.
+    pub appended_bytes: u64,
+    pub lock_wait_ms: f64,
+    /// How long writers were paused.
+    pub lock_held_ms: f64,
+    /// Bytes copied while holding the lock.
+    pub bytes_under_lock: u64,
+    /// Length of the new WAL at the swap (a rollback keeps what was appended after it).
+    pub len_at_swap: u64,
+}
+
+/// Destinations of the appended bytes: the temp file, and a copied backup (a hard-linked
+/// backup is the original inode and needs nothing).
+pub(super) struct Sinks<'a> {
+    pub temp: &'a mut File,
+    pub backup: Option<(&'a mut File, u64)>,
+}
+
+/// Copies `[from, to)` of the WAL to the sinks, checking each complete line on the way.
+fn copy_tail(
+    src: &File,
+    from: u64,
+    to: u64,
+    sinks: &mut Sinks,
+    check: &mut TailCheck,
+) -> Result<(), PipelineError> {
+    let mut buf = vec![0; COPY_CHUNK_BYTES];
+    let mut pos = from;
+    while pos < to {
+        let want = usize::try_from(to - pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        src.read_exact_at(&mut buf[..want], pos)
+            .map_err(PipelineError::io(
+                Stage::Compact,
+                "read appended bytes of",
+                check.wal,
+            ))?;
+        check.feed(&buf[..want])?;
+        sinks
+            .temp
+            .write_all(&buf[..want])
+            .map_err(PipelineError::io(
+                Stage::Compact,
+                "append to",
+                "the temp file",
+            ))?;
+        pos += want as u64;
+    }
+    if let Some((backup, backup_len)) = sinks.backup.as_mut() {
+        copy_range_to(src, *backup_len, to, backup).map_err(PipelineError::io(
+            Stage::Backup,
+            "append to",
+            "the backup copy",
+        ))?;
+        *backup_len = to.max(*backup_len);
+    }
+    Ok(())
+}
+
+/// Reads `[from, to)` of the WAL into memory (a torn fragment: at most one line).
+pub(super) fn read_range(
+    src: &File,
+    from: u64,
+    to: u64,
+    wal: &Path,
+) -> Result<Vec<u8>, PipelineError> {
+    let mut buf = vec![0; usize::try_from(to - from).unwrap_or(usize::MAX)];
+    src.read_exact_at(&mut buf, from)
+        .map_err(PipelineError::io(Stage::Compact, "read", wal))?;
+    Ok(buf)
+}
+
+fn copy_range_to(src: &File, from: u64, to: u64, out: &mut File) -> io::Result<()> {
+    let mut buf = vec![0; COPY_CHUNK_BYTES];
+    let mut pos = from;
+    while pos < to {
+        let want = usize::try_from(to - pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        src.read_exact_at(&mut buf[..want], pos)?;
+        out.write_all(&buf[..want])?;
+        pos += want as u64;
+    }
+    Ok(())
+}
+
+/// Checks the lines appended after the snapshot before they are copied verbatim behind the
+/// compacted prefix: each must be a valid line, and none may be a COMMIT for a transaction
+/// whose deciding PREPARE the plan dropped (it was ABORTed in the prefix, and no new
+/// PREPARE came first) — replaying the compacted WAL would then lose that PREPARE's data.
+/// Such a run is refused and retried later, when the COMMIT is part of the prefix.
+pub(super) struct TailCheck<'a> {
+    wal: &'a Path,
+    at_risk: &'a HashSet<String>,
+    prepared: HashSet<String>,
+    carry: Vec<u8>,
+    /// Offset of `carry[0]` in the WAL.
+    offset: u64,
+    /// Complete lines before `offset`.
+    lines: u64,
+}
+
+impl<'a> TailCheck<'a> {
+    /// Starts at the first byte after the snapshot's last complete line.
+    pub fn new(wal: &'a Path, snap: &'a Snapshot) -> TailCheck<'a> {
+        TailCheck {
+            wal,
+            at_risk: &snap.at_risk,
+            prepared: HashSet::new(),
+            carry: Vec::new(),
+            offset: snap.plan.scanned_len,
+            lines: snap.counts.lines,
+        }
+    }
+
+    /// Checks the complete lines in `bytes` (a line may continue in the next call).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<(), PipelineError> {
+        self.carry.extend_from_slice(bytes);
+        let mut start = 0;
+        while let Some(i) = self.carry[start..].iter().position(|&b| b == b'\n') {
+            let line = self.carry[start..start + i].to_vec();
+            self.lines += 1;
+            self.check_line(&line, self.offset + start as u64)?;
+            start += i + 1;
+        }
+        self.carry.drain(..start);
+        self.offset += start as u64;
+        Ok(())
+    }
+
+    fn check_line(&mut self, line: &[u8], offset: u64) -> Result<(), PipelineError> {
+        let entry = decode(line).map_err(|e| PipelineError::Corrupt {
+            path: self.wal.into(),
+            line: self.lines,
+            offset,
+            reason: format!("appended during online compaction: {e}"),
+            more: 0,
+        })?;
+        let Entry::Tx(t) = entry else { return Ok(()) };
+        if !self.at_risk.contains(t.tx_id.as_ref()) {
+            return Ok(());
+        }
+        match t.op {
+            Op::Prepare => {
+                self.prepared.insert(t.tx_id.into_owned());
+                Ok(())
+            }
+            Op::Commit if !self.prepared.contains(t.tx_id.as_ref()) => {
+                Err(PipelineError::Changed {
+                    path: self.wal.into(),
+                    what: format!(
+                        "a COMMIT of {:?} (ABORTed earlier; its PREPARE is compacted away) was appended at byte {offset}; retry later",
+                        t.tx_id
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The writers' lock, held until dropped.
+pub(super) struct WriterLock {
+    _file: File,
+    pub acquired: Instant,
+}
+
+/// Takes `LOCK_EX` on `<wal>.lock`, polling until `timeout`.
+pub(super) fn acquire_writer_lock(
+    wal: &Path,
+    timeout: Duration,
+) -> Result<WriterLock, PipelineError> {
+    let path = crate::writer::lock_path(wal);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(PipelineError::io(Stage::Swap, "open writer lock", &path))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match file.try_lock() {
+            Ok(()) => {
+                return Ok(WriterLock {
+                    _file: file,
+                    acquired: Instant::now(),
+                });
+            }
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(LOCK_POLL)
+            }
+            Err(TryLockError::WouldBlock) => {
+                return Err(PipelineError::LockTimeout {
+                    path: wal.into(),
+                    waited_ms: timeout.as_millis() as u64,
+                });
+            }
+            Err(TryLockError::Error(e)) => {
+                return Err(PipelineError::io(Stage::Swap, "lock", &path)(e));
+            }
+        }
+    }
+}
+
+/// Catches up without the lock: copies appended bytes until the rest is small.
+pub(super) fn catch_up(
+    src: &File,
+    mut copied: u64,
+    sinks: &mut Sinks,
+    check: &mut TailCheck,
+    stats: &mut OnlineStats,
+) -> Result<u64, PipelineError> {
+    for _ in 0..MAX_CATCH_UP_ROUNDS {
+        let len = src
+            .metadata()
+            .map_err(PipelineError::io(Stage::Compact, "stat", check.wal))?
+            .len();
+        if len < copied {
+            return Err(PipelineError::Changed {
+                path: check.wal.into(),
+                what: format!("truncated to {len} bytes"),
+            });
+        }
+        if len - copied <= CATCH_UP_TAIL_BYTES {
+            break;
+        }
+        copy_tail(src, copied, len, sinks, check)?;
+        copied = len;
+        stats.catch_up_rounds += 1;
+    }
+    Ok(copied)
+}
+
+/// Under the writer lock: copies the last delta and makes the temp (and a copied backup)
+/// durable. Returns the WAL length copied up to. The path must still name the snapshot's
+/// inode: someone else replacing the WAL is a change this run must not paper over.
+pub(super) fn final_delta(
+    wal: &Path,
+    snap: &Snapshot,
+    copied: u64,
+    sinks: &mut Sinks,
+    check: &mut TailCheck,
+    stats: &mut OnlineStats,
+) -> Result<u64, PipelineError> {
+    let (_, now) = open_wal(wal)?;
+    if !now.same_inode(&snap.id) {
+        return Err(PipelineError::Changed {
+            path: wal.into(),
+            what: "replaced by another file".into(),
+        });
+    }
+    if now.len < copied {
+        return Err(PipelineError::Changed {
+            path: wal.into(),
+            what: format!("truncated to {} bytes", now.len),
+        });
+    }
+    copy_tail(&snap.file, copied, now.len, sinks, check)?;
+    stats.bytes_under_lock = now.len - copied;
+    // fsync the temp BEFORE the rename, or a crash can lose lines writers already saw written.
+    sinks
+        .temp
+        .sync_all()
+        .map_err(PipelineError::io(Stage::Compact, "fsync", "the temp file"))?;
+    if let Some((backup, _)) = sinks.backup.as_mut() {
+        backup
+            .sync_all()
+            .map_err(PipelineError::io(Stage::Backup, "fsync", "the backup copy"))?;
+    }
+    Ok(now.len)
+}
