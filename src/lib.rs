@@ -13,6 +13,8 @@
 //!   one module per stage, sequenced by `pipeline::run`.
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
+//! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,
+//!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify.
 //! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
 //!   publish per-WAL figures, run outcomes and alert states.
 //! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the
@@ -24,6 +26,7 @@
 pub mod alerts;
 pub mod analyze;
 pub mod commands;
+pub mod daemon;
 pub mod fsutil;
 pub mod metrics;
 pub mod output;

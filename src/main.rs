@@ -2,14 +2,16 @@
 //! report (human or `--json`) and maps errors to the documented exit codes.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
 use walcompactd::commands;
+use walcompactd::daemon;
 use walcompactd::output;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
+use walcompactd::policy;
 
 #[derive(Parser)]
 #[command(
@@ -86,6 +88,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the daemon: watch the policy's WALs and compact them when a trigger holds.
+    Run {
+        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Validate a policy and print the effective policy; exit 2 listing every error.
+    CheckPolicy {
+        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
+        path: Option<PathBuf>,
+    },
     /// Finish or undo a compaction interrupted by a crash, and remove leftover temp files.
     Recover {
         wal: PathBuf,
@@ -99,12 +112,81 @@ fn main() -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
     let cli = Cli::parse();
+    match cli.command {
+        Command::Run { policy } => return run_daemon(policy.as_deref()),
+        Command::CheckPolicy { path } => return check_policy(path.as_deref()),
+        _ => {}
+    }
     init_cli_tracing();
     match dispatch(cli.command) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("walcompactd: error: {e}");
             ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Loads the policy, sets up logging from it, and runs the daemon until SIGTERM/SIGINT.
+fn run_daemon(path: Option<&Path>) -> ExitCode {
+    let (policy, source) = match policy::load(path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("walcompactd: {e}");
+            return ExitCode::from(exit_code::USAGE as u8);
+        }
+    };
+    match start_daemon(path, policy, source) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walcompactd: error: {e:#}");
+            ExitCode::from(exit_code::IO as u8)
+        }
+    }
+}
+
+fn start_daemon(
+    path: Option<&Path>,
+    policy: policy::Policy,
+    source: policy::PolicySource,
+) -> anyhow::Result<()> {
+    let log = daemon::logging::init(&policy.daemon)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let opts = daemon::Options {
+        policy_path: path.map(Path::to_path_buf),
+        policy,
+        source,
+        log,
+    };
+    let result = rt.block_on(daemon::run(opts));
+    // A pipeline still running past the grace period is abandoned; its journal recovers it.
+    rt.shutdown_timeout(DAEMON_EXIT_GRACE);
+    Ok(result?)
+}
+
+/// After the daemon's own bounded shutdown, how long blocking work may still delay exit.
+const DAEMON_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `check-policy`: the effective policy as TOML plus notes; every error with its key path.
+fn check_policy(path: Option<&Path>) -> ExitCode {
+    match policy::load(path) {
+        Ok((p, source)) => {
+            println!("# source: {source}");
+            print!("{}", p.to_toml());
+            for note in p.notes() {
+                println!("# note: {note}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ policy::PolicyError::Invalid { .. }) => {
+            eprintln!("{e}");
+            ExitCode::from(exit_code::USAGE as u8)
+        }
+        Err(e) => {
+            eprintln!("walcompactd: {e}");
+            ExitCode::from(exit_code::IO as u8)
         }
     }
 }
@@ -215,6 +297,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             );
             Ok(exit_code::OK)
         }
+        Command::Run { .. } | Command::CheckPolicy { .. } => unreachable!("handled in main"),
         Command::Recover { wal, json } => {
             let r = commands::recover(&wal)?;
             let report = serde_json::json!({"wal": wal, "recovered": format!("{r:?}")});

@@ -95,3 +95,149 @@ pub fn wait_until(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A running `walcompactd run --policy X` with cwd in a temp dir; its stdout JSON lines are
+/// collected on a thread. Killed on drop.
+pub struct Daemon {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Generous: a loaded 2-core machine can be slow, and we only ever poll.
+pub const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A policy with test-friendly daemon settings (state inside `dir`, no metrics listener)
+/// followed by `wals` (the `[[wal]]` tables).
+pub fn test_policy(wals: &str) -> String {
+    format!(
+        "[daemon]\nstate_dir = \"state\"\nmetrics_listen = \"\"\nlog_level = \"info\"\n\n{wals}"
+    )
+}
+
+impl Daemon {
+    /// Starts the daemon in `dir` with the policy file `policy` (relative to `dir` or absolute).
+    pub fn start(dir: &Path, policy: &str) -> Daemon {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(bin())
+            .args(["run", "--policy", policy])
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        let reader = std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let d = Daemon {
+            child,
+            lines,
+            reader: Some(reader),
+        };
+        d.wait_for_log(|v| v["event"] == "ready");
+        d
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// How many log lines so far match.
+    pub fn count(&self, pred: impl Fn(&serde_json::Value) -> bool) -> usize {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| pred(v))
+            .count()
+    }
+
+    /// Waits (up to [`DEADLINE`]) for a matching log line; panics with the log otherwise.
+    pub fn wait_for_log(&self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        self.wait_for_nth(1, pred)
+    }
+
+    /// Waits for the `n`-th matching log line.
+    pub fn wait_for_nth(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut found = None;
+        wait_until(DEADLINE, || {
+            found = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|v| pred(v))
+                .nth(n - 1)
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap_or_else(|| panic!("log line not seen; log:\n{}", self.dump()))
+    }
+
+    /// The log as text, for failure messages.
+    pub fn dump(&self) -> String {
+        let lines: Vec<String> = self.logs().iter().map(|v| v.to_string()).collect();
+        lines.join("\n")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits for the process to exit; `None` if it did not within [`DEADLINE`].
+    pub fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(DEADLINE, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        if status.is_some()
+            && let Some(r) = self.reader.take()
+        {
+            let _ = r.join();
+        }
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Appends `text` to the file at `path`.
+pub fn append(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// `n` cleanly committed transactions (nothing reclaimable), ids prefixed by `prefix`.
+pub fn clean_wal(prefix: &str, n: u64) -> String {
+    (0..n)
+        .map(|i| {
+            let tx = format!("{prefix}_{i:05}");
+            prepare(&tx, i) + &commit(&tx)
+        })
+        .collect()
+}

@@ -1,0 +1,357 @@
+//! One compaction attempt for one WAL: pre_compact hook → (offline) /proc holder check →
+//! the pipeline in a blocking thread with a timeout → post_compact hook, then backup
+//! housekeeping off the critical path. Every step is logged; nothing here panics the daemon.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use super::hooks::{self, HOOK_TIMEOUT, Holders, HookEnv};
+use super::state::LastOutcome;
+use crate::pipeline::{self, PipelineError, Report, Stage, backup};
+use crate::policy::{Mode, WalPolicy};
+
+/// Once shutdown is requested, wait this long for a running step to reach a safe point
+/// (or finish) before giving up on it; the journal makes an interrupted run recoverable.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Who the pipeline's lock file names.
+const WHO: &str = "walcompactd daemon";
+
+/// How an attempt ended.
+#[derive(Debug)]
+pub enum JobResult {
+    Success(Report),
+    NothingToDo(Report),
+    /// Not attempted, and why.
+    Skipped(String),
+    /// Failed in `stage` (if known), with the error text.
+    Failed(Option<Stage>, String),
+    Cancelled,
+}
+
+impl JobResult {
+    /// The state file's view of this result.
+    pub fn outcome(&self) -> LastOutcome {
+        match self {
+            JobResult::Success(_) => LastOutcome::Success,
+            JobResult::NothingToDo(_) => LastOutcome::NothingToDo,
+            JobResult::Skipped(_) => LastOutcome::Skipped,
+            JobResult::Failed(..) => LastOutcome::Failed,
+            JobResult::Cancelled => LastOutcome::Cancelled,
+        }
+    }
+}
+
+/// Runs one attempt. `trigger` is the decision's reasons, for the logs.
+pub async fn run(policy: &WalPolicy, trigger: &str, cancel: &CancellationToken) -> JobResult {
+    let started = Instant::now();
+    let env = HookEnv {
+        wal_path: policy.resolved_path.clone(),
+        wal_name: policy.name.clone(),
+        backup_path: None,
+    };
+    let pre_ran = !policy.hooks.pre_compact.is_empty();
+    let result = match pre_compact(policy, &env, cancel).await {
+        Some(skip) => skip,
+        None => guarded_pipeline(policy, trigger, cancel).await,
+    };
+    if pre_ran || !policy.hooks.post_compact.is_empty() {
+        let backup = match &result {
+            JobResult::Success(r) => r.backup.clone(),
+            _ => None,
+        };
+        post_compact(
+            policy,
+            HookEnv {
+                backup_path: backup,
+                ..env
+            },
+        )
+        .await;
+    }
+    log_result(policy, trigger, &result, started);
+    if let JobResult::Success(report) = &result
+        && let Some(b) = &report.backup
+    {
+        housekeeping(policy.clone(), b.clone());
+    }
+    result
+}
+
+/// Runs pre_compact; `Some(result)` means "do not compact".
+async fn pre_compact(
+    policy: &WalPolicy,
+    env: &HookEnv,
+    cancel: &CancellationToken,
+) -> Option<JobResult> {
+    let argv = &policy.hooks.pre_compact;
+    if argv.is_empty() {
+        return None;
+    }
+    let status = hook(argv.clone(), env.clone()).await;
+    if cancel.is_cancelled() {
+        return Some(JobResult::Cancelled);
+    }
+    match status {
+        Ok(()) => None,
+        Err(detail) => Some(JobResult::Skipped(format!("pre_compact hook: {detail}"))),
+    }
+}
+
+async fn post_compact(policy: &WalPolicy, env: HookEnv) {
+    let argv = &policy.hooks.post_compact;
+    if argv.is_empty() {
+        return;
+    }
+    if let Err(detail) = hook(argv.clone(), env).await {
+        warn!(event = "hook", wal = %policy.name, hook = "post_compact", "post_compact hook failed: {detail}");
+    }
+}
+
+async fn hook(argv: Vec<String>, env: HookEnv) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || hooks::run_checked(&argv, &env, HOOK_TIMEOUT))
+        .await
+        .unwrap_or_else(|e| Err(format!("hook runner panicked: {e}")))
+}
+
+/// The offline holder check, then the pipeline.
+async fn guarded_pipeline(
+    policy: &WalPolicy,
+    trigger: &str,
+    cancel: &CancellationToken,
+) -> JobResult {
+    if policy.mode == Mode::Offline {
+        let wal = policy.resolved_path.clone();
+        let holders = tokio::task::spawn_blocking(move || hooks::holders(&wal))
+            .await
+            .unwrap_or_else(|e| Holders::Unknown(format!("holder scan panicked: {e}")));
+        match holders {
+            Holders::Found(pids) => {
+                return JobResult::Skipped(format!(
+                    "offline mode: WAL is held open by pid(s) {pids:?}; not compacting under a running writer"
+                ));
+            }
+            Holders::Unknown(why) => {
+                // Offline mode promises never to compact under a writer: without /proc we
+                // cannot keep that promise, so we refuse rather than guess.
+                return JobResult::Skipped(format!(
+                    "offline mode: could not check for processes holding the WAL ({why}); not compacting"
+                ));
+            }
+            Holders::None { uninspected } if uninspected > 0 => {
+                info!(event = "holders", wal = %policy.name, uninspected,
+                    "checked /proc for holders; {uninspected} processes could not be inspected (permission)");
+            }
+            Holders::None { .. } => {}
+        }
+    }
+    let _ = trigger;
+    pipeline_with_timeout(policy, cancel).await
+}
+
+/// The pipeline in a blocking thread: single call, cancel flag on timeout or shutdown.
+async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -> JobResult {
+    let flag = Arc::new(AtomicBool::new(false));
+    let mut task = tokio::task::spawn_blocking({
+        let flag = Arc::clone(&flag);
+        let policy = policy.clone();
+        move || run_pipeline(&policy, &flag)
+    });
+    let mut timed_out = false;
+    let joined = tokio::select! {
+        r = &mut task => r,
+        _ = tokio::time::sleep(policy.job_timeout) => {
+            timed_out = true;
+            flag.store(true, Ordering::SeqCst);
+            warn!(event = "timeout", wal = %policy.name, "job_timeout reached; cancelling at the next safe point");
+            task.await
+        }
+        _ = cancel.cancelled() => {
+            flag.store(true, Ordering::SeqCst);
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await {
+                Ok(r) => r,
+                Err(_) => {
+                    warn!(event = "shutdown", wal = %policy.name,
+                        "pipeline still running after the grace period; leaving it (its journal makes it recoverable)");
+                    return JobResult::Cancelled;
+                }
+            }
+        }
+    };
+    match joined {
+        Ok(Ok(r)) if r.outcome == pipeline::Outcome::Success => JobResult::Success(r),
+        Ok(Ok(r)) => JobResult::NothingToDo(r),
+        Ok(Err(PipelineError::Busy { holder, .. })) => {
+            JobResult::Skipped(format!("another compaction holds the lock ({holder})"))
+        }
+        Ok(Err(PipelineError::LockTimeout { waited_ms, .. })) => JobResult::Skipped(format!(
+            "online mode: the writer lock was not free within {waited_ms} ms; retrying later"
+        )),
+        Ok(Err(e @ PipelineError::Cancelled { .. })) if timed_out => JobResult::Failed(
+            stage_of(&e),
+            format!("timed out after {} s: {e}", policy.job_timeout.as_secs()),
+        ),
+        Ok(Err(PipelineError::Cancelled { .. })) => JobResult::Cancelled,
+        Ok(Err(e)) => JobResult::Failed(stage_of(&e), e.to_string()),
+        Err(join) => JobResult::Failed(None, format!("pipeline panicked: {join}")),
+    }
+}
+
+/// Builds the request (verify hook as the post-swap check) and runs the pipeline.
+fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, PipelineError> {
+    let verify = policy.hooks.verify.clone();
+    let env = HookEnv {
+        wal_path: policy.resolved_path.clone(),
+        wal_name: policy.name.clone(),
+        backup_path: None,
+    };
+    let check = move |_wal: &Path, backup: &Path| {
+        let env = HookEnv {
+            backup_path: Some(backup.to_path_buf()),
+            ..env.clone()
+        };
+        hooks::run_checked(&verify, &env, HOOK_TIMEOUT)
+    };
+    let mut req = pipeline::Request::new(&policy.resolved_path, WHO);
+    req.backup_dir = policy.backup_dir.clone();
+    req.cancel = Some(cancel);
+    if !policy.hooks.verify.is_empty() {
+        req.check = Some(&check);
+    }
+    if policy.mode == Mode::Online {
+        req.online = Some(pipeline::Online {
+            lock_timeout: policy.lock_timeout,
+        });
+    }
+    pipeline::run(&req)
+}
+
+/// The stage an error happened in, when it says.
+fn stage_of(e: &PipelineError) -> Option<Stage> {
+    match e {
+        PipelineError::Io { stage, .. }
+        | PipelineError::NoSpace { stage, .. }
+        | PipelineError::Cancelled { stage, .. } => Some(*stage),
+        PipelineError::Corrupt { .. } | PipelineError::BadInput { .. } => Some(Stage::Analyze),
+        PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => Some(Stage::Lock),
+        PipelineError::Changed { .. } => Some(Stage::Swap),
+        PipelineError::VerifyFailed { .. } => Some(Stage::Verify),
+        PipelineError::CheckFailed { .. } => Some(Stage::Check),
+    }
+}
+
+/// One event per stage, then one per run, with flat fields for `jq`.
+fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: Instant) {
+    let wal = policy.name.as_str();
+    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let outcome = result.outcome().as_str();
+    match result {
+        JobResult::Success(r) | JobResult::NothingToDo(r) => {
+            for s in &r.stages {
+                info!(
+                    event = "stage",
+                    wal,
+                    stage = s.stage.as_str(),
+                    trigger,
+                    duration_ms = s.duration_ms,
+                    "{wal}: {} stage took {:.1} ms",
+                    s.stage,
+                    s.duration_ms
+                );
+            }
+            let backup = r
+                .backup
+                .as_deref()
+                .map(|b| b.display().to_string())
+                .unwrap_or_default();
+            info!(
+                event = "run",
+                wal,
+                stage = "done",
+                trigger,
+                outcome,
+                duration_ms,
+                bytes_before = r.bytes_before,
+                bytes_after = r.bytes_after,
+                reclaimed_bytes = r.reclaimed_bytes,
+                backup = backup.as_str(),
+                "{wal}: compaction {outcome}: {} → {} bytes ({} reclaimed)",
+                r.bytes_before,
+                r.bytes_after,
+                r.reclaimed_bytes
+            );
+        }
+        JobResult::Skipped(why) => {
+            warn!(
+                event = "run",
+                wal,
+                stage = "precheck",
+                trigger,
+                outcome,
+                duration_ms,
+                "{wal}: compaction skipped: {why}"
+            );
+        }
+        JobResult::Failed(stage, why) => {
+            let stage = stage.map_or("run", Stage::as_str);
+            error!(
+                event = "run",
+                wal,
+                stage,
+                trigger,
+                outcome,
+                duration_ms,
+                "{wal}: compaction failed in the {stage} stage: {why}"
+            );
+        }
+        JobResult::Cancelled => {
+            warn!(
+                event = "run",
+                wal,
+                stage = "cancel",
+                trigger,
+                outcome,
+                duration_ms,
+                "{wal}: compaction cancelled at a safe point (shutting down); the WAL is unchanged"
+            );
+        }
+    }
+}
+
+/// Prune old backups (protecting the new one), then compress the new one if asked — in
+/// the background: failures are logged, never counted as run failures.
+fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
+    tokio::task::spawn_blocking(move || {
+        let wal = policy.resolved_path.as_path();
+        let dir = backup::backup_dir(wal, policy.backup_dir.as_deref());
+        let b = policy.backups;
+        match backup::prune(
+            wal,
+            &dir,
+            b.keep_days,
+            b.keep_last,
+            Some(&new_backup),
+            chrono::Utc::now(),
+        ) {
+            Ok(gone) if !gone.is_empty() => {
+                info!(event = "prune", wal = %policy.name, removed = gone.len(), "pruned {} old backups", gone.len())
+            }
+            Ok(_) => {}
+            Err(e) => warn!(event = "prune", wal = %policy.name, "backup pruning failed: {e}"),
+        }
+        if b.compress {
+            match backup::compress(&new_backup) {
+                Ok(p) => {
+                    info!(event = "compress", wal = %policy.name, backup = %p.display(), "backup compressed")
+                }
+                Err(e) => {
+                    warn!(event = "compress", wal = %policy.name, "backup compression failed: {e}")
+                }
+            }
+        }
+    });
+}

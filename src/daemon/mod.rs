@@ -1,0 +1,285 @@
+//! The daemon (`walcompactd run`): one supervisor per WAL fed by file-change hints, a
+//! fallback poll and cron schedules; hot policy reload on file change or SIGHUP; graceful
+//! shutdown on SIGTERM/SIGINT; systemd readiness, status and watchdog.
+//!
+//! Data flow: watcher/poll → supervisor (stats → `triggers::decide`) → job (hooks, pipeline)
+//! → state file + logs. Cron jobs only enqueue requests to supervisors.
+
+mod error;
+pub mod hooks;
+mod job;
+pub mod logging;
+pub mod notify;
+pub mod schedule;
+pub mod state;
+pub mod stats;
+pub mod supervisor;
+pub mod triggers;
+pub mod watcher;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use error::DaemonError;
+
+use self::logging::LogHandle;
+use self::notify::Systemd;
+use self::schedule::{Schedules, WalSchedules};
+use self::supervisor::{Handle, Shared, StatusBoard};
+use self::watcher::Watcher;
+use crate::policy::{self, Policy, PolicyError, PolicySource};
+
+/// Editors write a file in several steps: reload this long after the last change event.
+const RELOAD_DEBOUNCE: Duration = Duration::from_secs(1);
+/// How often directories that could not be watched (not created yet) are retried.
+const WATCH_RETRY: Duration = Duration::from_secs(30);
+
+/// What `run` starts from: the policy already loaded (logging was set up from it).
+pub struct Options {
+    /// `--policy`, if given: reloads read it again; else the default lookup is redone.
+    pub policy_path: Option<PathBuf>,
+    pub policy: Policy,
+    pub source: PolicySource,
+    pub log: LogHandle,
+}
+
+/// The running daemon's moving parts.
+struct Daemon {
+    policy_path: Option<PathBuf>,
+    policy: Policy,
+    source: PolicySource,
+    log: LogHandle,
+    shutdown: CancellationToken,
+    shared: Shared,
+    supervisors: BTreeMap<String, Handle>,
+    watcher: Watcher,
+    schedules: Schedules,
+}
+
+/// Runs until SIGTERM or SIGINT; returns after supervisors stopped (bounded wait).
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let (reload_tx, mut reload_rx) = mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let systemd = Arc::new(Systemd::from_env());
+    let mut d = Daemon {
+        policy_path: opts.policy_path,
+        source: opts.source,
+        log: opts.log,
+        shutdown: shutdown.clone(),
+        shared: Shared {
+            state_dir: opts.policy.daemon.state_dir.clone(),
+            board: StatusBoard::default(),
+            systemd: Arc::clone(&systemd),
+        },
+        supervisors: BTreeMap::new(),
+        watcher: Watcher::new(reload_tx)?,
+        schedules: Schedules::default(),
+        policy: opts.policy.clone(),
+    };
+    info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
+    log_notes(&d.policy);
+    info!(event = "startup", state_dir = %d.shared.state_dir.display(), "state directory");
+    let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    d.watch_policy_file();
+    d.apply(opts.policy).await;
+    systemd.ready();
+    info!(event = "ready", wals = d.supervisors.len(), "daemon ready");
+    spawn_watchdog(Arc::clone(&systemd), shutdown.clone());
+    let mut reload_at: Option<tokio::time::Instant> = None;
+    let mut watch_retry = tokio::time::interval(WATCH_RETRY);
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!(event = "signal", signal = "SIGTERM", "shutting down"); break }
+            _ = sigint.recv() => { info!(event = "signal", signal = "SIGINT", "shutting down"); break }
+            _ = sighup.recv() => {
+                info!(event = "signal", signal = "SIGHUP", "reloading the policy");
+                d.reload().await;
+            }
+            Some(()) = reload_rx.recv() => {
+                reload_at = Some(tokio::time::Instant::now() + RELOAD_DEBOUNCE);
+            }
+            _ = sleep_until_opt(reload_at) => {
+                reload_at = None;
+                info!(event = "reload", "policy file changed; reloading");
+                d.reload().await;
+            }
+            _ = watch_retry.tick() => { d.watcher.retry(); }
+        }
+    }
+    systemd.stopping();
+    d.stop().await;
+    info!(event = "stopped", "daemon stopped");
+    Ok(())
+}
+
+impl Daemon {
+    /// Watches the policy file's directory (when the policy came from a file).
+    fn watch_policy_file(&mut self) {
+        if let PolicySource::File(p) = &self.source {
+            self.watcher.set_policy(&absolute(p));
+        }
+    }
+
+    /// Re-reads the policy; an invalid one is logged with every error and ignored.
+    async fn reload(&mut self) {
+        self.shared.systemd.reloading();
+        match policy::load(self.policy_path.as_deref()) {
+            Ok((new, source)) => {
+                info!(event = "policy", source = %source, wals = new.wals.len(), "policy reloaded from {source}");
+                log_notes(&new);
+                self.source = source;
+                self.watch_policy_file();
+                if let Err(why) = self.log.apply(&new.daemon) {
+                    warn!(event = "policy", "{why}");
+                }
+                if new.daemon.state_dir != self.shared.state_dir {
+                    warn!(
+                        event = "policy",
+                        "daemon.state_dir changed: takes effect after a restart"
+                    );
+                }
+                self.apply(new).await;
+            }
+            Err(e) => log_policy_error(&e),
+        }
+        self.shared.systemd.ready();
+    }
+
+    /// Starts, updates or stops supervisors to match `new`, then rebuilds routes and cron.
+    async fn apply(&mut self, new: Policy) {
+        let keep: Vec<&str> = new.wals.iter().map(|w| w.name.as_str()).collect();
+        let gone: Vec<String> = self
+            .supervisors
+            .keys()
+            .filter(|n| !keep.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some(h) = self.supervisors.remove(&name) {
+                info!(event = "supervisor", wal = %name, "WAL removed from the policy; stopping its supervisor");
+                h.stop().await;
+                self.shared
+                    .board
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&name);
+            }
+        }
+        for w in &new.wals {
+            match self.supervisors.get(&w.name) {
+                Some(h) if h.path == w.resolved_path => {
+                    h.policy.send_if_modified(|p| {
+                        let changed = p != w;
+                        *p = w.clone();
+                        changed
+                    });
+                }
+                _ => {
+                    if let Some(old) = self.supervisors.remove(&w.name) {
+                        old.stop().await;
+                    }
+                    let h = supervisor::spawn(w.clone(), self.shared.clone(), &self.shutdown);
+                    self.supervisors.insert(w.name.clone(), h);
+                }
+            }
+        }
+        let routes = self
+            .supervisors
+            .values()
+            .map(|h| (h.path.clone(), Arc::clone(&h.hint)))
+            .collect();
+        self.watcher.set_wals(routes);
+        let jobs = new
+            .wals
+            .iter()
+            .filter_map(|w| {
+                self.supervisors.get(&w.name).map(|h| WalSchedules {
+                    wal: &w.name,
+                    schedules: &w.triggers.schedule,
+                    requests: h.requests.clone(),
+                })
+            })
+            .collect();
+        if let Err(e) = self.schedules.rebuild(jobs).await {
+            error!(event = "schedule", "cannot start the cron schedules: {e}");
+        }
+        self.shared.systemd.set_wal_count(self.supervisors.len());
+        self.policy = new;
+    }
+
+    /// Stops accepting triggers, then stops every supervisor (each cancels its job).
+    async fn stop(&mut self) {
+        self.schedules.shutdown().await;
+        self.shutdown.cancel();
+        let handles = std::mem::take(&mut self.supervisors);
+        let stops = handles.into_values().map(|h| tokio::spawn(h.stop()));
+        for s in stops.collect::<Vec<_>>() {
+            let _ = s.await;
+        }
+    }
+}
+
+fn log_notes(policy: &Policy) {
+    for note in policy.notes() {
+        info!(event = "policy", "note: {note}");
+    }
+}
+
+/// One event per policy error (with its key path), then a summary.
+fn log_policy_error(e: &PolicyError) {
+    match e {
+        PolicyError::Invalid { origin, errors } => {
+            for k in errors {
+                error!(event = "policy_error", origin = %origin, key = %k.key, "{origin}: {k}");
+            }
+            error!(event = "policy_error", origin = %origin, errors = errors.len(),
+                "policy is invalid ({} errors); keeping the running policy", errors.len());
+        }
+        other => error!(
+            event = "policy_error",
+            "{other}; keeping the running policy"
+        ),
+    }
+}
+
+fn spawn_watchdog(systemd: Arc<Systemd>, shutdown: CancellationToken) {
+    let Some(every) = notify::watchdog_interval() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => systemd.watchdog(),
+            }
+        }
+    });
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    let abs = if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    policy::normalize(&abs)
+}
+
+async fn sleep_until_opt(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

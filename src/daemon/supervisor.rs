@@ -1,0 +1,317 @@
+//! One task per WAL: keeps its statistics current from change hints and the fallback poll,
+//! asks [`triggers::decide`] whether to compact, and runs at most one job at a time
+//! (single-flight: the loop awaits the job before looking at anything else).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use super::job::{self, JobResult};
+use super::notify::Systemd;
+use super::state::{LastOutcome, Loaded, StateFile, WalState};
+use super::stats::{Refresh, Rescan, StatsTracker, WalStats};
+use super::triggers::{self, Decision, Request};
+use super::watcher::Hint;
+use crate::policy::WalPolicy;
+
+/// Change events arrive in bursts (one per write): wait this long after the first so one
+/// refresh covers the burst. Bounds refreshes to a few per second under heavy appends.
+const HINT_COALESCE: Duration = Duration::from_millis(250);
+/// Requests (schedules, alerts) queued while a job runs; more are dropped, since one
+/// pending request already guarantees a re-evaluation.
+pub const REQUEST_QUEUE: usize = 8;
+
+/// What a supervisor publishes for alerts and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct WalStatus {
+    pub stats: WalStats,
+    pub state: WalState,
+    /// Triggers hold but too little is reclaimable: "blocked: too little reclaimable".
+    pub blocked: bool,
+    pub missing: bool,
+}
+
+/// Shared, read-mostly view of every WAL's status.
+pub type StatusBoard = Arc<Mutex<std::collections::BTreeMap<String, WalStatus>>>;
+
+/// What the daemon keeps to steer a running supervisor.
+pub struct Handle {
+    pub path: PathBuf,
+    pub requests: mpsc::Sender<Request>,
+    pub policy: watch::Sender<WalPolicy>,
+    pub hint: Arc<Hint>,
+    cancel: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl Handle {
+    /// Stops the supervisor (a running job is cancelled at its next safe point) and waits.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        if tokio::time::timeout(job::SHUTDOWN_GRACE * 2, self.join)
+            .await
+            .is_err()
+        {
+            warn!(event = "shutdown", wal_path = %self.path.display(), "supervisor did not stop in time");
+        }
+    }
+}
+
+/// Everything supervisors share.
+#[derive(Clone)]
+pub struct Shared {
+    pub state_dir: PathBuf,
+    pub board: StatusBoard,
+    pub systemd: Arc<Systemd>,
+}
+
+/// Starts the supervisor of one WAL under `parent` (the daemon's shutdown token).
+pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> Handle {
+    let (requests, rx) = mpsc::channel(REQUEST_QUEUE);
+    let (policy_tx, policy_rx) = watch::channel(policy.clone());
+    let hint = Arc::new(Hint::default());
+    let cancel = parent.child_token();
+    let sv = Supervisor {
+        stats: StatsTracker::new(&policy.resolved_path),
+        state_file: StateFile::new(&shared.state_dir, &policy.name),
+        state: WalState::default(),
+        policy,
+        shared,
+        hint: Arc::clone(&hint),
+        cancel: cancel.clone(),
+        blocked: false,
+        missing: false,
+    };
+    let path = sv.policy.resolved_path.clone();
+    let join = tokio::spawn(sv.run(rx, policy_rx));
+    Handle {
+        path,
+        requests,
+        policy: policy_tx,
+        hint,
+        cancel,
+        join,
+    }
+}
+
+struct Supervisor {
+    policy: WalPolicy,
+    shared: Shared,
+    stats: StatsTracker,
+    state_file: StateFile,
+    state: WalState,
+    hint: Arc<Hint>,
+    cancel: CancellationToken,
+    /// In a "blocked" episode: logged once on entry.
+    blocked: bool,
+    /// In a "missing" episode: logged once on entry.
+    missing: bool,
+}
+
+impl Supervisor {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut policy_rx: watch::Receiver<WalPolicy>,
+    ) {
+        self.load_state();
+        let name = self.policy.name.clone();
+        info!(event = "supervisor", wal = %name, path = %self.policy.resolved_path.display(), mode = %self.policy.mode, "watching WAL");
+        let mut request = None;
+        let mut rescan = false;
+        loop {
+            let wake = self.step(request.take(), rescan).await;
+            if self.cancel.is_cancelled() {
+                break;
+            }
+            let until = wake.map(|w| {
+                let d = (w - Utc::now()).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + d
+            });
+            rescan = false;
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                r = requests.recv() => match r {
+                    Some(r) => request = Some(r),
+                    None => break,
+                },
+                _ = self.hint.wait() => {
+                    tokio::select! {
+                        _ = self.cancel.cancelled() => break,
+                        _ = tokio::time::sleep(HINT_COALESCE) => {}
+                    }
+                    rescan = self.hint.take_rescan();
+                }
+                _ = tokio::time::sleep(self.policy.poll_interval) => {}
+                _ = sleep_until_opt(until) => {}
+                changed = policy_rx.changed() => {
+                    if changed.is_err() { break; }
+                    self.policy = policy_rx.borrow_and_update().clone();
+                    info!(event = "supervisor", wal = %name, "new policy applied");
+                }
+            }
+        }
+        info!(event = "supervisor", wal = %name, "stopped");
+    }
+
+    fn load_state(&mut self) {
+        let wal = self.policy.name.as_str();
+        self.state = match self.state_file.load() {
+            Loaded::Found(s) | Loaded::Fresh(s) => s,
+            Loaded::Rebuilt(s, why) => {
+                warn!(event = "state", wal, path = %self.state_file.path().display(),
+                    "state file {why}; starting from a fresh state");
+                s
+            }
+        };
+    }
+
+    fn save_state(&self) {
+        if let Err(e) = self.state_file.save(&self.state) {
+            error!(event = "state", wal = %self.policy.name, path = %self.state_file.path().display(),
+                "cannot save state: {e}");
+        }
+    }
+
+    /// Refreshes statistics, decides, maybe runs a job. Returns when to look again for a
+    /// cooldown or backoff that is holding a trigger back.
+    async fn step(
+        &mut self,
+        request: Option<Request>,
+        rescan: bool,
+    ) -> Option<chrono::DateTime<Utc>> {
+        let stats = self.refresh(rescan).await?;
+        let decision = triggers::decide(
+            &stats,
+            &self.policy.triggers,
+            &self.state,
+            request,
+            Utc::now(),
+        );
+        let wal = self.policy.name.as_str();
+        let blocked = matches!(decision, Decision::Blocked { .. });
+        if blocked
+            && !self.blocked
+            && let Decision::Blocked {
+                reasons,
+                reclaimable,
+                min,
+            } = &decision
+        {
+            info!(event = "blocked", wal, trigger = %triggers::describe(reasons),
+                    reclaimable_bytes = reclaimable, min_reclaimable_bytes = min,
+                    "{wal}: blocked: too little reclaimable ({reclaimable} bytes, minimum {min}); not compacting");
+        }
+        self.blocked = blocked;
+        self.publish(stats);
+        match decision {
+            Decision::Idle | Decision::Blocked { .. } => None,
+            Decision::Cooldown { reasons, until } | Decision::Backoff { reasons, until } => {
+                debug!(event = "decide", wal, trigger = %triggers::describe(&reasons), until = %until, "trigger held back");
+                Some(until)
+            }
+            Decision::Compact(reasons) => {
+                self.compact(&triggers::describe(&reasons)).await;
+                Some(Utc::now())
+            }
+        }
+    }
+
+    /// Brings the statistics up to date in a blocking thread (a rescan reads the whole WAL).
+    async fn refresh(&mut self, rescan: bool) -> Option<WalStats> {
+        let mut tracker = std::mem::replace(&mut self.stats, StatsTracker::new(""));
+        let want_free = self.policy.triggers.min_free_disk_percent.is_some();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = tracker.refresh(rescan);
+            let s = tracker.stats(want_free);
+            (tracker, r, s)
+        })
+        .await;
+        let wal = self.policy.name.as_str();
+        let (tracker, result, stats) = match joined {
+            Ok(t) => t,
+            Err(e) => {
+                error!(event = "stats", wal, "statistics refresh panicked: {e}");
+                self.stats = StatsTracker::new(&self.policy.resolved_path);
+                return None;
+            }
+        };
+        self.stats = tracker;
+        match result {
+            Ok(Refresh::Missing) => {
+                if !self.missing {
+                    warn!(event = "missing", wal, path = %self.policy.resolved_path.display(), "WAL does not exist (yet); waiting for it");
+                }
+                self.missing = true;
+                self.publish(WalStats::default());
+                None
+            }
+            Ok(Refresh::Updated { rescan, .. }) => {
+                if self.missing {
+                    info!(event = "missing", wal, "WAL appeared");
+                    self.missing = false;
+                }
+                if let Some(why) = rescan {
+                    self.after_rescan(why, &stats);
+                }
+                Some(stats)
+            }
+            Err(e) => {
+                warn!(event = "stats", wal, "cannot read the WAL: {e}");
+                None
+            }
+        }
+    }
+
+    /// An externally replaced or truncated WAL may hold fewer commits than the base.
+    fn after_rescan(&mut self, why: Rescan, stats: &WalStats) {
+        debug!(event = "rescan", wal = %self.policy.name, reason = ?why, "rescanned WAL from byte 0");
+        if stats.commit_lines < self.state.commit_base {
+            self.state.commit_base = stats.commit_lines;
+            self.save_state();
+        }
+    }
+
+    fn publish(&self, stats: WalStats) {
+        let status = WalStatus {
+            stats,
+            state: self.state.clone(),
+            blocked: self.blocked,
+            missing: self.missing,
+        };
+        let mut board = self.shared.board.lock().unwrap_or_else(|e| e.into_inner());
+        board.insert(self.policy.name.clone(), status);
+    }
+
+    /// Runs one job, records its outcome, and re-bases the commit count after a success.
+    async fn compact(&mut self, trigger: &str) {
+        let result = job::run(&self.policy, trigger, &self.cancel).await;
+        let outcome = result.outcome();
+        let now = Utc::now();
+        self.state.record(outcome, now);
+        if matches!(result, JobResult::Success(_))
+            && let Some(stats) = self.refresh(true).await
+        {
+            self.state.commit_base = stats.commit_lines;
+        }
+        if outcome != LastOutcome::Cancelled {
+            self.save_state();
+        }
+        self.shared
+            .systemd
+            .record_run(&self.policy.name, outcome.as_str(), now);
+    }
+}
+
+async fn sleep_until_opt(until: Option<tokio::time::Instant>) {
+    match until {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
