@@ -351,3 +351,114 @@ fn alerts_fire_once_run_their_actions_and_resolve() {
         v["event"] == "policy" && v["message"].as_str().unwrap().contains("reloaded")
     });
 }
+
+#[test]
+fn status_with_policy_shows_state_backups_decision_and_alerts() {
+    let d = tempfile::tempdir().unwrap();
+    let text = redundant_wal(300);
+    let text = &text[..text.rfind('\n').unwrap() + 1]; // no torn tail: we append below
+    let wal = write_wal(d.path(), "wal.log", text);
+    write_wal(d.path(), "other.log", &clean_wal("o", 3));
+    let alerts = "[[alert]]\nname = \"Big\"\nmetric = \"wal_size_bytes\"\nabove = 100\n\n\
+                  [[alert]]\nname = \"Big For A While\"\nmetric = \"wal_size_bytes\"\nabove = 100\nfor_secs = 60\n\n\
+                  [[alert]]\nname = \"Failing\"\nmetric = \"consecutive_failures\"\nabove = 0\n";
+    let policy = test_policy(
+        &wal_table("max_size_mb = 0.001")
+            .replace("min_interval_secs = 0", "min_interval_secs = 3600"),
+    ) + "\n"
+        + alerts;
+    write_policy(d.path(), &policy);
+
+    let before = status_json(d.path(), "wal.log", Some("policy.toml"));
+    let p = &before["policy"];
+    assert_eq!(p["name"], "w1");
+    assert_eq!(p["state_file_status"], "fresh");
+    assert_eq!(p["decision"]["verdict"], "compact", "{p}");
+    assert_eq!(p["decision"]["would_compact"], true);
+    assert!(
+        p["decision"]["triggers"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("size "),
+        "{p}"
+    );
+    assert_eq!(p["backups"]["count"], 0);
+    let free = p["disk_free_ratio"].as_f64().unwrap();
+    assert!(free > 0.0 && free <= 1.0);
+    assert_eq!(p["commits_since_compaction"], before["entries"]["COMMIT"]);
+    let alert = |p: &Value, name: &str| {
+        p["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(alert(p, "Big")["would_fire"], true);
+    assert_eq!(
+        alert(p, "Big")["value"].as_f64(),
+        before["size_bytes"].as_f64()
+    );
+    assert_eq!(alert(p, "Big For A While")["condition_holds"], true);
+    assert_eq!(alert(p, "Big For A While")["would_fire"], false);
+    assert_eq!(alert(p, "Failing")["condition_holds"], false);
+
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    // Something reclaimable again: the size trigger holds, the cooldown blocks it.
+    append(&wal, &retried("z", 3, 5));
+    // The state file is saved just after the run's log line: poll for it.
+    let mut after = Value::Null;
+    wait_until(DEADLINE, || {
+        after = status_json(d.path(), "wal.log", Some("policy.toml"));
+        after["policy"]["state"]["last_outcome"] == "success"
+    });
+    let p = &after["policy"];
+    assert_eq!(p["state_file_status"], "found");
+    assert_eq!(p["state"]["last_outcome"], "success");
+    assert_eq!(p["state"]["consecutive_failures"], 0);
+    assert!(p["state"]["last_success"].is_string());
+    assert!(p["last_success_timestamp_seconds"].as_f64().unwrap() > 0.0);
+    assert_eq!(p["commits_since_compaction"], 3);
+    assert!(p["backups"]["count"].as_u64().unwrap() >= 1);
+    assert!(p["backups"]["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(p["decision"]["verdict"], "cooldown", "{p}");
+    assert_eq!(p["decision"]["would_compact"], false);
+    assert!(p["decision"]["until"].is_string());
+    assert!(
+        p["decision"]["explanation"]
+            .as_str()
+            .unwrap()
+            .contains("cooldown")
+    );
+
+    // Human output too.
+    let out = walcompactd()
+        .current_dir(d.path())
+        .args(["status", "wal.log", "--policy", "policy.toml"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success());
+    assert!(text.contains("policy         wal \"w1\""), "{text}");
+    assert!(text.contains("decision       cooldown: "), "{text}");
+    assert!(
+        text.contains("alert          Big [warning]: wal_size_bytes = "),
+        "{text}"
+    );
+    assert!(
+        text.contains("condition holds (fires after 60 s)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("last run       ") && text.contains("(success)"),
+        "{text}"
+    );
+
+    // A WAL the policy does not name: today's status, no policy part.
+    let other = status_json(d.path(), "other.log", Some("policy.toml"));
+    assert!(other.get("policy").is_none(), "{other}");
+    assert_eq!(other["entries"]["COMMIT"], 3);
+    drop(daemon);
+}
