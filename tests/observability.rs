@@ -76,7 +76,10 @@ fn status_json(dir: &Path, wal: &str, policy: Option<&str>) -> Value {
 }
 
 /// The WAL figures the metrics carry, as `status --json` reports them, by (metric, labels).
-fn expected(st: &Value) -> Vec<(&'static str, Vec<(&'static str, &'static str)>, f64)> {
+/// A metric name, its labels besides `wal`, and the value `status` reports for it.
+type Expected = (&'static str, Vec<(&'static str, &'static str)>, f64);
+
+fn expected(st: &Value) -> Vec<Expected> {
     let n = |v: &Value| v.as_f64().unwrap();
     let mut v = vec![
         ("walcompactd_wal_size_bytes", vec![], n(&st["size_bytes"])),
