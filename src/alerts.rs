@@ -287,13 +287,37 @@ pub fn log_transition(wal: &str, t: &Transition) {
     );
     match (t.edge(), rule.severity) {
         (AlertEdge::Firing, Severity::Critical) => {
-            tracing::error!(wal, alert, severity, value, state, "alert firing")
+            tracing::error!(
+                event = "alert",
+                wal,
+                alert,
+                severity,
+                value,
+                state,
+                "alert firing"
+            )
         }
         (AlertEdge::Firing, Severity::Warning) => {
-            tracing::warn!(wal, alert, severity, value, state, "alert firing")
+            tracing::warn!(
+                event = "alert",
+                wal,
+                alert,
+                severity,
+                value,
+                state,
+                "alert firing"
+            )
         }
         (AlertEdge::Resolved, _) => {
-            tracing::info!(wal, alert, severity, value, state, "alert resolved")
+            tracing::info!(
+                event = "alert",
+                wal,
+                alert,
+                severity,
+                value,
+                state,
+                "alert resolved"
+            )
         }
     }
 }

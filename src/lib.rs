@@ -14,7 +14,9 @@
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
 //! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,
-//!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify.
+//!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify;
+//!   `daemon::observe` evaluates alert rules and writes the metrics textfile, and
+//!   `daemon::report` is `status --policy` (the daemon's view of one WAL).
 //! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
 //!   publish per-WAL figures, run outcomes and alert states.
 //! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the

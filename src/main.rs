@@ -26,11 +26,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Figures about a WAL: size, lines, entries, transactions, reclaimable bytes.
+    /// Figures about a WAL: size, lines, entries, transactions, reclaimable bytes; when the
+    /// WAL is in the policy, also the daemon's state, backups, decision and alerts.
     Status {
         wal: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Backup → compact → verify → swap; rolls back on failure.
     Compact {
@@ -214,10 +218,22 @@ fn print<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> String)
 
 fn dispatch(command: Command) -> Result<i32, PipelineError> {
     match command {
-        Command::Status { wal, json } => {
-            let s = commands::status(&wal)?;
-            print(json, &s, output::status);
-            Ok(if s.corrupt_lines > 0 {
+        Command::Status { wal, json, policy } => {
+            let loaded = match policy::load(policy.as_deref()) {
+                Ok(loaded) => Some(loaded),
+                Err(e) if policy.is_some() => {
+                    eprintln!("walcompactd: {e}");
+                    return Ok(exit_code::USAGE);
+                }
+                Err(e) => {
+                    tracing::warn!("default policy not used: {e}");
+                    None
+                }
+            };
+            let policy = loaded.as_ref().map(|(p, s)| (p, s));
+            let s = daemon::report::status_with_policy(&wal, policy)?;
+            print(json, &s, daemon::report::render);
+            Ok(if s.status.corrupt_lines > 0 {
                 exit_code::CORRUPT
             } else {
                 exit_code::OK

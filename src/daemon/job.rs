@@ -12,6 +12,7 @@ use tracing::{error, info, warn};
 
 use super::hooks::{self, HOOK_TIMEOUT, Holders, HookEnv};
 use super::state::LastOutcome;
+use crate::metrics::RunOutcome;
 use crate::pipeline::{self, PipelineError, Report, Stage, backup};
 use crate::policy::{Mode, WalPolicy};
 
@@ -30,6 +31,9 @@ pub enum JobResult {
     Skipped(String),
     /// Failed in `stage` (if known), with the error text.
     Failed(Option<Stage>, String),
+    /// Verification or the application's check failed: the WAL was left as it was or rolled
+    /// back to its backup. Counts as a failure for backoff.
+    RolledBack(Stage, String),
     Cancelled,
 }
 
@@ -40,8 +44,27 @@ impl JobResult {
             JobResult::Success(_) => LastOutcome::Success,
             JobResult::NothingToDo(_) => LastOutcome::NothingToDo,
             JobResult::Skipped(_) => LastOutcome::Skipped,
-            JobResult::Failed(..) => LastOutcome::Failed,
+            JobResult::Failed(..) | JobResult::RolledBack(..) => LastOutcome::Failed,
             JobResult::Cancelled => LastOutcome::Cancelled,
+        }
+    }
+
+    /// The `outcome` label of the run metrics; `None` for a cancelled run (shutdown).
+    pub fn run_outcome(&self) -> Option<RunOutcome> {
+        match self {
+            JobResult::Success(_) => Some(RunOutcome::Success),
+            JobResult::NothingToDo(_) | JobResult::Skipped(_) => Some(RunOutcome::Skipped),
+            JobResult::Failed(..) => Some(RunOutcome::Failed),
+            JobResult::RolledBack(..) => Some(RunOutcome::RolledBack),
+            JobResult::Cancelled => None,
+        }
+    }
+
+    /// Bytes the run removed (0 unless it succeeded).
+    pub fn reclaimed_bytes(&self) -> u64 {
+        match self {
+            JobResult::Success(r) => r.reclaimed_bytes,
+            _ => 0,
         }
     }
 }
@@ -196,6 +219,9 @@ async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -
             format!("timed out after {} s: {e}", policy.job_timeout.as_secs()),
         ),
         Ok(Err(PipelineError::Cancelled { .. })) => JobResult::Cancelled,
+        Ok(Err(e @ (PipelineError::VerifyFailed { .. } | PipelineError::CheckFailed { .. }))) => {
+            JobResult::RolledBack(stage_of(&e).unwrap_or(Stage::Verify), e.to_string())
+        }
         Ok(Err(e)) => JobResult::Failed(stage_of(&e), e.to_string()),
         Err(join) => JobResult::Failed(None, format!("pipeline panicked: {join}")),
     }
@@ -306,6 +332,19 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 outcome,
                 duration_ms,
                 "{wal}: compaction failed in the {stage} stage: {why}"
+            );
+        }
+        JobResult::RolledBack(stage, why) => {
+            let stage = stage.as_str();
+            error!(
+                event = "run",
+                wal,
+                stage,
+                trigger,
+                outcome,
+                rolled_back = true,
+                duration_ms,
+                "{wal}: compaction failed in the {stage} stage and was rolled back: {why}"
             );
         }
         JobResult::Cancelled => {

@@ -10,6 +10,8 @@ pub mod hooks;
 mod job;
 pub mod logging;
 pub mod notify;
+pub mod observe;
+pub mod report;
 pub mod schedule;
 pub mod state;
 pub mod stats;
@@ -31,6 +33,7 @@ pub use error::DaemonError;
 
 use self::logging::LogHandle;
 use self::notify::Systemd;
+use self::observe::{Observer, Watched};
 use self::schedule::{Schedules, WalSchedules};
 use self::supervisor::{Handle, Shared, StatusBoard};
 use self::watcher::Watcher;
@@ -61,6 +64,7 @@ struct Daemon {
     supervisors: BTreeMap<String, Handle>,
     watcher: Watcher,
     schedules: Schedules,
+    observer: Observer,
 }
 
 /// Runs until SIGTERM or SIGINT; returns after supervisors stopped (bounded wait).
@@ -77,10 +81,12 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             state_dir: opts.policy.daemon.state_dir.clone(),
             board: StatusBoard::default(),
             systemd: Arc::clone(&systemd),
+            changed: Arc::new(tokio::sync::Notify::new()),
         },
         supervisors: BTreeMap::new(),
         watcher: Watcher::new(reload_tx)?,
         schedules: Schedules::default(),
+        observer: Observer::start(&opts.policy.daemon),
         policy: opts.policy.clone(),
     };
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
@@ -96,6 +102,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     spawn_watchdog(Arc::clone(&systemd), shutdown.clone());
     let mut reload_at: Option<tokio::time::Instant> = None;
     let mut watch_retry = tokio::time::interval(WATCH_RETRY);
+    let mut observe_tick = tokio::time::interval(observe::TICK);
+    observe_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let changed = Arc::clone(&d.shared.changed);
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!(event = "signal", signal = "SIGTERM", "shutting down"); break }
@@ -113,6 +122,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
                 d.reload().await;
             }
             _ = watch_retry.tick() => { d.watcher.retry(); }
+            _ = changed.notified() => d.observer.observe(&d.shared.board),
+            _ = observe_tick.tick() => d.observer.observe(&d.shared.board),
         }
     }
     systemd.stopping();
@@ -134,6 +145,7 @@ impl Daemon {
         self.shared.systemd.reloading();
         match policy::load(self.policy_path.as_deref()) {
             Ok((new, source)) => {
+                crate::metrics::record_policy_reload(true);
                 info!(event = "policy", source = %source, wals = new.wals.len(), "policy reloaded from {source}");
                 log_notes(&new);
                 self.source = source;
@@ -147,9 +159,20 @@ impl Daemon {
                         "daemon.state_dir changed: takes effect after a restart"
                     );
                 }
+                if new.daemon.metrics_listen != self.policy.daemon.metrics_listen
+                    || new.daemon.metrics_textfile != self.policy.daemon.metrics_textfile
+                {
+                    warn!(
+                        event = "policy",
+                        "daemon.metrics_listen/metrics_textfile changed: the exporter is installed once; takes effect after a restart"
+                    );
+                }
                 self.apply(new).await;
             }
-            Err(e) => log_policy_error(&e),
+            Err(e) => {
+                crate::metrics::record_policy_reload(false);
+                log_policy_error(&e);
+            }
         }
         self.shared.systemd.ready();
     }
@@ -213,6 +236,21 @@ impl Daemon {
             error!(event = "schedule", "cannot start the cron schedules: {e}");
         }
         self.shared.systemd.set_wal_count(self.supervisors.len());
+        let watched = new
+            .wals
+            .iter()
+            .filter_map(|w| {
+                self.supervisors.get(&w.name).map(|h| {
+                    let watched = Watched {
+                        path: w.resolved_path.clone(),
+                        min_reclaimable_bytes: w.triggers.min_reclaimable_bytes,
+                        alerts: h.alerts.clone(),
+                    };
+                    (w.name.clone(), watched)
+                })
+            })
+            .collect();
+        self.observer.set_policy(&new, watched);
         self.policy = new;
     }
 

@@ -22,8 +22,12 @@ pub struct WalStats {
     pub commit_lines: u64,
     pub torn_tail_bytes: u64,
     pub corrupt_lines: u64,
-    /// Free space on the WAL's filesystem in percent, when a trigger needs it.
+    /// Free space on the WAL's filesystem in percent, when asked for (see [`StatsTracker::stats`]).
     pub free_percent: Option<f64>,
+    /// Entries per op, as `status` counts them (for metrics and alerts).
+    pub entries: crate::rules::Counts,
+    /// Transactions by replayed state, as `status` counts them (for metrics and alerts).
+    pub transactions: crate::rules::TxCounts,
 }
 
 impl WalStats {
@@ -138,6 +142,8 @@ impl StatsTracker {
             commit_lines: index.counts().commit,
             torn_tail_bytes: self.tracker.torn_tail_bytes(),
             corrupt_lines: self.tracker.corrupt().1,
+            entries: index.counts(),
+            transactions: index.tx_counts(),
             free_percent: want_free
                 .then(|| free_ratio(&parent_dir(&self.path)).ok())
                 .flatten()

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -16,8 +16,10 @@ use super::job::{self, JobResult};
 use super::notify::Systemd;
 use super::state::{LastOutcome, Loaded, StateFile, WalState};
 use super::stats::{Refresh, Rescan, StatsTracker, WalStats};
-use super::triggers::{self, Decision, Request};
+use super::triggers::{self, Decision, Reason, Request};
 use super::watcher::Hint;
+use crate::metrics::{self, WalFigures};
+use crate::pipeline::backup;
 use crate::policy::WalPolicy;
 
 /// Change events arrive in bursts (one per write): wait this long after the first so one
@@ -26,6 +28,9 @@ const HINT_COALESCE: Duration = Duration::from_millis(250);
 /// Requests (schedules, alerts) queued while a job runs; more are dropped, since one
 /// pending request already guarantees a re-evaluation.
 pub const REQUEST_QUEUE: usize = 8;
+/// Backups are listed after each run and at least this often (pruning and compression run
+/// in the background after a run, so the count settles a little later).
+const BACKUP_LIST_EVERY: Duration = Duration::from_secs(60);
 
 /// What a supervisor publishes for alerts and metrics.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +40,29 @@ pub struct WalStatus {
     /// Triggers hold but too little is reclaimable: "blocked: too little reclaimable".
     pub blocked: bool,
     pub missing: bool,
+    /// A compaction job is running.
+    pub running: bool,
+    /// Backups kept (count, bytes), once listed.
+    pub backups: Option<(u64, u64)>,
+}
+
+impl WalStatus {
+    /// The figures `metrics::publish_wal` exports, as `walcompactd status` counts them.
+    pub fn figures(&self) -> WalFigures {
+        let s = &self.stats;
+        WalFigures {
+            size_bytes: s.size_bytes,
+            prepare_entries: s.entries.prepare,
+            commit_entries: s.entries.commit,
+            abort_entries: s.entries.abort,
+            committed_transactions: s.transactions.committed,
+            aborted_transactions: s.transactions.aborted,
+            in_flight_transactions: s.transactions.in_flight,
+            reclaimable_bytes: s.reclaimable_bytes,
+            reclaimable_ratio: s.reclaimable_ratio(),
+            torn_tail_bytes: s.torn_tail_bytes,
+        }
+    }
 }
 
 /// Shared, read-mostly view of every WAL's status.
@@ -44,6 +72,8 @@ pub type StatusBoard = Arc<Mutex<std::collections::BTreeMap<String, WalStatus>>>
 pub struct Handle {
     pub path: PathBuf,
     pub requests: mpsc::Sender<Request>,
+    /// Compaction requests from alerts with the `compact` action, by alert name.
+    pub alerts: mpsc::Sender<String>,
     pub policy: watch::Sender<WalPolicy>,
     pub hint: Arc<Hint>,
     cancel: CancellationToken,
@@ -69,11 +99,14 @@ pub struct Shared {
     pub state_dir: PathBuf,
     pub board: StatusBoard,
     pub systemd: Arc<Systemd>,
+    /// Notified after every board update, so alerts and the textfile follow at once.
+    pub changed: Arc<Notify>,
 }
 
 /// Starts the supervisor of one WAL under `parent` (the daemon's shutdown token).
 pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> Handle {
     let (requests, rx) = mpsc::channel(REQUEST_QUEUE);
+    let (alerts, alert_rx) = mpsc::channel(REQUEST_QUEUE);
     let (policy_tx, policy_rx) = watch::channel(policy.clone());
     let hint = Arc::new(Hint::default());
     let cancel = parent.child_token();
@@ -87,12 +120,17 @@ pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> H
         cancel: cancel.clone(),
         blocked: false,
         missing: false,
+        running: false,
+        backups: None,
+        backups_listed: None,
+        pending_alert: None,
     };
     let path = sv.policy.resolved_path.clone();
-    let join = tokio::spawn(sv.run(rx, policy_rx));
+    let join = tokio::spawn(sv.run(rx, alert_rx, policy_rx));
     Handle {
         path,
         requests,
+        alerts,
         policy: policy_tx,
         hint,
         cancel,
@@ -112,12 +150,19 @@ struct Supervisor {
     blocked: bool,
     /// In a "missing" episode: logged once on entry.
     missing: bool,
+    running: bool,
+    backups: Option<(u64, u64)>,
+    backups_listed: Option<Instant>,
+    /// An alert asked for a compaction (its name): kept while cooldown or backoff hold it
+    /// back, dropped once a job ran or there is nothing worth compacting.
+    pending_alert: Option<String>,
 }
 
 impl Supervisor {
     async fn run(
         mut self,
         mut requests: mpsc::Receiver<Request>,
+        mut alert_rx: mpsc::Receiver<String>,
         mut policy_rx: watch::Receiver<WalPolicy>,
     ) {
         self.load_state();
@@ -141,6 +186,10 @@ impl Supervisor {
                     Some(r) => request = Some(r),
                     None => break,
                 },
+                Some(alert) = alert_rx.recv() => {
+                    info!(event = "alert", wal = %name, alert = %alert, "alert requested a compaction");
+                    self.pending_alert = Some(alert);
+                }
                 _ = self.hint.wait() => {
                     tokio::select! {
                         _ = self.cancel.cancelled() => break,
@@ -187,6 +236,8 @@ impl Supervisor {
         rescan: bool,
     ) -> Option<chrono::DateTime<Utc>> {
         let stats = self.refresh(rescan).await?;
+        self.list_backups_if_stale().await;
+        let request = request.or(self.pending_alert.as_ref().map(|_| Request::Alert));
         let decision = triggers::decide(
             &stats,
             &self.policy.triggers,
@@ -211,22 +262,71 @@ impl Supervisor {
         self.blocked = blocked;
         self.publish(stats);
         match decision {
-            Decision::Idle | Decision::Blocked { .. } => None,
+            Decision::Idle | Decision::Blocked { .. } => {
+                self.pending_alert = None;
+                None
+            }
             Decision::Cooldown { reasons, until } | Decision::Backoff { reasons, until } => {
-                debug!(event = "decide", wal, trigger = %triggers::describe(&reasons), until = %until, "trigger held back");
+                let trigger = self.describe(&reasons);
+                debug!(event = "decide", wal, trigger = %trigger, until = %until, "trigger held back");
                 Some(until)
             }
             Decision::Compact(reasons) => {
-                self.compact(&triggers::describe(&reasons)).await;
+                let trigger = self.describe(&reasons);
+                // A job runs now: whatever an alert asked for is served by it.
+                self.pending_alert = None;
+                self.compact(&trigger).await;
                 Some(Utc::now())
             }
+        }
+    }
+
+    /// The `trigger` log field; an alert's request is named `alert:<name>`.
+    fn describe(&self, reasons: &[Reason]) -> String {
+        let parts: Vec<String> = reasons
+            .iter()
+            .map(|r| match (r, &self.pending_alert) {
+                (Reason::Requested(Request::Alert), Some(name)) => format!("alert:{name}"),
+                _ => r.to_string(),
+            })
+            .collect();
+        parts.join(", ")
+    }
+
+    /// Lists the WAL's backups (count, bytes) in a blocking thread and publishes them.
+    async fn list_backups(&mut self) {
+        let wal = self.policy.resolved_path.clone();
+        let dir = backup::backup_dir(&wal, self.policy.backup_dir.as_deref());
+        let listed = tokio::task::spawn_blocking(move || backup::list(&wal, &dir)).await;
+        self.backups_listed = Some(Instant::now());
+        self.backups = match listed {
+            Ok(Ok(list)) => Some((list.len() as u64, list.iter().map(|b| b.bytes).sum())),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Some((0, 0)),
+            Ok(Err(e)) => {
+                debug!(event = "backups", wal = %self.policy.name, "cannot list backups: {e}");
+                None
+            }
+            Err(_) => None,
+        };
+        if let Some((count, bytes)) = self.backups {
+            metrics::publish_backups(&self.policy.name, count, bytes);
+        }
+    }
+
+    async fn list_backups_if_stale(&mut self) {
+        if self
+            .backups_listed
+            .is_none_or(|t| t.elapsed() >= BACKUP_LIST_EVERY)
+        {
+            self.list_backups().await;
         }
     }
 
     /// Brings the statistics up to date in a blocking thread (a rescan reads the whole WAL).
     async fn refresh(&mut self, rescan: bool) -> Option<WalStats> {
         let mut tracker = std::mem::replace(&mut self.stats, StatsTracker::new(""));
-        let want_free = self.policy.triggers.min_free_disk_percent.is_some();
+        // Always measured (one statvfs): triggers, alerts and metrics all read it.
+        let want_free = true;
         let joined = tokio::task::spawn_blocking(move || {
             let r = tracker.refresh(rescan);
             let s = tracker.stats(want_free);
@@ -278,35 +378,104 @@ impl Supervisor {
         }
     }
 
+    /// Puts the WAL's status on the board, exports its gauges, and wakes the observer.
     fn publish(&self, stats: WalStats) {
         let status = WalStatus {
             stats,
             state: self.state.clone(),
             blocked: self.blocked,
             missing: self.missing,
+            running: self.running,
+            backups: self.backups,
         };
+        publish_metrics(&self.policy.name, &status);
+        {
+            let mut board = self.shared.board.lock().unwrap_or_else(|e| e.into_inner());
+            board.insert(self.policy.name.clone(), status);
+        }
+        self.shared.changed.notify_one();
+    }
+
+    /// Marks a job running (or not) on the board and in the metrics.
+    fn set_running(&mut self, running: bool) {
+        self.running = running;
+        metrics::set_in_progress(&self.policy.name, running);
         let mut board = self.shared.board.lock().unwrap_or_else(|e| e.into_inner());
-        board.insert(self.policy.name.clone(), status);
+        if let Some(s) = board.get_mut(&self.policy.name) {
+            s.running = running;
+        }
+        drop(board);
+        self.shared.changed.notify_one();
     }
 
     /// Runs one job, records its outcome, and re-bases the commit count after a success.
     async fn compact(&mut self, trigger: &str) {
+        self.set_running(true);
+        let started = Instant::now();
         let result = job::run(&self.policy, trigger, &self.cancel).await;
+        let duration = started.elapsed();
+        self.set_running(false);
         let outcome = result.outcome();
         let now = Utc::now();
         self.state.record(outcome, now);
-        if matches!(result, JobResult::Success(_))
-            && let Some(stats) = self.refresh(true).await
-        {
+        if let Some(o) = result.run_outcome() {
+            metrics::record_run(&self.policy.name, o, duration, result.reclaimed_bytes());
+        }
+        let stats = match result {
+            JobResult::Success(_) => self.refresh(true).await,
+            _ => None,
+        };
+        if let Some(stats) = &stats {
             self.state.commit_base = stats.commit_lines;
         }
         if outcome != LastOutcome::Cancelled {
             self.save_state();
         }
+        self.list_backups().await;
+        if let Some(stats) = stats {
+            self.publish(stats);
+        } else {
+            self.republish_state();
+        }
         self.shared
             .systemd
             .record_run(&self.policy.name, outcome.as_str(), now);
     }
+}
+
+impl Supervisor {
+    /// After a run that did not change the figures: the board's state part only.
+    fn republish_state(&self) {
+        publish_state_metrics(&self.policy.name, &self.state);
+        let mut board = self.shared.board.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = board.get_mut(&self.policy.name) {
+            s.state = self.state.clone();
+            s.backups = self.backups;
+        }
+        drop(board);
+        self.shared.changed.notify_one();
+    }
+}
+
+/// Exports every gauge of one WAL's status (no-ops without an installed recorder).
+fn publish_metrics(name: &str, status: &WalStatus) {
+    metrics::publish_wal(name, &status.figures());
+    if let Some(p) = status.stats.free_percent {
+        metrics::publish_disk_free(name, p / 100.0);
+    }
+    if let Some((count, bytes)) = status.backups {
+        metrics::publish_backups(name, count, bytes);
+    }
+    metrics::set_in_progress(name, status.running);
+    publish_state_metrics(name, &status.state);
+}
+
+fn publish_state_metrics(name: &str, state: &WalState) {
+    metrics::set_consecutive_failures(name, u64::from(state.consecutive_failures));
+    let last = state
+        .last_success
+        .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+    metrics::set_last_success(name, last);
 }
 
 async fn sleep_until_opt(until: Option<tokio::time::Instant>) {
