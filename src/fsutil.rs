@@ -31,6 +31,16 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
 /// fsync the temp file BEFORE the rename, or a crash can leave an empty file at `path`.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    atomic_write_then(path, bytes, || {})
+}
+
+/// [`atomic_write`] that calls `before_rename` once the temp file is durable: a seam for the
+/// crash suite to stop between the two steps.
+pub fn atomic_write_then(
+    path: &Path,
+    bytes: &[u8],
+    before_rename: impl FnOnce(),
+) -> io::Result<()> {
     let tmp = sibling(path, ".tmp");
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -40,6 +50,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
             .open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        before_rename();
         fs::rename(&tmp, path)?;
         fsync_dir(&parent_dir(path))
     })();

@@ -25,6 +25,20 @@
 //! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
 //!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
 
+/// A fault-injection point that kills the process on the spot with SIGKILL (no destructors,
+/// no cleanup: exactly `kill -9`) when enabled with `FAILPOINTS="<name>=return"`. Compiles to
+/// nothing without the `failpoints` feature. Names follow `stage::op::crash`.
+#[macro_export]
+macro_rules! crash_point {
+    ($name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        if fail::eval($name, |_| ()).is_some() {
+            // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
+            unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+        }
+    }};
+}
+
 pub mod alerts;
 pub mod analyze;
 pub mod commands;

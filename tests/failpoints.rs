@@ -36,7 +36,7 @@ fn verification_failure_rolls_back_with_exit_1() {
     let wal = write_wal(d.path(), "wal.log", &redundant_wal(100));
     let original = fs::read(&wal).unwrap();
     let before = digest(&wal);
-    let out = compact_with(&wal, "verify::mismatch=return");
+    let out = compact_with(&wal, "verify::digest::mismatch=return");
     assert_eq!(
         out.status.code(),
         Some(1),
@@ -104,4 +104,289 @@ fn online_refuses_a_commit_whose_prepare_was_compacted_away() {
         before,
         "the next run keeps t committed with its data"
     );
+}
+
+/// What an injected fault does to the compaction process.
+#[derive(Clone, Copy, Debug)]
+enum Effect {
+    /// The process dies on the spot (SIGKILL from the crash point).
+    Crash,
+    /// The step fails; the command exits with this code.
+    Fails(i32),
+}
+
+/// Every backup of `wal` in `dir` replays to `original`.
+fn assert_backups_intact(dir: &Path, original: &str) {
+    for name in names(dir).iter().filter(|n| n.starts_with("wal_backup_")) {
+        assert_eq!(digest(&dir.join(name)), original, "backup {name} changed");
+    }
+}
+
+fn assert_no_leftovers(dir: &Path) {
+    let left = names(dir);
+    assert!(
+        left.iter()
+            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
+        "{left:?}"
+    );
+}
+
+/// Injects `point`, then checks the promise: the WAL at its path replays to the original
+/// state, a restart (`recover`) leaves no temp files, every backup is intact, and the next
+/// compaction succeeds.
+fn fault_case(point: &str, effect: Effect) {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(300));
+    let original = digest(&wal);
+    let out = walcompactd()
+        .env("FAILPOINTS", format!("{point}=return"))
+        .arg("compact")
+        .arg(&wal)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match effect {
+        Effect::Crash => assert_eq!(
+            out.status.signal(),
+            Some(9),
+            "{point}: expected death, got {:?} {stderr}",
+            out.status
+        ),
+        Effect::Fails(code) => assert_eq!(out.status.code(), Some(code), "{point}: {stderr}"),
+    }
+    assert_eq!(
+        digest(&wal),
+        original,
+        "{point}: the WAL at its path replays to the original state"
+    );
+    walcompactd().arg("recover").arg(&wal).assert().success();
+    assert_no_leftovers(d.path());
+    assert_backups_intact(d.path(), &original);
+    walcompactd().arg("compact").arg(&wal).assert().success();
+    assert_eq!(digest(&wal), original, "{point}: after the next compaction");
+    assert_no_leftovers(d.path());
+    assert_backups_intact(d.path(), &original);
+}
+
+#[test]
+fn every_pipeline_step_survives_a_crash_or_an_error() {
+    let cases = [
+        ("backup::after_create::crash", Effect::Crash),
+        ("backup::after_create::error", Effect::Fails(4)),
+        ("journal::write::crash", Effect::Crash),
+        ("journal::rename::crash", Effect::Crash),
+        ("journal::write::error", Effect::Fails(4)),
+        ("precheck::no_space", Effect::Fails(4)),
+        ("compact::write::short", Effect::Fails(4)),
+        ("compact::write::enospc", Effect::Fails(4)),
+        ("compact::write::crash", Effect::Crash),
+        ("compact::before_fsync::crash", Effect::Crash),
+        ("compact::before_fsync::error", Effect::Fails(4)),
+        ("verify::read::crash", Effect::Crash),
+        ("verify::digest::mismatch", Effect::Fails(1)),
+        ("swap::before_rename::crash", Effect::Crash),
+        ("swap::before_rename::error", Effect::Fails(4)),
+        ("swap::after_rename::crash", Effect::Crash),
+        ("swap::after_rename::error", Effect::Fails(4)),
+    ];
+    for (point, effect) in cases {
+        fault_case(point, effect);
+    }
+}
+
+#[test]
+fn online_crash_under_the_writer_lock_loses_nothing() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let seed = redundant_wal(300);
+    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(d.path(), "wal.log", &seed);
+    let original = digest(&wal);
+    let out = walcompactd()
+        .env("FAILPOINTS", "online::under_lock::crash=return")
+        .args(["compact", "--online"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9));
+    // The kernel released the dead compactor's lock: a writer goes on.
+    let mut w =
+        walcompactd::writer::WalWriter::open(&wal, walcompactd::writer::Durability::None).unwrap();
+    w.append(commit("late").as_bytes()).unwrap();
+    walcompactd().arg("recover").arg(&wal).assert().success();
+    assert_no_leftovers(d.path());
+    assert_eq!(
+        fs::read_to_string(&wal).unwrap(),
+        seed.clone() + &commit("late")
+    );
+    walcompactd()
+        .args(["compact", "--online"])
+        .arg(&wal)
+        .assert()
+        .success();
+    let expected =
+        walcompactd::pipeline::compact::compact_bytes((seed + &commit("late")).as_bytes()).unwrap();
+    assert_eq!(fs::read(&wal).unwrap(), expected);
+    // Online backups are the original inode as of the swap: valid WALs, original + appended.
+    for name in names(d.path())
+        .iter()
+        .filter(|n| n.starts_with("wal_backup_"))
+    {
+        walcompactd()
+            .arg("verify")
+            .arg(d.path().join(name))
+            .assert()
+            .success();
+    }
+    assert_ne!(
+        original,
+        digest(&wal),
+        "the late COMMIT is part of the state now"
+    );
+}
+
+#[test]
+fn pruning_interrupted_by_a_crash_keeps_the_rest_intact() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    let original = fs::read(&wal).unwrap();
+    for day in 1..=4 {
+        fs::write(
+            d.path().join(format!("wal_backup_2020010{day}_000000.log")),
+            &original,
+        )
+        .unwrap();
+    }
+    let out = walcompactd()
+        .env("FAILPOINTS", "prune::remove::crash=1*off->return")
+        .args(["prune-backups", "--keep-days", "1", "--keep-last", "1"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.signal(),
+        Some(9),
+        "dies before the second removal"
+    );
+    let left: Vec<_> = names(d.path())
+        .into_iter()
+        .filter(|n| n.starts_with("wal_backup_"))
+        .collect();
+    assert_eq!(left.len(), 3, "one removed, then death: {left:?}");
+    for n in &left {
+        assert_eq!(fs::read(d.path().join(n)).unwrap(), original, "{n} intact");
+    }
+    walcompactd()
+        .args(["prune-backups", "--keep-days", "1", "--keep-last", "1"])
+        .arg(&wal)
+        .assert()
+        .success();
+    assert_eq!(
+        names(d.path())
+            .iter()
+            .filter(|n| n.starts_with("wal_backup_"))
+            .count(),
+        1
+    );
+    assert_eq!(fs::read(&wal).unwrap(), original);
+}
+
+/// A daemon policy for one WAL that compacts as soon as anything is reclaimable.
+fn eager_policy(verify_hook: &str) -> String {
+    test_policy(&format!(
+        "[[wal]]\nname = \"w\"\npath = \"wal.log\"\npoll_interval_secs = 1\n\
+         [wal.triggers]\nmax_size_mb = 0.001\nmin_reclaimable_bytes = 1\nmin_interval_secs = 1\n\
+         [wal.hooks]\nverify = {verify_hook}\n"
+    ))
+}
+
+/// The daemon dies in the middle of a rollback (the application's check rejected the new
+/// WAL): `recover` puts the original bytes back, and a restarted daemon compacts normally.
+#[test]
+fn daemon_crash_during_rollback_is_finished_by_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let seed = redundant_wal(300);
+    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(d.path(), "wal.log", &seed);
+    let original = digest(&wal);
+    fs::write(d.path().join("policy.toml"), eager_policy(r#"["false"]"#)).unwrap();
+    let mut daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "rollback::copy::crash=return")],
+    );
+    let status = daemon
+        .wait_exit()
+        .expect("the daemon dies at the crash point");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{}",
+        daemon.dump()
+    );
+    assert_eq!(
+        digest(&wal),
+        original,
+        "the path always holds a WAL with the original state"
+    );
+    walcompactd()
+        .arg("recover")
+        .arg(&wal)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("FinishedRollback"));
+    assert_eq!(
+        fs::read_to_string(&wal).unwrap(),
+        seed,
+        "rolled back to the original bytes"
+    );
+    assert_no_leftovers(d.path());
+    assert_backups_intact(d.path(), &original);
+    fs::write(d.path().join("policy.toml"), eager_policy(r#"["true"]"#)).unwrap();
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    assert_eq!(digest(&wal), original);
+    assert_no_leftovers(d.path());
+}
+
+/// The daemon dies while writing its state file after a successful compaction: the restarted
+/// daemon starts, the WAL is intact, and nothing is compacted twice into a loss.
+#[test]
+fn daemon_crash_during_state_write_is_harmless() {
+    let d = tempfile::tempdir().unwrap();
+    let seed = redundant_wal(300);
+    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(d.path(), "wal.log", &seed);
+    let original = digest(&wal);
+    fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
+    let mut daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "state::rename::crash=return")],
+    );
+    let status = daemon
+        .wait_exit()
+        .expect("the daemon dies at the crash point");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9),
+        "{}",
+        daemon.dump()
+    );
+    assert_eq!(digest(&wal), original);
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    append(&wal, &(prepare("more", 1) + &prepare("more", 2)));
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    let expected = walcompactd::pipeline::compact::compact_bytes(
+        (seed + &prepare("more", 1) + &prepare("more", 2)).as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        wait_until(DEADLINE, || fs::read(&wal).unwrap() == expected),
+        "{}",
+        daemon.dump()
+    );
+    assert_no_leftovers(d.path());
 }

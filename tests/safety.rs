@@ -117,6 +117,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
         backup: backup.map(Path::to_path_buf),
         original_digest: digest(backup.unwrap_or(wal)),
         pid: 1,
+        len_at_swap: None,
     };
     journal::write(wal, &j).unwrap();
 }
@@ -165,8 +166,15 @@ fn recovery_finishes_or_undoes_each_phase() {
     let backup = d.path().join("wal_backup_20260101_000000.log");
     fs::write(&backup, &original).unwrap();
     walcompactd().arg("compact").arg(&wal).assert().success();
+    // The compacted WAL replays to the same state as the backup, but the application's
+    // check rejected it: recovery must put the backup's bytes back, not trust the digest.
+    assert_eq!(digest(&wal), digest(&backup));
+    assert_ne!(fs::read(&wal).unwrap(), original);
     journal(&wal, Phase::RollingBack, false, Some(&backup));
-    fs::write(&wal, prepare("x", 1)).unwrap();
+    assert_eq!(recover(&wal), "FinishedRollback");
+    assert_eq!(fs::read(&wal).unwrap(), original);
+    // A rollback that had completed is left alone.
+    journal(&wal, Phase::RollingBack, false, Some(&backup));
     assert_eq!(recover(&wal), "FinishedRollback");
     assert_eq!(fs::read(&wal).unwrap(), original);
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil::atomic_write;
+use crate::fsutil::atomic_write_then;
 
 /// How the last run ended, as recorded for cooldown, backoff and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -138,7 +138,12 @@ impl StateFile {
             fs::create_dir_all(dir)?;
         }
         let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-        atomic_write(&self.path, &bytes)
+        fail::fail_point!("state::write::error", |_| Err(io::Error::other(
+            "injected state write failure"
+        )));
+        atomic_write_then(&self.path, &bytes, || {
+            crate::crash_point!("state::rename::crash")
+        })
     }
 }
 

@@ -127,6 +127,7 @@ fn link_unsupported(e: &io::Error) -> bool {
 
 /// The link or copy only counts once its directory entry is durable.
 fn finish(backup: Backup, dir: &Path) -> Result<Backup, PipelineError> {
+    crate::crash_point!("backup::after_create::crash");
     fail::fail_point!("backup::after_create::error", |_| Err(PipelineError::io(
         Stage::Backup,
         "fsync dir",
@@ -227,6 +228,7 @@ pub fn prune(
     let backups = list(wal, dir).map_err(PipelineError::io(Stage::Prune, "list", dir))?;
     let doomed = select_prunable(&backups, keep_days, keep_last, protect, now);
     for p in &doomed {
+        crate::crash_point!("prune::remove::crash");
         fail::fail_point!("prune::remove::error", |_| Err(PipelineError::io(
             Stage::Prune,
             "remove",

@@ -169,12 +169,23 @@ fn fill(
     let _ = std::os::unix::fs::fchown(&*file, Some(wal_meta.uid()), Some(wal_meta.gid()));
     file.set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))?;
     let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut *file);
+    fail::fail_point!("compact::write::short", |_| {
+        // A short write: part of a line reaches the temp file, then the write fails.
+        out.write_all(b"{\"op\": \"PREP")?;
+        out.flush()?;
+        Err(io::Error::from(io::ErrorKind::WriteZero))
+    });
     let n = write_plan(src, plan, end, &mut out)?;
+    if n > 0 {
+        // Half of the temp file on disk, then death.
+        crate::crash_point!("compact::write::crash");
+    }
     fail::fail_point!("compact::write::enospc", |_| Err(
         io::Error::from_raw_os_error(libc::ENOSPC)
     ));
     out.flush()?;
     drop(out);
+    crate::crash_point!("compact::before_fsync::crash");
     fail::fail_point!("compact::before_fsync::error", |_| Err(io::Error::other(
         "injected failure before fsync"
     )));

@@ -30,7 +30,7 @@ pub use snapshot::{Snapshot, open_wal};
 
 /// A rollback must not give up on the writer lock as quickly as a compaction: it is putting
 /// the original WAL back.
-const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+pub(crate) const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::fsutil::{FileId, available_bytes, parent_dir, sibling};
 
@@ -261,6 +261,7 @@ fn compact_and_swap(
         backup: Some(backup.path.clone()),
         original_digest: snap.replay.digest_hex(),
         pid: std::process::id(),
+        len_at_swap: None,
     };
     journal::write(wal, &entry)?;
     let result = write_verify_swap(req, snap, &temp_path, &backup, &mut entry, clock);
@@ -370,6 +371,7 @@ fn swap_online(
     let lock = online::acquire_writer_lock(wal, online.lock_timeout)?;
     stats.lock_wait_ms = ms(wait);
     let end = online::final_delta(wal, snap, copied, &mut sinks, &mut check, &mut stats)?;
+    crate::crash_point!("online::under_lock::crash");
     clock.stage(Stage::Swap, || swap::swap(temp, wal))?;
     stats.lock_held_ms = ms(lock.acquired);
     drop(lock);
@@ -395,6 +397,7 @@ fn check_or_rollback(
         return Ok(());
     };
     entry.phase = journal::Phase::RollingBack;
+    entry.len_at_swap = online.map(|s| s.len_at_swap);
     journal::write(wal, entry)?;
     clock.stage(Stage::Rollback, || match (online, req.online) {
         (Some(stats), Some(o)) => {

@@ -29,6 +29,7 @@ pub fn restore_keeping(
 ) -> Result<(), PipelineError> {
     let tmp = sibling(wal, ROLLBACK_SUFFIX);
     let result = copy_to(backup, &tmp, wal, appended_from);
+    crate::crash_point!("rollback::copy::crash");
     if let Err(e) = result {
         let _ = fs::remove_file(&tmp);
         return Err(PipelineError::io(stage, "copy backup to", &tmp)(e));

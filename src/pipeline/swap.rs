@@ -10,7 +10,8 @@ use crate::fsutil::{fsync_dir, parent_dir};
 /// (else a crash could leave an empty WAL); fsync the directory AFTER the rename, or a
 /// crash can bring the old WAL back while its backup was already pruned.
 pub fn swap(temp: &Path, wal: &Path) -> Result<(), PipelineError> {
-    fail::fail_point!("swap::before_rename::crash", |_| Err(PipelineError::io(
+    crate::crash_point!("swap::before_rename::crash");
+    fail::fail_point!("swap::before_rename::error", |_| Err(PipelineError::io(
         Stage::Swap,
         "rename to",
         wal
@@ -18,7 +19,8 @@ pub fn swap(temp: &Path, wal: &Path) -> Result<(), PipelineError> {
         std::io::Error::other("injected failure before rename")
     )));
     fs::rename(temp, wal).map_err(PipelineError::io(Stage::Swap, "rename to", wal))?;
-    fail::fail_point!("swap::after_rename::crash", |_| Err(PipelineError::io(
+    crate::crash_point!("swap::after_rename::crash");
+    fail::fail_point!("swap::after_rename::error", |_| Err(PipelineError::io(
         Stage::Swap,
         "fsync dir of",
         wal

@@ -58,10 +58,13 @@ pub fn verify_temp(
     expected: &ReplayState,
     expected_len: u64,
 ) -> Result<ReplayState, PipelineError> {
-    fail::fail_point!("verify::mismatch", |_| Err(PipelineError::VerifyFailed {
-        path: wal.to_path_buf(),
-        detail: "injected digest mismatch".into(),
-    }));
+    crate::crash_point!("verify::read::crash");
+    fail::fail_point!("verify::digest::mismatch", |_| Err(
+        PipelineError::VerifyFailed {
+            path: wal.to_path_buf(),
+            detail: "injected digest mismatch".into(),
+        }
+    ));
     let len = std::fs::metadata(temp)
         .map_err(PipelineError::io(Stage::Verify, "stat", temp))?
         .len();

@@ -118,12 +118,18 @@ pub fn test_policy(wals: &str) -> String {
 impl Daemon {
     /// Starts the daemon in `dir` with the policy file `policy` (relative to `dir` or absolute).
     pub fn start(dir: &Path, policy: &str) -> Daemon {
+        Self::start_with_env(dir, policy, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables (e.g. `FAILPOINTS`).
+    pub fn start_with_env(dir: &Path, policy: &str, env: &[(&str, &str)]) -> Daemon {
         use std::io::BufRead;
         let mut child = std::process::Command::new(bin())
             .args(["run", "--policy", policy])
             .current_dir(dir)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
