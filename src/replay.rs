@@ -26,15 +26,18 @@ pub const REPLAY_DIGEST_DOMAIN: &[u8] = b"walcompactd-replay-v1\0";
 
 /// Truncated SHA-256 of a PREPARE's `data`: 128 bits keep equality collision-free in practice
 /// while keeping per-transaction memory small.
-type DataHash = [u8; 16];
-/// A committed transaction with no PREPARE before its COMMIT.
-const NO_PREPARE: DataHash = [0; 16];
+pub type DataHash = [u8; 16];
+/// A committed transaction with no PREPARE before its COMMIT; also what callers pass to
+/// [`Replayer::observe_tx`] for a COMMIT/ABORT, whose hash is not used.
+pub const NO_PREPARE: DataHash = [0; 16];
 /// Marks "no final line yet" in `TxReplay::final_seq`.
 const NO_FINAL: u64 = u64::MAX;
 /// Sequence numbers stay below 2^63, so the top bit can record ABORT.
 const ABORT_BIT: u64 = 1 << 63;
 
-fn data_hash(data: Option<&RawValue>) -> DataHash {
+/// The hash replay keeps of a PREPARE's `data` (its raw JSON text, or its absence).
+/// Computed by the caller, so decoding threads can do it in parallel.
+pub fn data_hash(data: Option<&RawValue>) -> DataHash {
     let mut h = Sha256::new();
     match data {
         Some(raw) => {
@@ -46,6 +49,11 @@ fn data_hash(data: Option<&RawValue>) -> DataHash {
     let mut out = [0; 16];
     out.copy_from_slice(&h.finalize()[..16]);
     out
+}
+
+/// The hash replay keeps of the torn tail's bytes.
+pub fn torn_tail_hash(tail: &[u8]) -> [u8; 32] {
+    Sha256::digest(tail).into()
 }
 
 /// Per-transaction replay state: 24 bytes.
@@ -107,8 +115,9 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// A recognized line of transaction `tx`.
-    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, data: Option<&RawValue>) {
+    /// A recognized line of transaction `tx`; `data` is [`data_hash`] of a PREPARE's `data`
+    /// (ignored for COMMIT/ABORT).
+    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, data: DataHash) {
         let seq = self.next_seq();
         let i = tx as usize;
         if i >= self.txs.len() {
@@ -127,7 +136,7 @@ impl Replayer {
             }
             state.final_seq = seq | if op == Op::Abort { ABORT_BIT } else { 0 };
         } else {
-            let h = data_hash(data);
+            let h = data;
             if state.final_seq != NO_FINAL {
                 self.after_final.push((tx, seq, h));
             }
@@ -145,7 +154,12 @@ impl Replayer {
 
     /// The torn tail's bytes.
     pub fn observe_torn_tail(&mut self, tail: &[u8]) {
-        self.torn_tail = Some((tail.len() as u64, Sha256::digest(tail).into()));
+        self.observe_torn_tail_hashed(tail.len() as u64, torn_tail_hash(tail));
+    }
+
+    /// The torn tail, as its length and [`torn_tail_hash`].
+    pub fn observe_torn_tail_hashed(&mut self, len: u64, hash: [u8; 32]) {
+        self.torn_tail = Some((len, hash));
     }
 
     fn next_seq(&mut self) -> u64 {
