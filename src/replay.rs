@@ -13,7 +13,7 @@
 //! ids as length-prefixed UTF-8, `data` as SHA-256 of its raw JSON text truncated to 16
 //! bytes, aborted and in-flight transactions sorted by id, everything else in file order.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::fmt;
 
 use serde_json::value::RawValue;
@@ -38,11 +38,16 @@ const ABORT_BIT: u64 = 1 << 63;
 /// The hash replay keeps of a PREPARE's `data` (its raw JSON text, or its absence).
 /// Computed by the caller, so decoding threads can do it in parallel.
 pub fn data_hash(data: Option<&RawValue>) -> DataHash {
+    data_hash_raw(data.map(RawValue::get))
+}
+
+/// [`data_hash`] of `data`'s raw JSON text.
+pub fn data_hash_raw(data: Option<&str>) -> DataHash {
     let mut h = Sha256::new();
     match data {
         Some(raw) => {
             h.update([1]);
-            h.update(raw.get().as_bytes());
+            h.update(raw.as_bytes());
         }
         None => h.update([0]),
     }

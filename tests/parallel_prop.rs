@@ -68,5 +68,7 @@ proptest! {
         )
         .unwrap();
         prop_assert_eq!(summary(&seq), summary(&par));
+        // The incrementally maintained figure agrees with the plan it summarizes.
+        prop_assert_eq!(par.index.reclaimable_bytes(), par.index.plan().reclaimable_bytes());
     }
 }

@@ -244,12 +244,12 @@ impl Decoder {
         let end = (start + self.chunk).min(self.len);
         batch.end = end;
         let base = start.saturating_sub(1);
-        self.buf.clear();
-        fill(source, &mut self.buf, base, end)?;
+        let mut filled = 0;
+        fill(source, &mut self.buf, &mut filled, base, end)?;
         let mut p = if start == 0 {
             0
         } else {
-            match memchr::memchr(b'\n', &self.buf) {
+            match memchr::memchr(b'\n', &self.buf[..filled]) {
                 Some(i) => i + 1,
                 // No line starts in this chunk.
                 None => return Ok(()),
@@ -259,16 +259,16 @@ impl Decoder {
         while p < stop {
             let mut from = p;
             let newline = loop {
-                if let Some(i) = memchr::memchr(b'\n', &self.buf[from..]) {
+                if let Some(i) = memchr::memchr(b'\n', &self.buf[from..filled]) {
                     break Some(from + i);
                 }
-                let have = base + self.buf.len() as u64;
+                let have = base + filled as u64;
                 if have >= self.len {
                     break None;
                 }
-                from = self.buf.len();
+                from = filled;
                 let more = (have + EXTEND_BYTES.max(self.chunk)).min(self.len);
-                fill(source, &mut self.buf, have, more)?;
+                fill(source, &mut self.buf, &mut filled, have, more)?;
             };
             let offset = base + p as u64;
             match newline {
@@ -277,7 +277,7 @@ impl Decoder {
                     p = nl + 1;
                 }
                 None => {
-                    let tail = &self.buf[p..];
+                    let tail = &self.buf[p..filled];
                     let hash = if self.want.replay {
                         torn_tail_hash(tail)
                     } else {
@@ -292,19 +292,22 @@ impl Decoder {
     }
 }
 
-/// Appends bytes `from..to` of `source` to `buf`.
+/// Reads bytes `from..to` of `source` into `buf` after its first `*filled` bytes. `buf`
+/// only grows (zeroed once), so a recycled buffer is not cleared again for every chunk.
 fn fill<S: Source + ?Sized>(
     source: &S,
     buf: &mut Vec<u8>,
+    filled: &mut usize,
     from: u64,
     to: u64,
 ) -> Result<(), AnalyzeError> {
-    let start = buf.len();
-    buf.resize(start + (to - from) as usize, 0);
-    let mut done = 0;
-    while start + done < buf.len() {
-        let offset = from + done as u64;
-        match source.read_at(&mut buf[start + done..], offset) {
+    let end = *filled + (to - from) as usize;
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    while *filled < end {
+        let offset = to - (end - *filled) as u64;
+        match source.read_at(&mut buf[*filled..end], offset) {
             Ok(0) => {
                 return Err(AnalyzeError::Io {
                     offset,
@@ -314,7 +317,7 @@ fn fill<S: Source + ?Sized>(
                     ),
                 });
             }
-            Ok(n) => done += n,
+            Ok(n) => *filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(source) => return Err(AnalyzeError::Io { offset, source }),
         }
