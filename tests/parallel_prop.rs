@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 use walcompactd::analyze::{Analysis, Parallelism, Want, analyze, analyze_source};
+use walcompactd::wal::{RawEntry, decode, decode_raw};
 
 /// One generated line: protocol lines, noise, blank and corrupt lines.
 fn line() -> impl Strategy<Value = Vec<u8>> {
@@ -70,5 +71,52 @@ proptest! {
         prop_assert_eq!(summary(&seq), summary(&par));
         // The incrementally maintained figure agrees with the plan it summarizes.
         prop_assert_eq!(par.index.reclaimable_bytes(), par.index.plan().reclaimable_bytes());
+    }
+}
+
+/// JSON-ish text: mostly valid objects with odd corners, plus arbitrary junk.
+fn json_line() -> impl Strategy<Value = String> {
+    let scalar = prop_oneof![
+        Just("1".to_string()),
+        Just("-0.5e+3".to_string()),
+        Just("01".to_string()),
+        Just("1.".to_string()),
+        Just("-".to_string()),
+        Just("1e".to_string()),
+        Just("1E-2".to_string()),
+        Just("true".to_string()),
+        Just("nul".to_string()),
+        Just("null".to_string()),
+        Just("1e999".to_string()),
+        "\"[a-z\\\\u0-9\t\"]{0,6}\"".prop_map(|s| s),
+        Just("\"\\u0041\"".to_string()),
+        Just("\"PREPARE\"".to_string()),
+        Just("\"COMMIT\"".to_string()),
+        Just("\"t\u{e9}\"".to_string()),
+    ];
+    let value = scalar.prop_recursive(4, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
+            prop::collection::vec((prop::sample::select(vec!["op", "tx_id", "data", "x", "o\\u0070"]), inner.clone()), 0..4)
+                .prop_map(|v| format!("{{{}}}", v.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", "))),
+            (inner.clone(), prop::sample::select(vec!["", ",", " ]", "}", ":"])).prop_map(|(v, junk)| format!("[{v}{junk}]")),
+        ]
+    });
+    prop_oneof![
+        4 => prop::collection::vec((prop::sample::select(vec!["op", "tx_id", "data", "ts", "o\\u0070"]), value.clone()), 0..5)
+            .prop_map(|v| format!(" {{{}}}\r", v.iter().map(|(k, v)| format!("\"{k}\" :{v}")).collect::<Vec<_>>().join(","))),
+        1 => value,
+        1 => "[ {}\\[\\]\",:0-9a-z.eE+\\-\\\\\t]{0,24}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    #[test]
+    fn fast_decoding_equals_serde_decoding(line in json_line()) {
+        let slow = decode(line.as_bytes()).map(RawEntry::from).map_err(|e| e.to_string());
+        let fast = decode_raw(line.as_bytes()).map_err(|e| e.to_string());
+        prop_assert_eq!(slow, fast, "{}", line);
     }
 }

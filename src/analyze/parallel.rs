@@ -19,9 +19,9 @@ use super::{
     Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want,
     describe,
 };
-use crate::replay::{DataHash, NO_PREPARE, data_hash, torn_tail_hash};
+use crate::replay::{DataHash, NO_PREPARE, data_hash_raw, torn_tail_hash};
 use crate::rules::{LineKind, Slot};
-use crate::wal::{Entry, Op, decode};
+use crate::wal::{Op, RawEntry, decode_raw};
 
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
 /// the chunks in flight stay a few MiB.
@@ -348,9 +348,9 @@ fn line(want: Want, described: &mut usize, offset: u64, bytes: &[u8], batch: &mu
     if u32::try_from(bytes.len() + 1).is_err() {
         corrupt(&mut rec, batch, &|| "line longer than 4 GiB".into());
     } else {
-        match decode(bytes) {
-            Ok(Entry::Blank) => {}
-            Ok(Entry::Unrecognized) => {
+        match decode_raw(bytes) {
+            Ok(RawEntry::Blank) => {}
+            Ok(RawEntry::Unrecognized) => {
                 rec.kind = RecKind::Unrecognized;
                 if want.replay {
                     rec.a = batch.bytes.len();
@@ -358,13 +358,13 @@ fn line(want: Want, described: &mut usize, offset: u64, bytes: &[u8], batch: &mu
                     rec.b = batch.bytes.len();
                 }
             }
-            Ok(Entry::Tx(t)) => {
-                rec.kind = RecKind::Tx(t.op);
+            Ok(RawEntry::Tx { op, tx_id, data }) => {
+                rec.kind = RecKind::Tx(op);
                 rec.a = batch.ids.len();
-                batch.ids.push_str(&t.tx_id);
+                batch.ids.push_str(&tx_id);
                 rec.b = batch.ids.len();
-                if want.replay && !t.op.is_final() {
-                    rec.hash = data_hash(t.data);
+                if want.replay && !op.is_final() {
+                    rec.hash = data_hash_raw(data);
                 }
             }
             Err(e) => corrupt(&mut rec, batch, &|| describe(&e)),
