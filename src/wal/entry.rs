@@ -184,8 +184,9 @@ mod fast {
             self.eat(b'"')?;
             let start = self.i;
             let rest = &self.s[start..];
-            let n = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-            if rest[n] != b'"' {
+            let n = memchr::memchr2(b'"', b'\\', rest)?;
+            // A branch-free scan the compiler vectorizes.
+            if rest[n] != b'"' || rest[..n].iter().fold(false, |c, &b| c | (b < 0x20)) {
                 return None;
             }
             self.i = start + n + 1;
