@@ -336,7 +336,12 @@ impl Indexer {
 
     /// The surviving byte ranges, sorted and coalesced.
     pub fn plan(&self) -> Plan {
-        let mut slots = Vec::with_capacity(self.txs.len() + self.unrecognized.len());
+        // Counted first: growing the vector would briefly hold it twice, at the peak of a run.
+        let mut survivors = self.unrecognized.len();
+        for tx in 0..self.txs.len() as TxIdx {
+            self.survivors_of(tx, |_| survivors += 1);
+        }
+        let mut slots = Vec::with_capacity(survivors);
         for tx in 0..self.txs.len() as TxIdx {
             self.survivors_of(tx, |s| slots.push(s));
         }

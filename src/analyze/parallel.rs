@@ -25,11 +25,12 @@ use crate::wal::{Op, RawEntry, decode_raw};
 
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
 /// the chunks in flight stay a few MiB.
-pub const DEFAULT_CHUNK_BYTES: usize = 1 << 20;
+pub const DEFAULT_CHUNK_BYTES: usize = 256 << 10;
 /// Decoded batches a decoder thread may have queued ahead of the consumer.
 const BATCHES_QUEUED_PER_THREAD: usize = 2;
-/// How much more to read at a time when a chunk's last line runs past its end.
-const EXTEND_BYTES: u64 = 64 << 10;
+/// How much more to read first when a chunk's last line runs past its end; each further
+/// read doubles what was read past the end, so a long line costs few reads.
+const EXTEND_BYTES: u64 = 4 << 10;
 
 /// Input that supports positioned reads: a file, or bytes in memory.
 pub trait Source: Sync {
@@ -267,7 +268,7 @@ impl Decoder {
                     break None;
                 }
                 from = filled;
-                let more = (have + EXTEND_BYTES.max(self.chunk)).min(self.len);
+                let more = (have + EXTEND_BYTES.max(have - end)).min(self.len);
                 fill(source, &mut self.buf, &mut filled, have, more)?;
             };
             let offset = base + p as u64;
