@@ -225,7 +225,11 @@ impl Indexer {
         } else {
             // After a final, the new PREPARE is an anomaly and kept on top of the rest;
             // before any final, it replaces the previous PREPARE.
-            let replaced = if state.final_slot().is_some() { 0 } else { prep_len };
+            let replaced = if state.final_slot().is_some() {
+                0
+            } else {
+                prep_len
+            };
             self.set_prepare(tx, slot);
             self.kept_bytes = self.kept_bytes - replaced + u64::from(slot.len);
         }

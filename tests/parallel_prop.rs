@@ -97,9 +97,25 @@ fn json_line() -> impl Strategy<Value = String> {
     let value = scalar.prop_recursive(4, 24, 4, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("[{}]", v.join(","))),
-            prop::collection::vec((prop::sample::select(vec!["op", "tx_id", "data", "x", "o\\u0070"]), inner.clone()), 0..4)
-                .prop_map(|v| format!("{{{}}}", v.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", "))),
-            (inner.clone(), prop::sample::select(vec!["", ",", " ]", "}", ":"])).prop_map(|(v, junk)| format!("[{v}{junk}]")),
+            prop::collection::vec(
+                (
+                    prop::sample::select(vec!["op", "tx_id", "data", "x", "o\\u0070"]),
+                    inner.clone()
+                ),
+                0..4
+            )
+            .prop_map(|v| format!(
+                "{{{}}}",
+                v.iter()
+                    .map(|(k, v)| format!("\"{k}\": {v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+            (
+                inner.clone(),
+                prop::sample::select(vec!["", ",", " ]", "}", ":"])
+            )
+                .prop_map(|(v, junk)| format!("[{v}{junk}]")),
         ]
     });
     prop_oneof![

@@ -16,8 +16,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 
 use super::{
-    Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want,
-    describe,
+    Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
 };
 use crate::replay::{DataHash, NO_PREPARE, data_hash_raw, torn_tail_hash};
 use crate::rules::{LineKind, Slot};
@@ -93,7 +92,13 @@ pub fn analyze_slice(
     want: Want,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Analysis, AnalyzeError> {
-    analyze_source(bytes, bytes.len() as u64, want, Parallelism::default(), progress)
+    analyze_source(
+        bytes,
+        bytes.len() as u64,
+        want,
+        Parallelism::default(),
+        progress,
+    )
 }
 
 /// Runs the pass over the first `len` bytes of `source` with explicit parallelism.
@@ -274,7 +279,13 @@ impl Decoder {
             let offset = base + p as u64;
             match newline {
                 Some(nl) => {
-                    line(self.want, &mut self.described, offset, &self.buf[p..nl], batch);
+                    line(
+                        self.want,
+                        &mut self.described,
+                        offset,
+                        &self.buf[p..nl],
+                        batch,
+                    );
                     p = nl + 1;
                 }
                 None => {
@@ -382,8 +393,7 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
             RecKind::Blank => LineKind::Blank,
             RecKind::Unrecognized => {
                 if pass.want.replay {
-                    pass.replay
-                        .observe_unrecognized(&batch.bytes[rec.a..rec.b]);
+                    pass.replay.observe_unrecognized(&batch.bytes[rec.a..rec.b]);
                 }
                 LineKind::Unrecognized
             }
@@ -454,8 +464,18 @@ mod tests {
         assert_eq!(seq.index.plan(), par.index.plan(), "chunk {chunk}");
         assert_eq!(seq.corrupt, par.corrupt, "chunk {chunk}");
         assert_eq!(
-            (seq.lines, seq.scanned_len, seq.torn_tail_bytes, seq.corrupt_lines),
-            (par.lines, par.scanned_len, par.torn_tail_bytes, par.corrupt_lines),
+            (
+                seq.lines,
+                seq.scanned_len,
+                seq.torn_tail_bytes,
+                seq.corrupt_lines
+            ),
+            (
+                par.lines,
+                par.scanned_len,
+                par.torn_tail_bytes,
+                par.corrupt_lines
+            ),
             "chunk {chunk}"
         );
     }

@@ -18,7 +18,7 @@ pub fn replay_reader<R: Read>(
 ) -> Result<(ReplayState, Analysis), PipelineError> {
     let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
     let analysis = analyze(reader, REPLAY_ONLY, &mut |_| {})
-    .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
+        .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
     refuse_corrupt(path, &analysis)?;
     let state = analysis.replay.clone().expect("replay requested");
     Ok((state, analysis))

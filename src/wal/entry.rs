@@ -232,7 +232,9 @@ mod fast {
         }
 
         fn literal(&mut self, word: &[u8]) -> Option<()> {
-            self.s[self.i..].starts_with(word).then(|| self.i += word.len())
+            self.s[self.i..]
+                .starts_with(word)
+                .then(|| self.i += word.len())
         }
 
         /// Any value, at its first byte.
