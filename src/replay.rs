@@ -209,7 +209,7 @@ impl Replayer {
             .collect();
         order.sort_unstable_by_key(|&i| self.txs[i as usize].final_seq);
         encode_section(h, b"C", &order, |h, i| {
-            encode_id(h, ids.get(i));
+            encode_id(h, ids.get_bytes(i));
             h.update(self.txs[i as usize].decided);
         })
     }
@@ -221,17 +221,17 @@ impl Replayer {
                     && self.txs[i as usize].final_seq != NO_FINAL
             })
             .collect();
-        order.sort_unstable_by(|&a, &b| ids.get(a).cmp(ids.get(b)));
-        encode_section(h, b"A", &order, |h, i| encode_id(h, ids.get(i)))
+        order.sort_unstable_by(|&a, &b| ids.get_bytes(a).cmp(ids.get_bytes(b)));
+        encode_section(h, b"A", &order, |h, i| encode_id(h, ids.get_bytes(i)))
     }
 
     fn encode_in_flight(&self, ids: &Interner, h: &mut Sha256) -> u64 {
         let mut order: Vec<TxIdx> = (0..self.txs.len() as TxIdx)
             .filter(|&i| self.txs[i as usize].final_seq == NO_FINAL)
             .collect();
-        order.sort_unstable_by(|&a, &b| ids.get(a).cmp(ids.get(b)));
+        order.sort_unstable_by(|&a, &b| ids.get_bytes(a).cmp(ids.get_bytes(b)));
         encode_section(h, b"I", &order, |h, i| {
-            encode_id(h, ids.get(i));
+            encode_id(h, ids.get_bytes(i));
             // An in-flight transaction has had at least one PREPARE, and no final since.
             h.update(self.pending.get(&i).copied().unwrap_or(NO_PREPARE));
         })
@@ -247,7 +247,7 @@ impl Replayer {
             .collect();
         encode_section(h, b"X", &live, |h, k| {
             let (tx, _, data) = self.after_final[k];
-            encode_id(h, ids.get(tx));
+            encode_id(h, ids.get_bytes(tx));
             h.update(data);
         })
     }
@@ -267,7 +267,8 @@ fn encode_section<T: Copy>(
     items.len() as u64
 }
 
-fn encode_id(h: &mut Sha256, id: &str) {
+/// `id` is a whole UTF-8 id's bytes ([`Interner::get_bytes`]); byte order is `str` order.
+fn encode_id(h: &mut Sha256, id: &[u8]) {
     h.update((id.len() as u64).to_le_bytes());
-    h.update(id.as_bytes());
+    h.update(id);
 }

@@ -11,6 +11,7 @@
 //! chunks per thread plus, as before, a few words per transaction.
 
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -21,6 +22,7 @@ use super::{
 use crate::replay::{DataHash, NO_PREPARE, data_hash_raw, torn_tail_hash};
 use crate::rules::{LineKind, Slot};
 use crate::wal::{Op, RawEntry, decode_raw};
+use hashbrown::DefaultHashBuilder;
 
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
 /// the chunks in flight stay a few MiB.
@@ -129,6 +131,7 @@ pub fn analyze_source<S: Source + ?Sized>(
                 chunk,
                 buf: Vec::new(),
                 described: 0,
+                ids: pass.ids.hasher(),
             };
             scope.spawn(move || {
                 decoder.run(source, first as u64, threads as u64, out, free);
@@ -173,8 +176,10 @@ struct Rec {
     kind: RecKind,
     a: usize,
     b: usize,
-    /// [`data_hash`] of a PREPARE's `data` when replaying.
+    /// [`data_hash_raw`] of a PREPARE's `data` when replaying.
     hash: DataHash,
+    /// The interner's hash of the tx_id.
+    id_hash: u64,
 }
 
 /// The decoded lines that start in one chunk.
@@ -214,6 +219,8 @@ struct Decoder {
     /// Corrupt lines this decoder described: the first few of the whole input are among
     /// the first few of the decoder that saw them, so later ones need no description.
     described: usize,
+    /// The interner's hasher: ids are hashed here, off the consumer's thread.
+    ids: DefaultHashBuilder,
 }
 
 impl Decoder {
@@ -281,6 +288,7 @@ impl Decoder {
                 Some(nl) => {
                     line(
                         self.want,
+                        &self.ids,
                         &mut self.described,
                         offset,
                         &self.buf[p..nl],
@@ -339,7 +347,14 @@ fn fill<S: Source + ?Sized>(
 
 /// Decodes one complete line into `batch`: the per-line work of [`Pass::line`] that needs
 /// no shared state.
-fn line(want: Want, described: &mut usize, offset: u64, bytes: &[u8], batch: &mut Batch) {
+fn line(
+    want: Want,
+    ids: &DefaultHashBuilder,
+    described: &mut usize,
+    offset: u64,
+    bytes: &[u8],
+    batch: &mut Batch,
+) {
     let mut rec = Rec {
         offset,
         len: bytes.len() as u64,
@@ -347,6 +362,7 @@ fn line(want: Want, described: &mut usize, offset: u64, bytes: &[u8], batch: &mu
         a: 0,
         b: 0,
         hash: NO_PREPARE,
+        id_hash: 0,
     };
     let mut corrupt = |rec: &mut Rec, batch: &mut Batch, reason: &dyn Fn() -> String| {
         rec.kind = RecKind::Corrupt;
@@ -375,6 +391,7 @@ fn line(want: Want, described: &mut usize, offset: u64, bytes: &[u8], batch: &mu
                 rec.a = batch.ids.len();
                 batch.ids.push_str(&tx_id);
                 rec.b = batch.ids.len();
+                rec.id_hash = ids.hash_one(&*tx_id);
                 if want.replay && !op.is_final() {
                     rec.hash = data_hash_raw(data);
                 }
@@ -400,7 +417,7 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
             RecKind::Tx(op) => {
                 let tx = pass
                     .ids
-                    .intern(&batch.ids[rec.a..rec.b])
+                    .intern_hashed(&batch.ids[rec.a..rec.b], rec.id_hash)
                     .ok_or(AnalyzeError::TooManyTransactions)?;
                 if pass.want.replay {
                     pass.replay.observe_tx(op, tx, rec.hash);
