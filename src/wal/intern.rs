@@ -38,7 +38,7 @@ impl Interner {
     /// The hasher [`Interner::intern_hashed`] expects hashes from (`hash_one(id)`), so other
     /// threads can hash ids ahead of interning.
     pub fn hasher(&self) -> DefaultHashBuilder {
-        self.hasher.clone()
+        self.hasher
     }
 
     /// [`Interner::intern`] with `hash == self.hasher().hash_one(id)` computed by the caller.
