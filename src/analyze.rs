@@ -1,10 +1,16 @@
 //! One streaming pass over a WAL: scan lines, decode `op`/`tx_id`/`data`, intern ids, and
-//! feed the rules' [`Indexer`] and the [`Replayer`]. Parses from any `BufRead`; callers at
-//! the edges open files.
+//! feed the rules' [`Indexer`] and the [`Replayer`]. Parses from any `BufRead` on one thread;
+//! [`analyze_file`] and [`analyze_slice`] decode a file or a slice on several threads with
+//! the same result. Callers at the edges open files.
 
 use std::io::{self, BufRead};
 
-use crate::replay::{ReplayState, Replayer};
+mod parallel;
+pub use parallel::{
+    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_slice, analyze_source,
+};
+
+use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash};
 use crate::rules::{Indexer, LineKind, Slot};
 use crate::wal::{DecodeError, Entry, Interner, Item, LineScanner, decode};
 
@@ -155,7 +161,12 @@ impl Pass {
                     .intern(&t.tx_id)
                     .ok_or(AnalyzeError::TooManyTransactions)?;
                 if self.want.replay {
-                    self.replay.observe_tx(t.op, tx, t.data);
+                    let h = if t.op.is_final() {
+                        NO_PREPARE
+                    } else {
+                        data_hash(t.data)
+                    };
+                    self.replay.observe_tx(t.op, tx, h);
                 }
                 LineKind::Tx { op: t.op, tx }
             }

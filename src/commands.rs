@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::analyze::{CorruptLine, Want, analyze, explain};
+use crate::analyze::{CorruptLine, Want, analyze, analyze_file, explain};
 use crate::fsutil::FileId;
 use crate::pipeline::{PipelineError, Stage, backup, journal, lock, open_wal, rollback, verify};
 use crate::rules::{Counts, TxCounts};
@@ -73,8 +73,9 @@ fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a Fi
 /// Reads the WAL once and reports its figures. Corrupt lines are reported, not fatal.
 pub fn status(wal: &Path) -> Result<Status, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = analyze(
-        reader_for(&file, &id),
+    let an = analyze_file(
+        &file,
+        id.len,
         Want {
             index: true,
             replay: false,
@@ -128,8 +129,9 @@ pub struct RuleRemoval {
 /// Plans a compaction and attributes each removed line to its rule; changes nothing.
 pub fn dry_run(wal: &Path) -> Result<DryRun, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = analyze(
-        reader_for(&file, &id),
+    let an = analyze_file(
+        &file,
+        id.len,
         Want {
             index: true,
             replay: false,
@@ -215,7 +217,16 @@ fn replay_any(path: &Path, reader: impl Read) -> Result<crate::analyze::Analysis
 /// Parses every line and computes the replay digest; with `against`, compares with a backup.
 pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = replay_any(wal, (&file).take(id.len))?;
+    let an = analyze_file(
+        &file,
+        id.len,
+        Want {
+            index: false,
+            replay: true,
+        },
+        &mut |_| {},
+    )
+    .map_err(|e| PipelineError::from_analyze(Stage::Verify, wal, e))?;
     let state = an.replay.clone().expect("replay requested");
     let against = match against {
         None => None,

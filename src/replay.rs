@@ -13,7 +13,7 @@
 //! ids as length-prefixed UTF-8, `data` as SHA-256 of its raw JSON text truncated to 16
 //! bytes, aborted and in-flight transactions sorted by id, everything else in file order.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::fmt;
 
 use serde_json::value::RawValue;
@@ -26,26 +26,39 @@ pub const REPLAY_DIGEST_DOMAIN: &[u8] = b"walcompactd-replay-v1\0";
 
 /// Truncated SHA-256 of a PREPARE's `data`: 128 bits keep equality collision-free in practice
 /// while keeping per-transaction memory small.
-type DataHash = [u8; 16];
-/// A committed transaction with no PREPARE before its COMMIT.
-const NO_PREPARE: DataHash = [0; 16];
+pub type DataHash = [u8; 16];
+/// A committed transaction with no PREPARE before its COMMIT; also what callers pass to
+/// [`Replayer::observe_tx`] for a COMMIT/ABORT, whose hash is not used.
+pub const NO_PREPARE: DataHash = [0; 16];
 /// Marks "no final line yet" in `TxReplay::final_seq`.
 const NO_FINAL: u64 = u64::MAX;
 /// Sequence numbers stay below 2^63, so the top bit can record ABORT.
 const ABORT_BIT: u64 = 1 << 63;
 
-fn data_hash(data: Option<&RawValue>) -> DataHash {
+/// The hash replay keeps of a PREPARE's `data` (its raw JSON text, or its absence).
+/// Computed by the caller, so decoding threads can do it in parallel.
+pub fn data_hash(data: Option<&RawValue>) -> DataHash {
+    data_hash_raw(data.map(RawValue::get))
+}
+
+/// [`data_hash`] of `data`'s raw JSON text.
+pub fn data_hash_raw(data: Option<&str>) -> DataHash {
     let mut h = Sha256::new();
     match data {
         Some(raw) => {
             h.update([1]);
-            h.update(raw.get().as_bytes());
+            h.update(raw.as_bytes());
         }
         None => h.update([0]),
     }
     let mut out = [0; 16];
     out.copy_from_slice(&h.finalize()[..16]);
     out
+}
+
+/// The hash replay keeps of the torn tail's bytes.
+pub fn torn_tail_hash(tail: &[u8]) -> [u8; 32] {
+    Sha256::digest(tail).into()
 }
 
 /// Per-transaction replay state: 24 bytes.
@@ -107,8 +120,9 @@ pub struct Replayer {
 }
 
 impl Replayer {
-    /// A recognized line of transaction `tx`.
-    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, data: Option<&RawValue>) {
+    /// A recognized line of transaction `tx`; `data` is [`data_hash`] of a PREPARE's `data`
+    /// (ignored for COMMIT/ABORT).
+    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, data: DataHash) {
         let seq = self.next_seq();
         let i = tx as usize;
         if i >= self.txs.len() {
@@ -127,7 +141,7 @@ impl Replayer {
             }
             state.final_seq = seq | if op == Op::Abort { ABORT_BIT } else { 0 };
         } else {
-            let h = data_hash(data);
+            let h = data;
             if state.final_seq != NO_FINAL {
                 self.after_final.push((tx, seq, h));
             }
@@ -145,7 +159,12 @@ impl Replayer {
 
     /// The torn tail's bytes.
     pub fn observe_torn_tail(&mut self, tail: &[u8]) {
-        self.torn_tail = Some((tail.len() as u64, Sha256::digest(tail).into()));
+        self.observe_torn_tail_hashed(tail.len() as u64, torn_tail_hash(tail));
+    }
+
+    /// The torn tail, as its length and [`torn_tail_hash`].
+    pub fn observe_torn_tail_hashed(&mut self, len: u64, hash: [u8; 32]) {
+        self.torn_tail = Some((len, hash));
     }
 
     fn next_seq(&mut self) -> u64 {
@@ -190,7 +209,7 @@ impl Replayer {
             .collect();
         order.sort_unstable_by_key(|&i| self.txs[i as usize].final_seq);
         encode_section(h, b"C", &order, |h, i| {
-            encode_id(h, ids.get(i));
+            encode_id(h, ids.get_bytes(i));
             h.update(self.txs[i as usize].decided);
         })
     }
@@ -202,17 +221,17 @@ impl Replayer {
                     && self.txs[i as usize].final_seq != NO_FINAL
             })
             .collect();
-        order.sort_unstable_by(|&a, &b| ids.get(a).cmp(ids.get(b)));
-        encode_section(h, b"A", &order, |h, i| encode_id(h, ids.get(i)))
+        order.sort_unstable_by(|&a, &b| ids.get_bytes(a).cmp(ids.get_bytes(b)));
+        encode_section(h, b"A", &order, |h, i| encode_id(h, ids.get_bytes(i)))
     }
 
     fn encode_in_flight(&self, ids: &Interner, h: &mut Sha256) -> u64 {
         let mut order: Vec<TxIdx> = (0..self.txs.len() as TxIdx)
             .filter(|&i| self.txs[i as usize].final_seq == NO_FINAL)
             .collect();
-        order.sort_unstable_by(|&a, &b| ids.get(a).cmp(ids.get(b)));
+        order.sort_unstable_by(|&a, &b| ids.get_bytes(a).cmp(ids.get_bytes(b)));
         encode_section(h, b"I", &order, |h, i| {
-            encode_id(h, ids.get(i));
+            encode_id(h, ids.get_bytes(i));
             // An in-flight transaction has had at least one PREPARE, and no final since.
             h.update(self.pending.get(&i).copied().unwrap_or(NO_PREPARE));
         })
@@ -228,7 +247,7 @@ impl Replayer {
             .collect();
         encode_section(h, b"X", &live, |h, k| {
             let (tx, _, data) = self.after_final[k];
-            encode_id(h, ids.get(tx));
+            encode_id(h, ids.get_bytes(tx));
             h.update(data);
         })
     }
@@ -248,7 +267,8 @@ fn encode_section<T: Copy>(
     items.len() as u64
 }
 
-fn encode_id(h: &mut Sha256, id: &str) {
+/// `id` is a whole UTF-8 id's bytes ([`Interner::get_bytes`]); byte order is `str` order.
+fn encode_id(h: &mut Sha256, id: &[u8]) {
     h.update((id.len() as u64).to_le_bytes());
-    h.update(id.as_bytes());
+    h.update(id);
 }

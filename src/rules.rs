@@ -12,7 +12,7 @@
 //! knows the reclaimable bytes at every moment, so the daemon can feed it appended lines
 //! incrementally. [`Indexer::plan`] turns it into the byte ranges the executor copies.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::ops::Range;
 
 use crate::wal::{Op, TxIdx};
@@ -207,18 +207,39 @@ impl Indexer {
         if i >= self.txs.len() {
             self.txs.resize(i + 1, TxState::default());
         }
-        let before = self.kept_bytes_of(tx);
+        // The survivors of `tx` change by a delta computable from its state alone (anomalies
+        // are rare, so only then is `after_final` consulted).
+        let state = self.txs[i];
+        let prep_len = state.prepare_slot().map_or(0, |s| u64::from(s.len));
         if op.is_final() {
+            let before = match state.final_slot() {
+                None => prep_len,
+                Some(_) if !self.after_final.is_empty() => self.kept_bytes_of(tx),
+                Some((f, old_op)) => {
+                    u64::from(f.len) + if old_op == Op::Commit { prep_len } else { 0 }
+                }
+            };
             self.set_final(tx, slot, op);
+            let after = u64::from(slot.len) + if op == Op::Commit { prep_len } else { 0 };
+            self.kept_bytes = self.kept_bytes - before + after;
         } else {
+            // After a final, the new PREPARE is an anomaly and kept on top of the rest;
+            // before any final, it replaces the previous PREPARE.
+            let replaced = if state.final_slot().is_some() {
+                0
+            } else {
+                prep_len
+            };
             self.set_prepare(tx, slot);
+            self.kept_bytes = self.kept_bytes - replaced + u64::from(slot.len);
         }
-        self.kept_bytes = self.kept_bytes - before + self.kept_bytes_of(tx);
     }
 
     fn set_final(&mut self, tx: TxIdx, slot: Slot, op: Op) {
         // PREPAREs that were after the old final are now before the new one.
-        self.after_final.remove(&tx);
+        if !self.after_final.is_empty() {
+            self.after_final.remove(&tx);
+        }
         let bit = if op == Op::Abort { ABORT_BIT } else { 0 };
         let state = &mut self.txs[tx as usize];
         state.final_off = slot.offset | bit;
@@ -331,7 +352,12 @@ impl Indexer {
 
     /// The surviving byte ranges, sorted and coalesced.
     pub fn plan(&self) -> Plan {
-        let mut slots = Vec::with_capacity(self.txs.len() + self.unrecognized.len());
+        // Counted first: growing the vector would briefly hold it twice, at the peak of a run.
+        let mut survivors = self.unrecognized.len();
+        for tx in 0..self.txs.len() as TxIdx {
+            self.survivors_of(tx, |_| survivors += 1);
+        }
+        let mut slots = Vec::with_capacity(survivors);
         for tx in 0..self.txs.len() as TxIdx {
             self.survivors_of(tx, |s| slots.push(s));
         }

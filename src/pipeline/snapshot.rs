@@ -3,15 +3,13 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::{PipelineError, ProgressFn, Stage};
-use crate::analyze::{Want, analyze};
+use crate::analyze::{Want, analyze_file};
 use crate::fsutil::FileId;
 use crate::replay::ReplayState;
 use crate::rules::{Counts, Plan};
-use crate::wal::SCAN_BUFFER_BYTES;
 
 /// One consistent view of the WAL.
 pub struct Snapshot {
@@ -62,14 +60,14 @@ impl Snapshot {
         let meta = file
             .metadata()
             .map_err(PipelineError::io(Stage::Analyze, "stat", wal))?;
-        let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, (&file).take(id.len));
         let mut tick = |done| {
             if let Some(p) = progress {
                 p(Stage::Analyze, done, id.len)
             }
         };
-        let analysis = analyze(
-            reader,
+        let analysis = analyze_file(
+            &file,
+            id.len,
             Want {
                 index: true,
                 replay: true,

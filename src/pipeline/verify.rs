@@ -6,7 +6,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::{PipelineError, Stage};
-use crate::analyze::{Analysis, Want, analyze};
+use crate::analyze::{Analysis, Want, analyze, analyze_file};
 use crate::replay::ReplayState;
 use crate::wal::SCAN_BUFFER_BYTES;
 
@@ -17,15 +17,8 @@ pub fn replay_reader<R: Read>(
     stage: Stage,
 ) -> Result<(ReplayState, Analysis), PipelineError> {
     let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
-    let analysis = analyze(
-        reader,
-        Want {
-            index: false,
-            replay: true,
-        },
-        &mut |_| {},
-    )
-    .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
+    let analysis = analyze(reader, REPLAY_ONLY, &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
     refuse_corrupt(path, &analysis)?;
     let state = analysis.replay.clone().expect("replay requested");
     Ok((state, analysis))
@@ -34,8 +27,21 @@ pub fn replay_reader<R: Read>(
 /// Replays the file at `path` (a WAL or an uncompressed backup).
 pub fn replay_path(path: &Path, stage: Stage) -> Result<(ReplayState, Analysis), PipelineError> {
     let file = File::open(path).map_err(PipelineError::io(stage, "open", path))?;
-    replay_reader(file, path, stage)
+    let len = file
+        .metadata()
+        .map_err(PipelineError::io(stage, "stat", path))?
+        .len();
+    let analysis = analyze_file(&file, len, REPLAY_ONLY, &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
+    refuse_corrupt(path, &analysis)?;
+    let state = analysis.replay.clone().expect("replay requested");
+    Ok((state, analysis))
 }
+
+const REPLAY_ONLY: Want = Want {
+    index: false,
+    replay: true,
+};
 
 /// Errors out on the first corrupt line, naming it.
 pub fn refuse_corrupt(path: &Path, analysis: &Analysis) -> Result<(), PipelineError> {

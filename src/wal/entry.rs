@@ -93,12 +93,244 @@ pub fn decode(line: &[u8]) -> Result<Entry<'_>, DecodeError> {
     let text = std::str::from_utf8(line).map_err(|e| DecodeError::Utf8 {
         valid_up_to: e.valid_up_to(),
     })?;
+    decode_text(text)
+}
+
+/// A decoded line with `data` as its raw JSON text: what [`decode_raw`] returns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawEntry<'a> {
+    Blank,
+    Unrecognized,
+    Tx {
+        op: Op,
+        tx_id: Cow<'a, str>,
+        data: Option<&'a str>,
+    },
+}
+
+impl<'a> From<Entry<'a>> for RawEntry<'a> {
+    fn from(e: Entry<'a>) -> Self {
+        match e {
+            Entry::Blank => RawEntry::Blank,
+            Entry::Unrecognized => RawEntry::Unrecognized,
+            Entry::Tx(t) => RawEntry::Tx {
+                op: t.op,
+                tx_id: t.tx_id,
+                data: t.data.map(RawValue::get),
+            },
+        }
+    }
+}
+
+/// [`decode`] with `data` as raw text, and a fast path for the common shape of lines: an
+/// object whose strings have no escapes. The fast path only accepts lines it has fully
+/// validated as JSON; anything else (escapes, errors, unusual values) goes through
+/// [`decode`], so results and error messages are the same.
+pub fn decode_raw(line: &[u8]) -> Result<RawEntry<'_>, DecodeError> {
+    if is_blank(line) {
+        return Ok(RawEntry::Blank);
+    }
+    let text = std::str::from_utf8(line).map_err(|e| DecodeError::Utf8 {
+        valid_up_to: e.valid_up_to(),
+    })?;
+    if let Some(entry) = fast::object(text) {
+        return Ok(entry);
+    }
+    decode_text(text).map(RawEntry::from)
+}
+
+fn decode_text(text: &str) -> Result<Entry<'_>, DecodeError> {
     let mut de = serde_json::Deserializer::from_str(text);
     let fields = (&mut de)
         .deserialize_map(FieldsVisitor)
         .map_err(|e| classify(e, text))?;
     de.end()?;
     Ok(fields.into_entry())
+}
+
+/// A validating JSON scanner for the common case, which gives up (`None`) on anything
+/// unusual rather than reporting errors.
+mod fast {
+    use std::borrow::Cow;
+
+    use super::{Op, RawEntry};
+
+    /// Deeper nesting is left to serde_json (whose limit is higher).
+    const MAX_DEPTH: u32 = 64;
+
+    struct Scan<'a> {
+        s: &'a [u8],
+        i: usize,
+    }
+
+    impl Scan<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.s.get(self.i).copied()
+        }
+
+        fn ws(&mut self) {
+            while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
+                self.i += 1;
+            }
+        }
+
+        fn eat(&mut self, b: u8) -> Option<()> {
+            (self.peek() == Some(b)).then(|| self.i += 1)
+        }
+
+        /// A string without escapes or control characters, at its opening quote: its
+        /// contents' span.
+        fn string(&mut self) -> Option<(usize, usize)> {
+            self.eat(b'"')?;
+            let start = self.i;
+            let rest = &self.s[start..];
+            let n = memchr::memchr2(b'"', b'\\', rest)?;
+            // A branch-free scan the compiler vectorizes.
+            if rest[n] != b'"' || rest[..n].iter().fold(false, |c, &b| c | (b < 0x20)) {
+                return None;
+            }
+            self.i = start + n + 1;
+            Some((start, start + n))
+        }
+
+        fn digits(&mut self) -> usize {
+            let start = self.i;
+            while let Some(b'0'..=b'9') = self.peek() {
+                self.i += 1;
+            }
+            self.i - start
+        }
+
+        /// JSON's number grammar, nothing more.
+        fn number(&mut self) -> Option<()> {
+            let _ = self.eat(b'-');
+            match self.peek()? {
+                b'0' => {
+                    self.i += 1;
+                    if let Some(b'0'..=b'9') = self.peek() {
+                        return None;
+                    }
+                }
+                b'1'..=b'9' => {
+                    self.digits();
+                }
+                _ => return None,
+            }
+            if self.eat(b'.').is_some() && self.digits() == 0 {
+                return None;
+            }
+            if let Some(b'e' | b'E') = self.peek() {
+                self.i += 1;
+                if let Some(b'+' | b'-') = self.peek() {
+                    self.i += 1;
+                }
+                if self.digits() == 0 {
+                    return None;
+                }
+            }
+            Some(())
+        }
+
+        fn literal(&mut self, word: &[u8]) -> Option<()> {
+            self.s[self.i..]
+                .starts_with(word)
+                .then(|| self.i += word.len())
+        }
+
+        /// Any value, at its first byte.
+        fn value(&mut self, depth: u32) -> Option<()> {
+            match self.peek()? {
+                b'"' => self.string().map(|_| ()),
+                b'{' => self.container(depth, b'}', true),
+                b'[' => self.container(depth, b']', false),
+                b't' => self.literal(b"true"),
+                b'f' => self.literal(b"false"),
+                b'n' => self.literal(b"null"),
+                b'-' | b'0'..=b'9' => self.number(),
+                _ => None,
+            }
+        }
+
+        /// An object or array, at its opening bracket.
+        fn container(&mut self, depth: u32, close: u8, object: bool) -> Option<()> {
+            if depth >= MAX_DEPTH {
+                return None;
+            }
+            self.i += 1;
+            self.ws();
+            if self.eat(close).is_some() {
+                return Some(());
+            }
+            loop {
+                if object {
+                    self.string()?;
+                    self.ws();
+                    self.eat(b':')?;
+                    self.ws();
+                }
+                self.value(depth + 1)?;
+                self.ws();
+                if self.eat(close).is_some() {
+                    return Some(());
+                }
+                self.eat(b',')?;
+                self.ws();
+            }
+        }
+    }
+
+    /// The whole line as one object, or `None` to leave it to serde_json.
+    pub(super) fn object(text: &str) -> Option<RawEntry<'_>> {
+        let mut p = Scan {
+            s: text.as_bytes(),
+            i: 0,
+        };
+        let mut op = None;
+        let mut tx_id = None;
+        let mut data = None;
+        p.ws();
+        p.eat(b'{')?;
+        p.ws();
+        if p.eat(b'}').is_none() {
+            loop {
+                let (ks, ke) = p.string()?;
+                p.ws();
+                p.eat(b':')?;
+                p.ws();
+                // Duplicate keys keep the last value, as in `decode`.
+                match &p.s[ks..ke] {
+                    b"op" => op = Some(p.string()?),
+                    b"tx_id" => tx_id = Some(p.string()?),
+                    b"data" => {
+                        let start = p.i;
+                        p.value(1)?;
+                        data = Some((start, p.i));
+                    }
+                    _ => p.value(1)?,
+                }
+                p.ws();
+                if p.eat(b'}').is_some() {
+                    break;
+                }
+                p.eat(b',')?;
+                p.ws();
+            }
+        }
+        p.ws();
+        if p.i != p.s.len() {
+            return None;
+        }
+        // Every span starts and ends next to an ASCII delimiter: valid `str` boundaries.
+        let op = op.and_then(|(a, b)| Op::from_wire(&text[a..b]));
+        Some(match (op, tx_id) {
+            (Some(op), Some((a, b))) => RawEntry::Tx {
+                op,
+                tx_id: Cow::Borrowed(&text[a..b]),
+                data: data.map(|(a, b)| &text[a..b]),
+            },
+            _ => RawEntry::Unrecognized,
+        })
+    }
 }
 
 /// A type mismatch at the top level means valid JSON that is not an object: name its type.
@@ -356,5 +588,40 @@ mod tests {
             decode(b"{\"op\":\"COMMIT\",\"tx_id\":\"\xff\"}"),
             Err(DecodeError::Utf8 { valid_up_to: 24 })
         ));
+    }
+
+    #[test]
+    fn raw_decoding_matches_decode() {
+        for line in [
+            r#"{"op": "PREPARE", "tx_id": "tx_001", "data": {"a": [1, 2.5e-3, true, null]}, "timestamp": 1.5}"#,
+            r#"{"op":"COMMIT","tx_id":"b","op":"ABORT"}"#,
+            r#" { "tx_id" : "c" , "op" : "ABORT" } "#,
+            "{\"op\":\"COMMIT\",\"tx_id\":\"d\"}\r",
+            r#"{"op":"COMMIT","tx_id":"tx\u0041"}"#,
+            r#"{"op":"COMMIT","tx_id":7}"#,
+            r#"{"op":"COMMIT","tx_id":"a","x":01}"#,
+            r#"{"op":"COMMIT","tx_id":"a","x":[1,]}"#,
+            r#"{"op":"COMMIT","tx_id":"a",}"#,
+            r#"{"op":"COMMIT","tx_id":"a"} x"#,
+            r#"{"op":"COMMIT","tx_id":"a","data":-}"#,
+            r#"{"op":"PREPARE","tx_id":"a","data": "x" }"#,
+            r#"{}"#,
+            r#"[1]"#,
+            "{\"op\":\"COMMIT\",\"tx_id\":\"a\tb\"}",
+        ] {
+            let slow = decode(line.as_bytes())
+                .map(RawEntry::from)
+                .map_err(|e| e.to_string());
+            let fast = decode_raw(line.as_bytes()).map_err(|e| e.to_string());
+            assert_eq!(slow, fast, "{line}");
+        }
+        assert_eq!(
+            fast::object(r#"{"op":"PREPARE","tx_id":"a","data": {"v": [1]} }"#),
+            Some(RawEntry::Tx {
+                op: Op::Prepare,
+                tx_id: "a".into(),
+                data: Some(r#"{"v": [1]}"#)
+            })
+        );
     }
 }

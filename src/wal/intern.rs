@@ -31,7 +31,19 @@ fn table_hash(h32: u32) -> u64 {
 impl Interner {
     /// The index of `id`, adding it if new. Returns `None` only past `u32::MAX` ids.
     pub fn intern(&mut self, id: &str) -> Option<TxIdx> {
-        let h32 = (self.hasher.hash_one(id) >> 32) as u32;
+        let hash = self.hasher.hash_one(id);
+        self.intern_hashed(id, hash)
+    }
+
+    /// The hasher [`Interner::intern_hashed`] expects hashes from (`hash_one(id)`), so other
+    /// threads can hash ids ahead of interning.
+    pub fn hasher(&self) -> DefaultHashBuilder {
+        self.hasher
+    }
+
+    /// [`Interner::intern`] with `hash == self.hasher().hash_one(id)` computed by the caller.
+    pub fn intern_hashed(&mut self, id: &str, hash: u64) -> Option<TxIdx> {
+        let h32 = (hash >> 32) as u32;
         let Interner {
             table, ends, arena, ..
         } = self;
@@ -53,6 +65,11 @@ impl Interner {
     pub fn get(&self, idx: TxIdx) -> &str {
         std::str::from_utf8(span(&self.ends, &self.arena, idx))
             .expect("the arena holds whole str values")
+    }
+
+    /// The bytes of the id behind an index (valid UTF-8; no check).
+    pub fn get_bytes(&self, idx: TxIdx) -> &[u8] {
+        span(&self.ends, &self.arena, idx)
     }
 
     /// Number of distinct ids.
@@ -94,8 +111,11 @@ mod tests {
         for n in 0..10_000 {
             assert_eq!(i.intern(&format!("t{n}")), Some(n));
         }
+        let h = i.hasher();
         for n in 0..10_000 {
             assert_eq!(i.get(n), format!("t{n}"));
+            let id = format!("t{n}");
+            assert_eq!(i.intern_hashed(&id, h.hash_one(id.as_str())), Some(n));
             assert_eq!(i.intern(&format!("t{n}")), Some(n));
         }
     }

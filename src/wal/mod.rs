@@ -5,6 +5,6 @@ mod entry;
 mod intern;
 mod scan;
 
-pub use entry::{DecodeError, Entry, Op, TxEntry, decode};
+pub use entry::{DecodeError, Entry, Op, RawEntry, TxEntry, decode, decode_raw};
 pub use intern::{Interner, TxIdx};
 pub use scan::{Item, LineScanner, RawLine, SCAN_BUFFER_BYTES};

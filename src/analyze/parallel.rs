@@ -1,0 +1,529 @@
+//! The pass over a file or a slice, decoded by several threads in order.
+//!
+//! The input is cut into fixed-size chunks. A line belongs to the chunk holding its first
+//! byte; the thread decoding a chunk reads past its end to finish the last line. Decoder
+//! threads take chunks round-robin and do the per-line work that needs no shared state
+//! (line splitting, UTF-8 check, JSON decoding, hashing a PREPARE's `data`). Each sends one
+//! compact batch per chunk over a bounded channel; the calling thread takes the batches
+//! strictly in chunk order and does the sequential work (line numbers, interning, the rules'
+//! index, the replay), so the result is the one [`analyze`](super::analyze) computes.
+//! Batches are recycled, so the steady state allocates nothing per line; memory is a few
+//! chunks per thread plus, as before, a few words per transaction.
+
+use std::fs::File;
+use std::hash::BuildHasher;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+
+use super::{
+    Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
+};
+use crate::replay::{DataHash, NO_PREPARE, data_hash_raw, torn_tail_hash};
+use crate::rules::{LineKind, Slot};
+use crate::wal::{Op, RawEntry, decode_raw};
+use hashbrown::DefaultHashBuilder;
+
+/// Default chunk size: large enough that a read moves a useful amount, small enough that
+/// the chunks in flight stay a few MiB.
+pub const DEFAULT_CHUNK_BYTES: usize = 256 << 10;
+/// Decoded batches a decoder thread may have queued ahead of the consumer.
+const BATCHES_QUEUED_PER_THREAD: usize = 2;
+/// How much more to read first when a chunk's last line runs past its end; each further
+/// read doubles what was read past the end, so a long line costs few reads.
+const EXTEND_BYTES: u64 = 4 << 10;
+
+/// Input that supports positioned reads: a file, or bytes in memory.
+pub trait Source: Sync {
+    /// Reads at `offset` into `buf`, returning the bytes read (0 at end of input).
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+}
+
+impl Source for File {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        FileExt::read_at(self, buf, offset)
+    }
+}
+
+impl Source for [u8] {
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let Ok(start) = usize::try_from(offset) else {
+            return Ok(0);
+        };
+        if start >= self.len() {
+            return Ok(0);
+        }
+        let n = buf.len().min(self.len() - start);
+        buf[..n].copy_from_slice(&self[start..start + n]);
+        Ok(n)
+    }
+}
+
+/// How the parallel pass splits its work.
+#[derive(Clone, Copy, Debug)]
+pub struct Parallelism {
+    /// Bytes per chunk (at least 1).
+    pub chunk_bytes: usize,
+    /// Decoder threads (at least 1).
+    pub threads: usize,
+}
+
+impl Default for Parallelism {
+    /// [`DEFAULT_CHUNK_BYTES`] and one decoder thread per available CPU.
+    fn default() -> Self {
+        Parallelism {
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// Runs the pass over the first `len` bytes of `file`, decoding in parallel.
+pub fn analyze_file(
+    file: &File,
+    len: u64,
+    want: Want,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Analysis, AnalyzeError> {
+    analyze_source(file, len, want, Parallelism::default(), progress)
+}
+
+/// Runs the pass over bytes in memory, decoding in parallel.
+pub fn analyze_slice(
+    bytes: &[u8],
+    want: Want,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Analysis, AnalyzeError> {
+    analyze_source(
+        bytes,
+        bytes.len() as u64,
+        want,
+        Parallelism::default(),
+        progress,
+    )
+}
+
+/// Runs the pass over the first `len` bytes of `source` with explicit parallelism.
+/// The result equals [`analyze`](super::analyze) over the same bytes.
+pub fn analyze_source<S: Source + ?Sized>(
+    source: &S,
+    len: u64,
+    want: Want,
+    par: Parallelism,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Analysis, AnalyzeError> {
+    let chunk = par.chunk_bytes.max(1) as u64;
+    let chunks = len.div_ceil(chunk);
+    let threads = (par.threads.max(1) as u64).min(chunks.max(1)) as usize;
+    let mut pass = Pass::new(want);
+    if chunks == 0 {
+        return Ok(pass.finish(0));
+    }
+    std::thread::scope(|scope| {
+        let mut decoded = Vec::with_capacity(threads);
+        let mut recycle = Vec::with_capacity(threads);
+        for first in 0..threads {
+            let (out, rx) = mpsc::sync_channel(BATCHES_QUEUED_PER_THREAD);
+            let (free_tx, free) = mpsc::channel();
+            let decoder = Decoder {
+                want,
+                len,
+                chunk,
+                buf: Vec::new(),
+                described: 0,
+                ids: pass.ids.hasher(),
+            };
+            scope.spawn(move || {
+                decoder.run(source, first as u64, threads as u64, out, free);
+            });
+            decoded.push(rx);
+            recycle.push(free_tx);
+        }
+        let mut next_progress = PROGRESS_EVERY_BYTES;
+        for k in 0..chunks {
+            let w = (k % threads as u64) as usize;
+            let mut batch = decoded[w]
+                .recv()
+                .expect("a decoder sends every chunk of its share, or an error")?;
+            consume(&mut pass, &mut batch)?;
+            if batch.end >= next_progress {
+                progress(batch.end);
+                next_progress = batch.end + PROGRESS_EVERY_BYTES;
+            }
+            // The decoder may have finished its share already; the batch is then dropped.
+            let _ = recycle[w].send(batch);
+        }
+        Ok(pass.finish(len))
+    })
+}
+
+/// What a decoder learned about one line.
+#[derive(Clone, Copy)]
+enum RecKind {
+    Blank,
+    Unrecognized,
+    Tx(Op),
+    Corrupt,
+}
+
+/// One line of a batch; `a..b` is a span of the batch's `ids` (Tx), `bytes` (Unrecognized,
+/// with replay) or, for a described corrupt line, `a` indexes `reasons`.
+#[derive(Clone, Copy)]
+struct Rec {
+    offset: u64,
+    /// The line's bytes without the `\n`.
+    len: u64,
+    kind: RecKind,
+    a: usize,
+    b: usize,
+    /// [`data_hash_raw`] of a PREPARE's `data` when replaying.
+    hash: DataHash,
+    /// The interner's hash of the tx_id.
+    id_hash: u64,
+}
+
+/// The decoded lines that start in one chunk.
+#[derive(Default)]
+struct Batch {
+    recs: Vec<Rec>,
+    ids: String,
+    bytes: Vec<u8>,
+    reasons: Vec<String>,
+    /// The torn tail, if it starts in this chunk: its length and (with replay) hash.
+    tail: Option<(u64, [u8; 32])>,
+    /// Offset just past the chunk.
+    end: u64,
+}
+
+impl Batch {
+    fn clear(&mut self) {
+        self.recs.clear();
+        self.ids.clear();
+        self.bytes.clear();
+        self.reasons.clear();
+        self.tail = None;
+        self.end = 0;
+    }
+}
+
+type Msg = Result<Batch, AnalyzeError>;
+
+/// One decoder thread's state.
+struct Decoder {
+    want: Want,
+    len: u64,
+    chunk: u64,
+    /// The current chunk's bytes, from one byte before it (to see whether a line starts at
+    /// its first byte) to the end of its last line.
+    buf: Vec<u8>,
+    /// Corrupt lines this decoder described: the first few of the whole input are among
+    /// the first few of the decoder that saw them, so later ones need no description.
+    described: usize,
+    /// The interner's hasher: ids are hashed here, off the consumer's thread.
+    ids: DefaultHashBuilder,
+}
+
+impl Decoder {
+    /// Decodes chunks `first`, `first + step`, ... and sends their batches in order.
+    fn run<S: Source + ?Sized>(
+        mut self,
+        source: &S,
+        first: u64,
+        step: u64,
+        out: SyncSender<Msg>,
+        free: Receiver<Batch>,
+    ) {
+        let mut k = first;
+        while k * self.chunk < self.len {
+            let mut batch = free.try_recv().unwrap_or_default();
+            batch.clear();
+            let msg = self.chunk(source, k, &mut batch).map(|()| batch);
+            let failed = msg.is_err();
+            if out.send(msg).is_err() || failed {
+                return;
+            }
+            k += step;
+        }
+    }
+
+    /// Decodes every line that starts in chunk `k` into `batch`.
+    fn chunk<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        k: u64,
+        batch: &mut Batch,
+    ) -> Result<(), AnalyzeError> {
+        let start = k * self.chunk;
+        let end = (start + self.chunk).min(self.len);
+        batch.end = end;
+        let base = start.saturating_sub(1);
+        let mut filled = 0;
+        fill(source, &mut self.buf, &mut filled, base, end)?;
+        let mut p = if start == 0 {
+            0
+        } else {
+            match memchr::memchr(b'\n', &self.buf[..filled]) {
+                Some(i) => i + 1,
+                // No line starts in this chunk.
+                None => return Ok(()),
+            }
+        };
+        let stop = (end - base) as usize;
+        while p < stop {
+            let mut from = p;
+            let newline = loop {
+                if let Some(i) = memchr::memchr(b'\n', &self.buf[from..filled]) {
+                    break Some(from + i);
+                }
+                let have = base + filled as u64;
+                if have >= self.len {
+                    break None;
+                }
+                from = filled;
+                let more = (have + EXTEND_BYTES.max(have - end)).min(self.len);
+                fill(source, &mut self.buf, &mut filled, have, more)?;
+            };
+            let offset = base + p as u64;
+            match newline {
+                Some(nl) => {
+                    line(
+                        self.want,
+                        &self.ids,
+                        &mut self.described,
+                        offset,
+                        &self.buf[p..nl],
+                        batch,
+                    );
+                    p = nl + 1;
+                }
+                None => {
+                    let tail = &self.buf[p..filled];
+                    let hash = if self.want.replay {
+                        torn_tail_hash(tail)
+                    } else {
+                        [0; 32]
+                    };
+                    batch.tail = Some((tail.len() as u64, hash));
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads bytes `from..to` of `source` into `buf` after its first `*filled` bytes. `buf`
+/// only grows (zeroed once), so a recycled buffer is not cleared again for every chunk.
+fn fill<S: Source + ?Sized>(
+    source: &S,
+    buf: &mut Vec<u8>,
+    filled: &mut usize,
+    from: u64,
+    to: u64,
+) -> Result<(), AnalyzeError> {
+    let end = *filled + (to - from) as usize;
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    while *filled < end {
+        let offset = to - (end - *filled) as u64;
+        match source.read_at(&mut buf[*filled..end], offset) {
+            Ok(0) => {
+                return Err(AnalyzeError::Io {
+                    offset,
+                    source: io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the file shrank while being read",
+                    ),
+                });
+            }
+            Ok(n) => *filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(AnalyzeError::Io { offset, source }),
+        }
+    }
+    Ok(())
+}
+
+/// Decodes one complete line into `batch`: the per-line work of [`Pass::line`] that needs
+/// no shared state.
+fn line(
+    want: Want,
+    ids: &DefaultHashBuilder,
+    described: &mut usize,
+    offset: u64,
+    bytes: &[u8],
+    batch: &mut Batch,
+) {
+    let mut rec = Rec {
+        offset,
+        len: bytes.len() as u64,
+        kind: RecKind::Blank,
+        a: 0,
+        b: 0,
+        hash: NO_PREPARE,
+        id_hash: 0,
+    };
+    let mut corrupt = |rec: &mut Rec, batch: &mut Batch, reason: &dyn Fn() -> String| {
+        rec.kind = RecKind::Corrupt;
+        rec.a = usize::MAX;
+        if *described < MAX_REPORTED_CORRUPT_LINES {
+            *described += 1;
+            rec.a = batch.reasons.len();
+            batch.reasons.push(reason());
+        }
+    };
+    if u32::try_from(bytes.len() + 1).is_err() {
+        corrupt(&mut rec, batch, &|| "line longer than 4 GiB".into());
+    } else {
+        match decode_raw(bytes) {
+            Ok(RawEntry::Blank) => {}
+            Ok(RawEntry::Unrecognized) => {
+                rec.kind = RecKind::Unrecognized;
+                if want.replay {
+                    rec.a = batch.bytes.len();
+                    batch.bytes.extend_from_slice(bytes);
+                    rec.b = batch.bytes.len();
+                }
+            }
+            Ok(RawEntry::Tx { op, tx_id, data }) => {
+                rec.kind = RecKind::Tx(op);
+                rec.a = batch.ids.len();
+                batch.ids.push_str(&tx_id);
+                rec.b = batch.ids.len();
+                rec.id_hash = ids.hash_one(&*tx_id);
+                if want.replay && !op.is_final() {
+                    rec.hash = data_hash_raw(data);
+                }
+            }
+            Err(e) => corrupt(&mut rec, batch, &|| describe(&e)),
+        }
+    }
+    batch.recs.push(rec);
+}
+
+/// The sequential part of [`Pass::line`] for each line of a batch, in order.
+fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
+    for rec in &batch.recs {
+        pass.lines += 1;
+        let kind = match rec.kind {
+            RecKind::Blank => LineKind::Blank,
+            RecKind::Unrecognized => {
+                if pass.want.replay {
+                    pass.replay.observe_unrecognized(&batch.bytes[rec.a..rec.b]);
+                }
+                LineKind::Unrecognized
+            }
+            RecKind::Tx(op) => {
+                let tx = pass
+                    .ids
+                    .intern_hashed(&batch.ids[rec.a..rec.b], rec.id_hash)
+                    .ok_or(AnalyzeError::TooManyTransactions)?;
+                if pass.want.replay {
+                    pass.replay.observe_tx(op, tx, rec.hash);
+                }
+                LineKind::Tx { op, tx }
+            }
+            RecKind::Corrupt => {
+                let reason = batch
+                    .reasons
+                    .get_mut(rec.a)
+                    .map(std::mem::take)
+                    .unwrap_or_default();
+                pass.corrupt(pass.lines, rec.offset, reason);
+                continue;
+            }
+        };
+        if pass.want.index {
+            // Decoders only produce these kinds for lines shorter than 4 GiB.
+            let len = (rec.len + 1) as u32;
+            pass.index.observe(
+                Slot {
+                    offset: rec.offset,
+                    len,
+                },
+                kind,
+            );
+        }
+    }
+    if let Some((len, hash)) = batch.tail {
+        pass.torn_tail_bytes = len;
+        if pass.want.replay {
+            pass.replay.observe_torn_tail_hashed(len, hash);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::analyze;
+
+    fn both(input: &[u8], chunk: usize, threads: usize) {
+        let want = Want {
+            index: true,
+            replay: true,
+        };
+        let seq = analyze(input, want, &mut |_| {}).unwrap();
+        let par = analyze_source(
+            input,
+            input.len() as u64,
+            want,
+            Parallelism {
+                chunk_bytes: chunk,
+                threads,
+            },
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(seq.replay, par.replay, "chunk {chunk}");
+        assert_eq!(seq.index.plan(), par.index.plan(), "chunk {chunk}");
+        assert_eq!(seq.corrupt, par.corrupt, "chunk {chunk}");
+        assert_eq!(
+            (
+                seq.lines,
+                seq.scanned_len,
+                seq.torn_tail_bytes,
+                seq.corrupt_lines
+            ),
+            (
+                par.lines,
+                par.scanned_len,
+                par.torn_tail_bytes,
+                par.corrupt_lines
+            ),
+            "chunk {chunk}"
+        );
+    }
+
+    #[test]
+    fn equals_the_sequential_pass_for_every_chunk_size() {
+        let input = concat!(
+            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":1}}\n",
+            "\n",
+            "{\"op\":\"COMMIT\",\"tx_id\":\"a\"}\r\n",
+            "garbage\n",
+            "{\"op\":\"CHECKPOINT\"}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"b\"}\n",
+            "{\"op\":\"ABORT\",\"tx_id\":\"b\"}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"c\",\"data\":[1]}\n",
+            "{\"op\":\"PREP"
+        )
+        .as_bytes();
+        for chunk in 1..=input.len() + 1 {
+            for threads in 1..=3 {
+                both(input, chunk, threads);
+                both(&input[..input.len() - 12], chunk, threads);
+            }
+        }
+        let many_corrupt: String = (0..50)
+            .map(|i| format!("{{\"op\":\"COMMIT\",\"tx_id\":\"a\"}}\n[{i}]\n"))
+            .collect();
+        for chunk in [1, 7, 30, 64, 1000] {
+            both(many_corrupt.as_bytes(), chunk, 3);
+        }
+        both(b"", 4, 2);
+        both(b"\n", 1, 2);
+    }
+}
