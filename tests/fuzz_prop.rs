@@ -17,13 +17,42 @@ fn wal_fragment() -> impl Strategy<Value = Vec<u8>> {
         "a", "b", "t\\u0061", "ta", "", "\\\"", "\\\\", "x\\ud800", "\u{e9}",
     ]);
     let op = prop::sample::select(vec![
-        "PREPARE", "COMMIT", "ABORT", "prepare", "CHECKPOINT", "",
+        "PREPARE",
+        "COMMIT",
+        "ABORT",
+        "prepare",
+        "CHECKPOINT",
+        "",
     ]);
     let lit = prop::sample::select(vec![
-        "{", "}", "[", "]", "\"", "\\", ",", ":", "\r", "\n", "\r\n", " ", "\t", "\0", "null",
-        "true", "1e999", "-0", "18446744073709551616", "123456789012345678901234567890",
-        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]", "\"op\"",
-        "\"tx_id\"", "\"data\"", "{}", "[]", "\"\\u0000\"", "\u{feff}",
+        "{",
+        "}",
+        "[",
+        "]",
+        "\"",
+        "\\",
+        ",",
+        ":",
+        "\r",
+        "\n",
+        "\r\n",
+        " ",
+        "\t",
+        "\0",
+        "null",
+        "true",
+        "1e999",
+        "-0",
+        "18446744073709551616",
+        "123456789012345678901234567890",
+        "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]",
+        "\"op\"",
+        "\"tx_id\"",
+        "\"data\"",
+        "{}",
+        "[]",
+        "\"\\u0000\"",
+        "\u{feff}",
     ]);
     prop_oneof![
         4 => (op.clone(), tx.clone(), 0u32..3).prop_map(|(o, t, d)| {
@@ -83,27 +112,95 @@ fn clean_wal() -> impl Strategy<Value = Vec<u8>> {
 /// One fragment of a hostile policy file.
 fn policy_fragment() -> impl Strategy<Value = String> {
     let section = prop::sample::select(vec![
-        "[daemon]\n", "[[wal]]\n", "[wal.triggers]\n", "[wal.backups]\n", "[wal.hooks]\n",
-        "[[alert]]\n", "[wal]\n", "[[daemon]]\n", "[alert.x]\n", "[bogus]\n",
+        "[daemon]\n",
+        "[[wal]]\n",
+        "[wal.triggers]\n",
+        "[wal.backups]\n",
+        "[wal.hooks]\n",
+        "[[alert]]\n",
+        "[wal]\n",
+        "[[daemon]]\n",
+        "[alert.x]\n",
+        "[bogus]\n",
     ]);
     let key = prop::sample::select(vec![
-        "log_format", "log_level", "state_dir", "metrics_listen", "metrics_textfile", "name",
-        "path", "mode", "backup_dir", "lock_timeout_ms", "job_timeout_secs",
-        "poll_interval_secs", "max_size_mb", "max_commits_since_compaction",
-        "min_reclaimable_ratio", "min_free_disk_percent", "schedule", "min_reclaimable_bytes",
-        "min_interval_secs", "keep_days", "keep_last", "compress", "pre_compact",
-        "post_compact", "verify", "metric", "above", "below", "for_secs", "severity",
-        "actions", "command", "wal", "unknown_key",
+        "log_format",
+        "log_level",
+        "state_dir",
+        "metrics_listen",
+        "metrics_textfile",
+        "name",
+        "path",
+        "mode",
+        "backup_dir",
+        "lock_timeout_ms",
+        "job_timeout_secs",
+        "poll_interval_secs",
+        "max_size_mb",
+        "max_commits_since_compaction",
+        "min_reclaimable_ratio",
+        "min_free_disk_percent",
+        "schedule",
+        "min_reclaimable_bytes",
+        "min_interval_secs",
+        "keep_days",
+        "keep_last",
+        "compress",
+        "pre_compact",
+        "post_compact",
+        "verify",
+        "metric",
+        "above",
+        "below",
+        "for_secs",
+        "severity",
+        "actions",
+        "command",
+        "wal",
+        "unknown_key",
     ]);
     let value = prop::sample::select(vec![
-        "\"w\"", "\"w2\"", "\"w.log\"", "\"/abs/w.log\"", "\"../x/./y.log\"", "\"\"",
-        "\"json\"", "\"pretty\"", "\"online\"", "\"offline\"", "\"127.0.0.1:9464\"",
-        "\"[::1]:0\"", "\"not an addr\"", "0", "1", "-1", "9223372036854775807",
-        "-9223372036854775808", "0.5", "1.5", "1e308", "-0.0", "nan", "inf", "true",
-        "[]", "[\"sh\", \"-c\", \"x\"]", "[\"\"]", "[1, 2]", "[\"0 0 2 * * Sun\"]",
-        "[\"*/1 * * * * *\", \"0 0 0 1 1 * 2001\"]", "[\"nope\"]", "\"wal_size_mb\"",
-        "\"disk_free_percent\"", "\"critical\"", "[\"log\", \"compact\"]", "[\"command\"]",
-        "{ a = 1 }", "\"\\u00e9\\t\"", "'lit'", "\"\"\"multi\nline\"\"\"",
+        "\"w\"",
+        "\"w2\"",
+        "\"w.log\"",
+        "\"/abs/w.log\"",
+        "\"../x/./y.log\"",
+        "\"\"",
+        "\"json\"",
+        "\"pretty\"",
+        "\"online\"",
+        "\"offline\"",
+        "\"127.0.0.1:9464\"",
+        "\"[::1]:0\"",
+        "\"not an addr\"",
+        "0",
+        "1",
+        "-1",
+        "9223372036854775807",
+        "-9223372036854775808",
+        "0.5",
+        "1.5",
+        "1e308",
+        "-0.0",
+        "nan",
+        "inf",
+        "true",
+        "[]",
+        "[\"sh\", \"-c\", \"x\"]",
+        "[\"\"]",
+        "[1, 2]",
+        "[\"0 0 2 * * Sun\"]",
+        "[\"*/1 * * * * *\", \"0 0 0 1 1 * 2001\"]",
+        "[\"nope\"]",
+        "\"wal_size_mb\"",
+        "\"disk_free_percent\"",
+        "\"critical\"",
+        "[\"log\", \"compact\"]",
+        "[\"command\"]",
+        "{ a = 1 }",
+        "\"\\u00e9\\t\"",
+        "'lit'",
+        "\"\"\"multi\nline\"\"\"",
     ]);
     prop_oneof![
         2 => section.prop_map(String::from),
@@ -114,14 +211,18 @@ fn policy_fragment() -> impl Strategy<Value = String> {
 
 /// A policy that names a WAL first, so validation (not only syntax) is exercised.
 fn hostile_policy() -> impl Strategy<Value = String> {
-    (any::<bool>(), prop::collection::vec(policy_fragment(), 0..16)).prop_map(|(head, parts)| {
-        let head = if head {
-            "[[wal]]\nname = \"w\"\npath = \"w.log\"\n"
-        } else {
-            ""
-        };
-        format!("{head}{}", parts.concat())
-    })
+    (
+        any::<bool>(),
+        prop::collection::vec(policy_fragment(), 0..16),
+    )
+        .prop_map(|(head, parts)| {
+            let head = if head {
+                "[[wal]]\nname = \"w\"\npath = \"w.log\"\n"
+            } else {
+                ""
+            };
+            format!("{head}{}", parts.concat())
+        })
 }
 
 proptest! {

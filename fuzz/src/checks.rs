@@ -36,7 +36,10 @@ pub fn scanner(data: &[u8]) {
             );
             assert!(out.ends_with(&data[tail_start..]), "torn tail not last");
             let after = analyze(&out[..], both(), &mut |_| {}).expect("analyze output");
-            assert!(after.first_corrupt().is_none(), "compaction made a corrupt line");
+            assert!(
+                after.first_corrupt().is_none(),
+                "compaction made a corrupt line"
+            );
             assert_eq!(
                 after.replay.as_ref().expect("replay").digest,
                 replay.digest,
