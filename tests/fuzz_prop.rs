@@ -225,6 +225,110 @@ fn hostile_policy() -> impl Strategy<Value = String> {
         })
 }
 
+/// Mostly-valid policies with random values in every section, so the render → re-parse
+/// round trip (only reached by a valid policy) runs on most cases.
+fn valid_policy() -> impl Strategy<Value = String> {
+    let daemon = (
+        prop::sample::select(vec!["json", "pretty"]),
+        prop::sample::select(vec!["info", "debug", "walcompactd=debug,warn"]),
+        prop::sample::select(vec!["", "state", "/var/lib/x", "a/../b/./c"]),
+        prop::sample::select(vec!["", "127.0.0.1:9464", "[::1]:0", "0.0.0.0:1"]),
+        prop::sample::select(vec!["", "m.prom", "/tmp/m.prom"]),
+    )
+        .prop_map(|(f, l, s, m, t)| {
+            format!(
+                "[daemon]\nlog_format = \"{f}\"\nlog_level = \"{l}\"\nstate_dir = \"{s}\"\nmetrics_listen = \"{m}\"\nmetrics_textfile = \"{t}\"\n"
+            )
+        });
+    let number = prop_oneof![
+        Just(0.0),
+        0.0f64..1.0,
+        0.0f64..100.0,
+        Just(1e-9),
+        Just(123.456789),
+        Just(1e15)
+    ];
+    let triggers = (
+        number.clone(),
+        0i64..1_000_000,
+        0.0f64..=1.0,
+        0.0f64..=100.0,
+        prop::sample::select(vec![
+            "[]",
+            "[\"0 0 2 * * Sun\"]",
+            "[\"*/1 * * * * *\", \"0 */15 * * * *\"]",
+            "[\"0 0 0 1 Jan * 2099\"]",
+        ]),
+        prop::option::of(0i64..1 << 40),
+        prop::option::of(0i64..1 << 40),
+    )
+        .prop_map(|(mb, commits, ratio, disk, sched, bytes, interval)| {
+            let mut t = format!(
+                "[wal.triggers]\nmax_size_mb = {mb:?}\nmax_commits_since_compaction = {commits}\n\
+                 min_reclaimable_ratio = {ratio:?}\nmin_free_disk_percent = {disk:?}\nschedule = {sched}\n"
+            );
+            if let Some(b) = bytes {
+                t += &format!("min_reclaimable_bytes = {b}\n");
+            }
+            if let Some(i) = interval {
+                t += &format!("min_interval_secs = {i}\n");
+            }
+            t
+        });
+    let wal = (
+        prop::sample::select(vec!["offline", "online"]),
+        prop::sample::select(vec!["", "bk", "/srv/backups"]),
+        0i64..100_000,
+        1i64..100_000,
+        1u32..5000,
+        triggers,
+        (0i64..400, 1i64..50, any::<bool>()),
+        prop::sample::select(vec!["[]", "[\"true\"]", "[\"sh\", \"-c\", \"echo \\\"$WAL_PATH\\\"\"]"]),
+    )
+        .prop_map(|(mode, bk, lock, job, poll, trig, (days, last, zstd), hook)| {
+            format!(
+                "mode = \"{mode}\"\nbackup_dir = \"{bk}\"\nlock_timeout_ms = {lock}\njob_timeout_secs = {job}\n\
+                 poll_interval_secs = {poll}\n{trig}[wal.backups]\nkeep_days = {days}\nkeep_last = {last}\n\
+                 compress = {zstd}\n[wal.hooks]\npre_compact = {hook}\nverify = {hook}\n"
+            )
+        });
+    let alert = (
+        prop::sample::select(vec![
+            "wal_size_mb",
+            "wal_reclaimable_ratio",
+            "disk_free_percent",
+            "consecutive_failures",
+            "compaction_stalled_seconds",
+        ]),
+        any::<bool>(),
+        prop_oneof![Just(0.0), 0.0f64..1.0, Just(0.5)],
+        0i64..100_000,
+        prop::sample::select(vec!["warning", "critical"]),
+        prop::sample::select(vec!["[\"log\"]", "[\"log\", \"compact\"]", "[]"]),
+    )
+        .prop_map(|(metric, above, v, secs, sev, actions)| {
+            let dir = if above { "above" } else { "below" };
+            format!(
+                "metric = \"{metric}\"\n{dir} = {v:?}\nfor_secs = {secs}\nseverity = \"{sev}\"\nactions = {actions}\n"
+            )
+        });
+    (
+        prop::option::of(daemon),
+        prop::collection::vec(wal, 0..3),
+        prop::collection::vec(alert, 0..3),
+    )
+        .prop_map(|(daemon, wals, alerts)| {
+            let mut text = daemon.unwrap_or_default();
+            for (i, w) in wals.iter().enumerate() {
+                text += &format!("[[wal]]\nname = \"w{i}\"\npath = \"w{i}.log\"\n{w}");
+            }
+            for (i, a) in alerts.iter().enumerate() {
+                text += &format!("[[alert]]\nname = \"a{i}\"\n{a}");
+            }
+            text
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
@@ -240,6 +344,11 @@ proptest! {
 
     #[test]
     fn policy_parser_survives_hostile_text(text in hostile_policy()) {
+        checks::policy(text.as_bytes());
+    }
+
+    #[test]
+    fn valid_policies_render_and_parse_back_equal(text in valid_policy()) {
         checks::policy(text.as_bytes());
     }
 }
