@@ -147,30 +147,55 @@ pub fn decide(
             min,
         };
     }
-    if let Some(until) = cooldown_until(triggers, state).filter(|u| now < *u) {
+    if let Some(until) = cooldown_until(triggers, state, now).filter(|u| now < *u) {
         return Decision::Cooldown { reasons, until };
     }
     if request != Some(Request::Scheduled)
-        && let Some(until) = backoff_until(state).filter(|u| now < *u)
+        && let Some(until) = backoff_until(state, now).filter(|u| now < *u)
     {
         return Decision::Backoff { reasons, until };
     }
     Decision::Compact(reasons)
 }
 
-fn cooldown_until(t: &Triggers, state: &WalState) -> Option<DateTime<Utc>> {
-    let last = state.last_run?;
+fn cooldown_until(t: &Triggers, state: &WalState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     let wait = match state.last_outcome {
         Some(LastOutcome::Skipped | LastOutcome::NothingToDo) => t.min_interval.max(SKIP_RETRY),
         _ => t.min_interval,
     };
-    Some(last + chrono::Duration::from_std(wait).ok()?)
+    hold_until(state.last_run?, wait, now)
 }
 
-fn backoff_until(state: &WalState) -> Option<DateTime<Utc>> {
-    let last = state.last_run?;
-    let delay = backoff_delay(state.consecutive_failures);
-    (delay > Duration::ZERO).then(|| last + chrono::Duration::from_std(delay).unwrap_or_default())
+fn backoff_until(state: &WalState, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    hold_until(
+        state.last_run?,
+        backoff_delay(state.consecutive_failures),
+        now,
+    )
+}
+
+/// The end of a cooldown or backoff of `wait` after the last run, judged by the wall clock.
+/// Saturates instead of overflowing: a huge `min_interval_secs` holds (it used to panic, or
+/// drop the cooldown when it did not fit a `TimeDelta`).
+/// A last run more than `wait` in the future means the clock jumped backward: how long ago
+/// the run really was is unknown, and waiting for the clock to catch up could block for
+/// years, so the hold is over (the run that follows records the new time). A smaller
+/// backward step keeps `last + wait`, which is at most `2 * wait` away.
+fn hold_until(last: DateTime<Utc>, wait: Duration, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    if wait.is_zero() {
+        return None;
+    }
+    let wait = chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX);
+    let latest = now
+        .checked_add_signed(wait)
+        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+    if last > latest {
+        return None;
+    }
+    Some(
+        last.checked_add_signed(wait)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC),
+    )
 }
 
 #[cfg(test)]

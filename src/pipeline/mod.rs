@@ -292,6 +292,8 @@ fn write_verify_swap(
     checkpoint(req, Stage::Swap)?;
     let stats = match req.online {
         None => {
+            // Lets tests change the WAL between verification and the offline swap.
+            fail::fail_point!("swap::before_check::delay");
             ensure_unchanged(wal, &snap.id)?;
             swap_journaled(wal, &temp.path, entry, clock)?;
             None
