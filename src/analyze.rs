@@ -10,9 +10,9 @@ pub use parallel::{
     DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_slice, analyze_source,
 };
 
-use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash};
+use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash_raw};
 use crate::rules::{Indexer, LineKind, Slot};
-use crate::wal::{DecodeError, Entry, Interner, Item, LineScanner, decode};
+use crate::wal::{DecodeError, Entry, Interner, Item, LineScanner, RawEntry, decode, decode_raw};
 
 /// How many corrupt lines are described individually; the rest are only counted.
 pub const MAX_REPORTED_CORRUPT_LINES: usize = 20;
@@ -133,7 +133,8 @@ impl Pass {
             self.corrupt(number, offset, "line longer than 4 GiB".into());
             return Ok(());
         };
-        let kind = match decode(bytes) {
+        // The fast decoder validates as strictly as serde_json (property-tested equal).
+        let kind = match decode_raw(bytes) {
             Ok(entry) => self.entry(entry, bytes)?,
             Err(e) => {
                 self.corrupt(number, offset, describe(&e));
@@ -146,29 +147,29 @@ impl Pass {
         Ok(())
     }
 
-    fn entry(&mut self, entry: Entry<'_>, bytes: &[u8]) -> Result<LineKind, AnalyzeError> {
+    fn entry(&mut self, entry: RawEntry<'_>, bytes: &[u8]) -> Result<LineKind, AnalyzeError> {
         Ok(match entry {
-            Entry::Blank => LineKind::Blank,
-            Entry::Unrecognized => {
+            RawEntry::Blank => LineKind::Blank,
+            RawEntry::Unrecognized => {
                 if self.want.replay {
                     self.replay.observe_unrecognized(bytes);
                 }
                 LineKind::Unrecognized
             }
-            Entry::Tx(t) => {
+            RawEntry::Tx { op, tx_id, data } => {
                 let tx = self
                     .ids
-                    .intern(&t.tx_id)
+                    .intern(&tx_id)
                     .ok_or(AnalyzeError::TooManyTransactions)?;
                 if self.want.replay {
-                    let h = if t.op.is_final() {
+                    let h = if op.is_final() {
                         NO_PREPARE
                     } else {
-                        data_hash(t.data)
+                        data_hash_raw(data)
                     };
-                    self.replay.observe_tx(t.op, tx, h);
+                    self.replay.observe_tx(op, tx, h);
                 }
-                LineKind::Tx { op: t.op, tx }
+                LineKind::Tx { op, tx }
             }
         })
     }

@@ -168,6 +168,16 @@ pub struct TxCounts {
     pub anomalies: u64,
 }
 
+impl TxCounts {
+    fn slot(&mut self, status: TxStatus) -> &mut u64 {
+        match status {
+            TxStatus::Committed => &mut self.committed,
+            TxStatus::Aborted => &mut self.aborted,
+            TxStatus::InFlight => &mut self.in_flight,
+        }
+    }
+}
+
 /// Accumulates the rules' state line by line; cheap to extend with appended lines.
 #[derive(Default)]
 pub struct Indexer {
@@ -179,6 +189,8 @@ pub struct Indexer {
     bytes: u64,
     /// Bytes of the lines that currently survive.
     kept_bytes: u64,
+    /// Transactions by status, kept current line by line.
+    tx_counts: TxCounts,
 }
 
 impl Indexer {
@@ -204,9 +216,20 @@ impl Indexer {
             Op::Abort => self.counts.abort += 1,
         }
         let i = tx as usize;
+        let status_before = self.txs.get(i).map(TxState::status);
         if i >= self.txs.len() {
             self.txs.resize(i + 1, TxState::default());
         }
+        self.observe_tx_bytes(slot, op, tx);
+        // Keep the per-status counts current: the daemon reads them at every refresh.
+        if let Some(s) = status_before {
+            *self.tx_counts.slot(s) -= 1;
+        }
+        *self.tx_counts.slot(self.txs[i].status()) += 1;
+    }
+
+    fn observe_tx_bytes(&mut self, slot: Slot, op: Op, tx: TxIdx) {
+        let i = tx as usize;
         // The survivors of `tx` change by a delta computable from its state alone (anomalies
         // are rare, so only then is `after_final` consulted).
         let state = self.txs[i];
@@ -237,8 +260,10 @@ impl Indexer {
 
     fn set_final(&mut self, tx: TxIdx, slot: Slot, op: Op) {
         // PREPAREs that were after the old final are now before the new one.
-        if !self.after_final.is_empty() {
-            self.after_final.remove(&tx);
+        if !self.after_final.is_empty()
+            && let Some(gone) = self.after_final.remove(&tx)
+        {
+            self.tx_counts.anomalies -= gone.prepares.len() as u64;
         }
         let bit = if op == Op::Abort { ABORT_BIT } else { 0 };
         let state = &mut self.txs[tx as usize];
@@ -256,6 +281,7 @@ impl Indexer {
             });
             after.prepares.push(slot);
             after.bytes += u64::from(slot.len);
+            self.tx_counts.anomalies += 1;
         }
         state.prep_off = slot.offset;
         state.prep_len = slot.len;
@@ -322,20 +348,7 @@ impl Indexer {
 
     /// Transactions by status; walks every transaction once.
     pub fn tx_counts(&self) -> TxCounts {
-        let mut c = TxCounts::default();
-        for state in &self.txs {
-            match state.status() {
-                TxStatus::Committed => c.committed += 1,
-                TxStatus::Aborted => c.aborted += 1,
-                TxStatus::InFlight => c.in_flight += 1,
-            }
-        }
-        c.anomalies = self
-            .after_final
-            .values()
-            .map(|a| a.prepares.len() as u64)
-            .sum();
-        c
+        self.tx_counts
     }
 
     /// Transactions whose last PREPARE the plan drops (it precedes their final ABORT). A COMMIT

@@ -80,6 +80,13 @@ proptest! {
     }
 
     #[test]
+    fn incremental_tx_counts_match_the_replay_state(input in wal()) {
+        let an = analyze(&input[..], Want { index: true, replay: true }, &mut |_| {}).unwrap();
+        let (c, r) = (an.index.tx_counts(), an.replay.unwrap());
+        prop_assert_eq!((c.committed, c.aborted, c.in_flight, c.anomalies), (r.committed, r.aborted, r.in_flight, r.anomalies));
+    }
+
+    #[test]
     fn reclaimable_bytes_are_exactly_what_compaction_removes(input in wal()) {
         let an = analyze(&input[..], Want { index: true, replay: false }, &mut |_| {}).unwrap();
         let out = compact_bytes(&input).unwrap();

@@ -18,9 +18,9 @@ use crate::fsutil::parent_dir;
 
 /// After waking for a WAL event, the notify thread pauses this long before reading more:
 /// meanwhile the kernel merges identical queued inotify events (a writer's per-line
-/// MODIFYs), so a writer doing 20k writes/s costs ~10 wake-ups/s instead of 20k.
+/// MODIFYs), so a writer doing 20k writes/s costs ~4 wake-ups/s instead of 20k.
 /// Supervisors coalesce hints for longer anyway, so no latency is added that matters.
-const EVENT_THROTTLE: Duration = Duration::from_millis(100);
+const EVENT_THROTTLE: Duration = Duration::from_millis(250);
 /// Handler calls closer together than this belong to one batch already read from the
 /// inotify descriptor; only the first of a batch pauses.
 const BATCH_GAP: Duration = Duration::from_millis(1);
