@@ -70,19 +70,21 @@ fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a Fi
     BufReader::with_capacity(SCAN_BUFFER_BYTES, file.take(id.len))
 }
 
+/// Opens the WAL and runs pass 1 (the rules' index, no replay) over its current length.
+fn index_wal(wal: &Path) -> Result<(FileId, crate::analyze::Analysis), PipelineError> {
+    let (file, id) = open_wal(wal)?;
+    let want = Want {
+        index: true,
+        replay: false,
+    };
+    let an = analyze_file(&file, id.len, want, &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    Ok((id, an))
+}
+
 /// Reads the WAL once and reports its figures. Corrupt lines are reported, not fatal.
 pub fn status(wal: &Path) -> Result<Status, PipelineError> {
-    let (file, id) = open_wal(wal)?;
-    let an = analyze_file(
-        &file,
-        id.len,
-        Want {
-            index: true,
-            replay: false,
-        },
-        &mut |_| {},
-    )
-    .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    let (id, an) = index_wal(wal)?;
     let reclaimable = an.index.reclaimable_bytes();
     Ok(Status {
         wal: wal.into(),
@@ -128,17 +130,7 @@ pub struct RuleRemoval {
 
 /// Plans a compaction and attributes each removed line to its rule; changes nothing.
 pub fn dry_run(wal: &Path) -> Result<DryRun, PipelineError> {
-    let (file, id) = open_wal(wal)?;
-    let an = analyze_file(
-        &file,
-        id.len,
-        Want {
-            index: true,
-            replay: false,
-        },
-        &mut |_| {},
-    )
-    .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+    let (id, an) = index_wal(wal)?;
     verify::refuse_corrupt(wal, &an)?;
     let plan = an.index.plan();
     let (file, id2) = open_wal(wal)?;
