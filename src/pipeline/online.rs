@@ -60,6 +60,29 @@ pub(super) struct Sinks<'a> {
     pub backup: Option<(&'a mut File, u64)>,
 }
 
+/// Reads `[from, to)` of `src` in chunks and hands each to `f`: one positioned-read loop for
+/// every copy of appended bytes, with bounded memory.
+fn for_each_chunk<E>(
+    src: &File,
+    from: u64,
+    to: u64,
+    read_err: impl Fn(io::Error) -> E,
+    mut f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut buf = vec![0; COPY_CHUNK_BYTES];
+    let mut pos = from;
+    while pos < to {
+        let want = usize::try_from(to - pos)
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        src.read_exact_at(&mut buf[..want], pos)
+            .map_err(&read_err)?;
+        f(&buf[..want])?;
+        pos += want as u64;
+    }
+    Ok(())
+}
+
 /// Copies `[from, to)` of the WAL to the sinks, checking each complete line on the way.
 fn copy_tail(
     src: &File,
@@ -68,35 +91,17 @@ fn copy_tail(
     sinks: &mut Sinks,
     check: &mut TailCheck,
 ) -> Result<(), PipelineError> {
-    let mut buf = vec![0; COPY_CHUNK_BYTES];
-    let mut pos = from;
-    while pos < to {
-        let want = usize::try_from(to - pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        src.read_exact_at(&mut buf[..want], pos)
-            .map_err(PipelineError::io(
-                Stage::Compact,
-                "read appended bytes of",
-                check.wal,
-            ))?;
-        check.feed(&buf[..want])?;
-        sinks
-            .temp
-            .write_all(&buf[..want])
-            .map_err(PipelineError::io(
-                Stage::Compact,
-                "append to",
-                "the temp file",
-            ))?;
-        pos += want as u64;
-    }
+    let wal = check.wal;
+    let read_err = |e| PipelineError::io(Stage::Compact, "read appended bytes of", wal)(e);
+    for_each_chunk(src, from, to, read_err, |chunk| {
+        check.feed(chunk)?;
+        let write_err = PipelineError::io(Stage::Compact, "append to", "the temp file");
+        sinks.temp.write_all(chunk).map_err(write_err)
+    })?;
     if let Some((backup, backup_len)) = sinks.backup.as_mut() {
-        copy_range_to(src, *backup_len, to, backup).map_err(PipelineError::io(
-            Stage::Backup,
-            "append to",
-            "the backup copy",
-        ))?;
+        for_each_chunk(src, *backup_len, to, |e| e, |chunk| backup.write_all(chunk)).map_err(
+            PipelineError::io(Stage::Backup, "append to", "the backup copy"),
+        )?;
         *backup_len = to.max(*backup_len);
     }
     Ok(())
@@ -113,20 +118,6 @@ pub(super) fn read_range(
     src.read_exact_at(&mut buf, from)
         .map_err(PipelineError::io(Stage::Compact, "read", wal))?;
     Ok(buf)
-}
-
-fn copy_range_to(src: &File, from: u64, to: u64, out: &mut File) -> io::Result<()> {
-    let mut buf = vec![0; COPY_CHUNK_BYTES];
-    let mut pos = from;
-    while pos < to {
-        let want = usize::try_from(to - pos)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        src.read_exact_at(&mut buf[..want], pos)?;
-        out.write_all(&buf[..want])?;
-        pos += want as u64;
-    }
-    Ok(())
 }
 
 /// Checks the lines appended after the snapshot before they are copied verbatim behind the
