@@ -96,11 +96,7 @@ pub fn status(wal: &Path) -> Result<Status, PipelineError> {
         unrecognized_lines: an.index.counts().unrecognized,
         transactions: an.index.tx_counts(),
         reclaimable_bytes: reclaimable,
-        reclaimable_ratio: if id.len == 0 {
-            0.0
-        } else {
-            reclaimable as f64 / id.len as f64
-        },
+        reclaimable_ratio: crate::rules::reclaimable_ratio(reclaimable, id.len),
         torn_tail_bytes: an.torn_tail_bytes,
         corrupt_lines: an.corrupt_lines,
         corrupt: an.corrupt,

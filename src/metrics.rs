@@ -21,8 +21,9 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::commands::Status;
+use crate::commands::{OpEntries, Status};
 use crate::fsutil::atomic_write;
+use crate::rules::TxCounts;
 
 /// Size of a WAL file in bytes.
 pub const WAL_SIZE_BYTES: &str = "walcompactd_wal_size_bytes";
@@ -324,20 +325,40 @@ pub struct WalFigures {
     pub torn_tail_bytes: u64,
 }
 
+impl WalFigures {
+    /// The figures of one WAL from its counts; the ratio is derived, never passed in, so the
+    /// daemon's series and `walcompactd status` cannot disagree.
+    pub fn new(
+        size_bytes: u64,
+        entries: OpEntries,
+        transactions: TxCounts,
+        reclaimable_bytes: u64,
+        torn_tail_bytes: u64,
+    ) -> Self {
+        WalFigures {
+            size_bytes,
+            prepare_entries: entries.prepare,
+            commit_entries: entries.commit,
+            abort_entries: entries.abort,
+            committed_transactions: transactions.committed,
+            aborted_transactions: transactions.aborted,
+            in_flight_transactions: transactions.in_flight,
+            reclaimable_bytes,
+            reclaimable_ratio: crate::rules::reclaimable_ratio(reclaimable_bytes, size_bytes),
+            torn_tail_bytes,
+        }
+    }
+}
+
 impl From<&Status> for WalFigures {
     fn from(s: &Status) -> Self {
-        WalFigures {
-            size_bytes: s.size_bytes,
-            prepare_entries: s.entries.prepare,
-            commit_entries: s.entries.commit,
-            abort_entries: s.entries.abort,
-            committed_transactions: s.transactions.committed,
-            aborted_transactions: s.transactions.aborted,
-            in_flight_transactions: s.transactions.in_flight,
-            reclaimable_bytes: s.reclaimable_bytes,
-            reclaimable_ratio: s.reclaimable_ratio,
-            torn_tail_bytes: s.torn_tail_bytes,
-        }
+        WalFigures::new(
+            s.size_bytes,
+            s.entries,
+            s.transactions,
+            s.reclaimable_bytes,
+            s.torn_tail_bytes,
+        )
     }
 }
 

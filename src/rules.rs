@@ -68,6 +68,16 @@ impl DropReason {
     }
 }
 
+/// Reclaimable bytes as a fraction of the WAL's size (0 for an empty WAL): `status`, the
+/// triggers, the metrics and the alerts all read this one formula.
+pub fn reclaimable_ratio(reclaimable_bytes: u64, size_bytes: u64) -> f64 {
+    if size_bytes == 0 {
+        0.0
+    } else {
+        reclaimable_bytes as f64 / size_bytes as f64
+    }
+}
+
 /// Why a line that is not kept is dropped, given its kind and its transaction's status.
 pub fn drop_reason(kind: LineKind, status: Option<TxStatus>) -> DropReason {
     match (kind, status) {

@@ -33,11 +33,7 @@ pub struct WalStats {
 impl WalStats {
     /// Reclaimable bytes / size, 0 for an empty file.
     pub fn reclaimable_ratio(&self) -> f64 {
-        if self.size_bytes == 0 {
-            0.0
-        } else {
-            self.reclaimable_bytes as f64 / self.size_bytes as f64
-        }
+        crate::rules::reclaimable_ratio(self.reclaimable_bytes, self.size_bytes)
     }
 }
 

@@ -50,18 +50,13 @@ impl WalStatus {
     /// The figures `metrics::publish_wal` exports, as `walcompactd status` counts them.
     pub fn figures(&self) -> WalFigures {
         let s = &self.stats;
-        WalFigures {
-            size_bytes: s.size_bytes,
-            prepare_entries: s.entries.prepare,
-            commit_entries: s.entries.commit,
-            abort_entries: s.entries.abort,
-            committed_transactions: s.transactions.committed,
-            aborted_transactions: s.transactions.aborted,
-            in_flight_transactions: s.transactions.in_flight,
-            reclaimable_bytes: s.reclaimable_bytes,
-            reclaimable_ratio: s.reclaimable_ratio(),
-            torn_tail_bytes: s.torn_tail_bytes,
-        }
+        WalFigures::new(
+            s.size_bytes,
+            s.entries.into(),
+            s.transactions,
+            s.reclaimable_bytes,
+            s.torn_tail_bytes,
+        )
     }
 }
 
