@@ -18,7 +18,7 @@ fn json(out: &std::process::Output) -> Value {
 fn status_reports_the_real_figures() {
     let d = tempfile::tempdir().unwrap();
     let wal = write_wal(d.path(), "wal.log", &(redundant_wal(10) + "\n"));
-    // 10 txs + the torn line now completed as a corrupt line? No: "\n" terminates it → corrupt.
+    // A "\n" after the torn tail completes it into a line that is not JSON: corrupt.
     let out = walcompactd()
         .args(["status", "--json"])
         .arg(&wal)
