@@ -11,8 +11,10 @@ pub use parallel::{
 };
 
 use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash_raw};
-use crate::rules::{Indexer, LineKind, Slot};
-use crate::wal::{DecodeError, Entry, Interner, Item, LineScanner, RawEntry, decode, decode_raw};
+use crate::rules::{Indexer, LineKind, MAX_WAL_BYTES, Slot};
+use crate::wal::{
+    DecodeError, Entry, Ids, Interner, Item, LineScanner, RawEntry, decode, decode_raw,
+};
 
 /// How many corrupt lines are described individually; the rest are only counted.
 pub const MAX_REPORTED_CORRUPT_LINES: usize = 20;
@@ -34,8 +36,13 @@ pub struct CorruptLine {
 pub enum AnalyzeError {
     #[error("read failed at byte {offset}: {source}")]
     Io { offset: u64, source: io::Error },
-    #[error("more than {} distinct tx_ids", u32::MAX)]
+    #[error("more than {} distinct tx_ids, or more than 4 GiB of them", u32::MAX)]
     TooManyTransactions,
+    #[error(
+        "line at byte {offset} ends past {} bytes, the largest WAL supported",
+        MAX_WAL_BYTES
+    )]
+    TooLarge { offset: u64 },
 }
 
 /// What to compute during the pass; each costs memory per transaction.
@@ -59,7 +66,7 @@ pub struct Analysis {
     pub corrupt: Vec<CorruptLine>,
     pub corrupt_lines: u64,
     /// The transaction ids seen, by index (drop it early: it costs memory per transaction).
-    pub ids: Interner,
+    pub ids: Ids,
 }
 
 impl Analysis {
@@ -115,6 +122,11 @@ struct Pass {
 
 impl Pass {
     fn new(want: Want) -> Pass {
+        // Replay reads each transaction's last final from the index.
+        let want = Want {
+            index: want.index || want.replay,
+            ..want
+        };
         Pass {
             want,
             ids: Interner::default(),
@@ -133,9 +145,10 @@ impl Pass {
             self.corrupt(number, offset, "line longer than 4 GiB".into());
             return Ok(());
         };
+        check_size(offset, len)?;
         // The fast decoder validates as strictly as serde_json (property-tested equal).
         let kind = match decode_raw(bytes) {
-            Ok(entry) => self.entry(entry, bytes)?,
+            Ok(entry) => self.entry(entry, offset, bytes)?,
             Err(e) => {
                 self.corrupt(number, offset, describe(&e));
                 return Ok(());
@@ -147,7 +160,12 @@ impl Pass {
         Ok(())
     }
 
-    fn entry(&mut self, entry: RawEntry<'_>, bytes: &[u8]) -> Result<LineKind, AnalyzeError> {
+    fn entry(
+        &mut self,
+        entry: RawEntry<'_>,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Result<LineKind, AnalyzeError> {
         Ok(match entry {
             RawEntry::Blank => LineKind::Blank,
             RawEntry::Unrecognized => {
@@ -167,7 +185,8 @@ impl Pass {
                     } else {
                         data_hash_raw(data)
                     };
-                    self.replay.observe_tx(op, tx, h);
+                    let had_final = self.index.last_final(tx).is_some();
+                    self.replay.observe_tx(op, tx, offset, h, had_final);
                 }
                 LineKind::Tx { op, tx }
             }
@@ -193,7 +212,12 @@ impl Pass {
     }
 
     fn finish(self, end: u64) -> Analysis {
-        let replay = self.want.replay.then(|| self.replay.finish(&self.ids));
+        // The lookup table is not needed any more: free it before replay sorts.
+        let ids = self.ids.into_ids();
+        let replay = self
+            .want
+            .replay
+            .then(|| self.replay.finish(&ids, &self.index));
         Analysis {
             index: self.index,
             replay,
@@ -202,8 +226,16 @@ impl Pass {
             torn_tail_bytes: self.torn_tail_bytes,
             corrupt: self.corrupt,
             corrupt_lines: self.corrupt_lines,
-            ids: self.ids,
+            ids,
         }
+    }
+}
+
+/// Refuses a line the index cannot pack (a WAL past [`MAX_WAL_BYTES`]).
+fn check_size(offset: u64, len: u32) -> Result<(), AnalyzeError> {
+    match offset.checked_add(u64::from(len)) {
+        Some(end) if end <= MAX_WAL_BYTES => Ok(()),
+        _ => Err(AnalyzeError::TooLarge { offset }),
     }
 }
 

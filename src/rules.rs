@@ -89,67 +89,65 @@ pub fn drop_reason(kind: LineKind, status: Option<TxStatus>) -> DropReason {
     }
 }
 
-/// Marks "no line" in a packed slot; offsets never reach it.
-const NO_OFFSET: u64 = u64::MAX;
-/// Offsets stay below 2^63, so the final's top bit can record COMMIT vs ABORT.
-const ABORT_BIT: u64 = 1 << 63;
+/// Bits of a packed line's length. Lines of 8 MiB or more store [`LONG_LEN`] there and
+/// their real length in `Indexer::long_lens` (such lines are rare).
+const LEN_BITS: u32 = 23;
+const LONG_LEN: u64 = (1 << LEN_BITS) - 1;
+/// Set in a packed final line for ABORT (clear for COMMIT).
+const ABORT_FLAG: u64 = 1 << LEN_BITS;
+/// The offset takes the 40 bits above the length and the flag.
+const OFFSET_SHIFT: u32 = LEN_BITS + 1;
+/// A packed "no line": all ones, an offset no line may have.
+const NONE: u64 = u64::MAX;
+/// Lines must end below this offset (1 TiB) to be packed; the analysis refuses larger WALs.
+pub const MAX_WAL_BYTES: u64 = (1 << (64 - OFFSET_SHIFT)) - 1;
 
-/// Per-transaction state, packed to 24 bytes: memory is per transaction, so it counts.
-#[derive(Clone, Copy)]
-struct TxState {
-    /// Offset of the last COMMIT/ABORT (ABORT_BIT set for ABORT), or NO_OFFSET.
-    final_off: u64,
-    /// Offset of the last PREPARE seen, or NO_OFFSET.
-    prep_off: u64,
-    final_len: u32,
-    prep_len: u32,
+/// A line packed into 8 bytes: offset, flag, length (or [`LONG_LEN`]). Packed lines sort
+/// by offset. Memory is per transaction, and each one holds two of these.
+fn pack(slot: Slot, flag: u64) -> u64 {
+    debug_assert!(slot.offset + u64::from(slot.len) <= MAX_WAL_BYTES);
+    let len = u64::from(slot.len).min(LONG_LEN);
+    (slot.offset << OFFSET_SHIFT) | flag | len
 }
 
-impl Default for TxState {
-    fn default() -> Self {
-        TxState {
-            final_off: NO_OFFSET,
-            prep_off: NO_OFFSET,
-            final_len: 0,
-            prep_len: 0,
-        }
-    }
+fn packed_offset(p: u64) -> u64 {
+    p >> OFFSET_SHIFT
 }
 
-impl TxState {
-    fn final_slot(&self) -> Option<(Slot, Op)> {
-        (self.final_off != NO_OFFSET).then(|| {
-            let op = if self.final_off & ABORT_BIT != 0 {
-                Op::Abort
-            } else {
-                Op::Commit
-            };
-            let slot = Slot {
-                offset: self.final_off & !ABORT_BIT,
-                len: self.final_len,
-            };
-            (slot, op)
-        })
-    }
+/// Lengths of lines too long to pack, by offset.
+type LongLens = HashMap<u64, u32>;
 
-    fn prepare_slot(&self) -> Option<Slot> {
-        (self.prep_off != NO_OFFSET).then_some(Slot {
-            offset: self.prep_off,
-            len: self.prep_len,
-        })
-    }
+fn unpack(p: u64, long_lens: &LongLens) -> Slot {
+    let offset = packed_offset(p);
+    let len = match p & LONG_LEN {
+        LONG_LEN => long_lens[&offset],
+        short => short as u32,
+    };
+    Slot { offset, len }
+}
 
-    fn status(&self) -> TxStatus {
-        match self.final_slot() {
-            Some((_, Op::Abort)) => TxStatus::Aborted,
-            Some(_) => TxStatus::Committed,
-            None => TxStatus::InFlight,
-        }
+/// A transaction's final line, if any, and its op.
+fn final_of(fin: u64, long_lens: &LongLens) -> Option<(Slot, Op)> {
+    (fin != NONE).then(|| {
+        let op = if fin & ABORT_FLAG != 0 {
+            Op::Abort
+        } else {
+            Op::Commit
+        };
+        (unpack(fin, long_lens), op)
+    })
+}
+
+fn status_of(fin: u64) -> TxStatus {
+    match fin {
+        NONE => TxStatus::InFlight,
+        f if f & ABORT_FLAG != 0 => TxStatus::Aborted,
+        _ => TxStatus::Committed,
     }
 }
 
 /// PREPAREs seen after a transaction's current final line: rare, so kept aside.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct AfterFinal {
     /// The last PREPARE before the final, which a COMMIT keeps.
     before_final: Option<Slot>,
@@ -189,9 +187,12 @@ impl TxCounts {
 }
 
 /// Accumulates the rules' state line by line; cheap to extend with appended lines.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub struct Indexer {
-    txs: Vec<TxState>,
+    /// Two packed lines per transaction: its last final (`2 * tx`, [`ABORT_FLAG`] for
+    /// ABORT) and its last PREPARE (`2 * tx + 1`), [`NONE`] when absent: 16 bytes each.
+    lines: Vec<u64>,
+    long_lens: LongLens,
     after_final: HashMap<TxIdx, AfterFinal>,
     unrecognized: Vec<Slot>,
     counts: Counts,
@@ -204,7 +205,7 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    /// Records one complete line, in file order.
+    /// Records one complete line, in file order. It must end below [`MAX_WAL_BYTES`].
     pub fn observe(&mut self, slot: Slot, kind: LineKind) {
         self.counts.lines += 1;
         self.bytes += u64::from(slot.len);
@@ -219,33 +220,53 @@ impl Indexer {
         }
     }
 
+    fn fin(&self, tx: TxIdx) -> u64 {
+        self.lines[2 * tx as usize]
+    }
+
+    fn final_slot(&self, tx: TxIdx) -> Option<(Slot, Op)> {
+        final_of(self.fin(tx), &self.long_lens)
+    }
+
+    fn prepare_slot(&self, tx: TxIdx) -> Option<Slot> {
+        let p = self.lines[2 * tx as usize + 1];
+        (p != NONE).then(|| unpack(p, &self.long_lens))
+    }
+
+    /// Packs `slot`, remembering its length aside if it is too long to pack.
+    fn pack(&mut self, slot: Slot, flag: u64) -> u64 {
+        if u64::from(slot.len) >= LONG_LEN {
+            self.long_lens.insert(slot.offset, slot.len);
+        }
+        pack(slot, flag)
+    }
+
     fn observe_tx(&mut self, slot: Slot, op: Op, tx: TxIdx) {
         match op {
             Op::Prepare => self.counts.prepare += 1,
             Op::Commit => self.counts.commit += 1,
             Op::Abort => self.counts.abort += 1,
         }
-        let i = tx as usize;
-        let status_before = self.txs.get(i).map(TxState::status);
-        if i >= self.txs.len() {
-            self.txs.resize(i + 1, TxState::default());
+        let i = 2 * tx as usize;
+        let status_before = self.lines.get(i).map(|&f| status_of(f));
+        if i >= self.lines.len() {
+            self.lines.resize(i + 2, NONE);
         }
         self.observe_tx_bytes(slot, op, tx);
         // Keep the per-status counts current: the daemon reads them at every refresh.
         if let Some(s) = status_before {
             *self.tx_counts.slot(s) -= 1;
         }
-        *self.tx_counts.slot(self.txs[i].status()) += 1;
+        *self.tx_counts.slot(status_of(self.fin(tx))) += 1;
     }
 
     fn observe_tx_bytes(&mut self, slot: Slot, op: Op, tx: TxIdx) {
-        let i = tx as usize;
         // The survivors of `tx` change by a delta computable from its state alone (anomalies
         // are rare, so only then is `after_final` consulted).
-        let state = self.txs[i];
-        let prep_len = state.prepare_slot().map_or(0, |s| u64::from(s.len));
+        let prep_len = self.prepare_slot(tx).map_or(0, |s| u64::from(s.len));
+        let old_final = self.final_slot(tx);
         if op.is_final() {
-            let before = match state.final_slot() {
+            let before = match old_final {
                 None => prep_len,
                 Some(_) if !self.after_final.is_empty() => self.kept_bytes_of(tx),
                 Some((f, old_op)) => {
@@ -258,12 +279,8 @@ impl Indexer {
         } else {
             // After a final, the new PREPARE is an anomaly and kept on top of the rest;
             // before any final, it replaces the previous PREPARE.
-            let replaced = if state.final_slot().is_some() {
-                0
-            } else {
-                prep_len
-            };
-            self.set_prepare(tx, slot);
+            let replaced = if old_final.is_some() { 0 } else { prep_len };
+            self.set_prepare(tx, slot, old_final.is_some());
             self.kept_bytes = self.kept_bytes - replaced + u64::from(slot.len);
         }
     }
@@ -275,16 +292,13 @@ impl Indexer {
         {
             self.tx_counts.anomalies -= gone.prepares.len() as u64;
         }
-        let bit = if op == Op::Abort { ABORT_BIT } else { 0 };
-        let state = &mut self.txs[tx as usize];
-        state.final_off = slot.offset | bit;
-        state.final_len = slot.len;
+        let flag = if op == Op::Abort { ABORT_FLAG } else { 0 };
+        self.lines[2 * tx as usize] = self.pack(slot, flag);
     }
 
-    fn set_prepare(&mut self, tx: TxIdx, slot: Slot) {
-        let state = &mut self.txs[tx as usize];
-        if state.final_slot().is_some() {
-            let before_final = state.prepare_slot();
+    fn set_prepare(&mut self, tx: TxIdx, slot: Slot, after_final: bool) {
+        if after_final {
+            let before_final = self.prepare_slot(tx);
             let after = self.after_final.entry(tx).or_insert_with(|| AfterFinal {
                 before_final,
                 ..AfterFinal::default()
@@ -293,47 +307,37 @@ impl Indexer {
             after.bytes += u64::from(slot.len);
             self.tx_counts.anomalies += 1;
         }
-        state.prep_off = slot.offset;
-        state.prep_len = slot.len;
+        self.lines[2 * tx as usize + 1] = self.pack(slot, 0);
+    }
+
+    /// The PREPARE a final COMMIT keeps: the last one before the final.
+    fn kept_prepare(&self, tx: TxIdx) -> Option<Slot> {
+        self.after_final
+            .get(&tx)
+            .map_or(self.prepare_slot(tx), |a| a.before_final)
     }
 
     /// Calls `keep` with every surviving line of one transaction.
     fn survivors_of(&self, tx: TxIdx, mut keep: impl FnMut(Slot)) {
-        let state = &self.txs[tx as usize];
-        let Some((final_slot, op)) = state.final_slot() else {
-            state.prepare_slot().into_iter().for_each(keep);
+        let Some((final_slot, op)) = self.final_slot(tx) else {
+            self.prepare_slot(tx).into_iter().for_each(keep);
             return;
         };
         keep(final_slot);
-        let after = self.after_final.get(&tx);
         if op == Op::Commit {
-            let before_final = after.map_or(state.prepare_slot(), |a| a.before_final);
-            before_final.into_iter().for_each(&mut keep);
+            self.kept_prepare(tx).into_iter().for_each(&mut keep);
         }
-        after
+        self.after_final
+            .get(&tx)
             .into_iter()
             .flat_map(|a| a.prepares.iter().copied())
             .for_each(keep);
     }
 
     fn kept_bytes_of(&self, tx: TxIdx) -> u64 {
-        let state = &self.txs[tx as usize];
-        match (state.final_slot(), self.after_final.get(&tx)) {
-            // Anomalies are counted by their running total instead of walked.
-            (Some((f, op)), Some(after)) => {
-                let prep = if op == Op::Commit {
-                    after.before_final.map_or(0, |s| s.len)
-                } else {
-                    0
-                };
-                u64::from(f.len) + u64::from(prep) + after.bytes
-            }
-            _ => {
-                let mut n = 0;
-                self.survivors_of(tx, |s| n += u64::from(s.len));
-                n
-            }
-        }
+        let mut n = 0;
+        self.survivors_of(tx, |s| n += u64::from(s.len));
+        n
     }
 
     /// Line counts so far.
@@ -353,7 +357,21 @@ impl Indexer {
 
     /// Replayed status of one transaction, if it was seen.
     pub fn status(&self, tx: TxIdx) -> Option<TxStatus> {
-        self.txs.get(tx as usize).map(TxState::status)
+        self.lines.get(2 * tx as usize).map(|&f| status_of(f))
+    }
+
+    /// A transaction's last final line (its offset and op), if it was seen and has one.
+    /// Replay orders committed transactions by it.
+    pub fn last_final(&self, tx: TxIdx) -> Option<(u64, Op)> {
+        self.lines
+            .get(2 * tx as usize)
+            .and_then(|&f| final_of(f, &self.long_lens))
+            .map(|(slot, op)| (slot.offset, op))
+    }
+
+    /// Number of transactions seen.
+    pub fn transactions(&self) -> usize {
+        self.lines.len() / 2
     }
 
     /// Transactions by status; walks every transaction once.
@@ -365,38 +383,72 @@ impl Indexer {
     /// appended later with no new PREPARE would be decided by that dropped line, so online
     /// compaction must not copy such a COMMIT verbatim after the compacted prefix.
     pub fn txs_with_dropped_last_prepare(&self) -> impl Iterator<Item = TxIdx> + '_ {
-        (0..self.txs.len() as TxIdx).filter(|&tx| {
-            let s = &self.txs[tx as usize];
-            matches!(s.final_slot(), Some((_, Op::Abort)))
-                && s.prepare_slot().is_some()
+        (0..self.transactions() as TxIdx).filter(|&tx| {
+            matches!(self.final_slot(tx), Some((_, Op::Abort)))
+                && self.prepare_slot(tx).is_some()
                 && !self.after_final.contains_key(&tx)
         })
     }
 
-    /// The surviving byte ranges, sorted and coalesced.
+    /// The surviving lines, in file order. Works on a copy of the index: see
+    /// [`Indexer::into_plan`] to spare that memory.
     pub fn plan(&self) -> Plan {
-        // Counted first: growing the vector would briefly hold it twice, at the peak of a run.
-        let mut survivors = self.unrecognized.len();
-        for tx in 0..self.txs.len() as TxIdx {
-            self.survivors_of(tx, |_| survivors += 1);
+        self.clone().into_plan()
+    }
+
+    /// The surviving lines, in file order, built in the index's own memory: each
+    /// transaction's two packed lines become its survivors or [`NONE`], then one sort.
+    pub fn into_plan(mut self) -> Plan {
+        let txs = self.transactions() as TxIdx;
+        for tx in 0..txs {
+            let (fin, prep) = self.survivor_pair(tx);
+            self.lines[2 * tx as usize] = fin;
+            self.lines[2 * tx as usize + 1] = prep;
         }
-        let mut slots = Vec::with_capacity(survivors);
-        for tx in 0..self.txs.len() as TxIdx {
-            self.survivors_of(tx, |s| slots.push(s));
+        for s in &self.unrecognized {
+            if u64::from(s.len) >= LONG_LEN {
+                self.long_lens.insert(s.offset, s.len);
+            }
         }
-        slots.extend_from_slice(&self.unrecognized);
-        slots.sort_unstable_by_key(|s| s.offset);
-        Plan::from_sorted(&slots, self.bytes, self.counts.lines)
+        let mut survivors = std::mem::take(&mut self.lines);
+        let extra = self
+            .after_final
+            .values()
+            .map(|a| a.prepares.len())
+            .sum::<usize>();
+        survivors.reserve_exact(extra + self.unrecognized.len());
+        let anomalies = self.after_final.values().flat_map(|a| a.prepares.iter());
+        survivors.extend(anomalies.chain(&self.unrecognized).map(|&s| pack(s, 0)));
+        survivors.sort_unstable();
+        let dropped = survivors.partition_point(|&p| p != NONE);
+        survivors.truncate(dropped);
+        survivors.shrink_to_fit();
+        Plan::new(survivors, self.long_lens, self.bytes, self.counts.lines)
+    }
+
+    /// A transaction's final and kept PREPARE as packed survivors (flag cleared), or [`NONE`].
+    /// Its anomalies are added by the caller.
+    fn survivor_pair(&self, tx: TxIdx) -> (u64, u64) {
+        let plain = |s: Slot| pack(s, 0);
+        match self.final_slot(tx) {
+            None => (NONE, self.prepare_slot(tx).map_or(NONE, plain)),
+            Some((f, Op::Abort)) => (plain(f), NONE),
+            Some((f, _)) => (plain(f), self.kept_prepare(tx).map_or(NONE, plain)),
+        }
     }
 }
 
-/// What compaction keeps: byte ranges of the scanned prefix, in file order. Everything from
+/// What compaction keeps: whole lines of the scanned prefix, in file order. Everything from
 /// `scanned_len` on (a torn tail, or lines appended during an online compaction) is copied
 /// verbatim after them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Sorted, non-overlapping, non-adjacent ranges of whole surviving lines.
-    pub ranges: Vec<Range<u64>>,
+    /// Surviving lines, packed (8 bytes each) and sorted by offset.
+    survivors: Vec<u64>,
+    long_lens: LongLens,
+    survivor_bytes: u64,
+    /// Set by [`Plan::release_lines`].
+    released: bool,
     /// Bytes of complete lines the plan covers (its input), i.e. `[0, scanned_len)`.
     pub scanned_len: u64,
     pub survivor_lines: u64,
@@ -404,27 +456,52 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn from_sorted(slots: &[Slot], scanned_len: u64, lines: u64) -> Plan {
-        let mut ranges: Vec<Range<u64>> = Vec::new();
-        for s in slots {
-            let end = s.offset + u64::from(s.len);
-            match ranges.last_mut() {
-                Some(last) if last.end == s.offset => last.end = end,
-                _ => ranges.push(s.offset..end),
-            }
-        }
-        let survivor_lines = slots.len() as u64;
+    fn new(survivors: Vec<u64>, long_lens: LongLens, scanned_len: u64, lines: u64) -> Plan {
+        let survivor_lines = survivors.len() as u64;
+        let survivor_bytes = survivors
+            .iter()
+            .map(|&p| u64::from(unpack(p, &long_lens).len))
+            .sum();
         Plan {
-            ranges,
+            survivors,
+            long_lens,
+            survivor_bytes,
+            released: false,
             scanned_len,
             survivor_lines,
             dropped_lines: lines - survivor_lines,
         }
     }
 
+    /// The surviving byte ranges: sorted, non-overlapping, adjacent lines coalesced.
+    pub fn ranges(&self) -> impl Iterator<Item = Range<u64>> + '_ {
+        let mut lines = self.lines().peekable();
+        std::iter::from_fn(move || {
+            let first = lines.next()?;
+            let mut range = first.offset..first.offset + u64::from(first.len);
+            while let Some(next) = lines.next_if(|s| s.offset == range.end) {
+                range.end += u64::from(next.len);
+            }
+            Some(range)
+        })
+    }
+
+    fn lines(&self) -> impl Iterator<Item = Slot> + '_ {
+        assert!(!self.released, "the plan's lines were released");
+        self.survivors.iter().map(|&p| unpack(p, &self.long_lens))
+    }
+
+    /// Frees the surviving lines once they are written: verification would otherwise hold
+    /// them at the peak of a run's memory. The figures stay; [`Plan::ranges`] and
+    /// [`Plan::keeps`] panic afterwards.
+    pub fn release_lines(&mut self) {
+        self.released = true;
+        self.survivors = Vec::new();
+    }
+
     /// Bytes of the scanned prefix that survive.
     pub fn survivor_bytes(&self) -> u64 {
-        self.ranges.iter().map(|r| r.end - r.start).sum()
+        self.survivor_bytes
     }
 
     /// Bytes of the scanned prefix that compaction removes.
@@ -434,8 +511,10 @@ impl Plan {
 
     /// True if the line starting at `offset` survives.
     pub fn keeps(&self, offset: u64) -> bool {
-        let i = self.ranges.partition_point(|r| r.end <= offset);
-        self.ranges.get(i).is_some_and(|r| r.start <= offset)
+        assert!(!self.released, "the plan's lines were released");
+        self.survivors
+            .binary_search_by_key(&offset, |&p| packed_offset(p))
+            .is_ok()
     }
 }
 

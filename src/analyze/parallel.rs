@@ -11,7 +11,6 @@
 //! chunks per thread plus, as before, a few words per transaction.
 
 use std::fs::File;
-use std::hash::BuildHasher;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -21,7 +20,7 @@ use super::{
 };
 use crate::replay::{DataHash, NO_PREPARE, data_hash_raw, torn_tail_hash};
 use crate::rules::{LineKind, Slot};
-use crate::wal::{Op, RawEntry, decode_raw};
+use crate::wal::{Op, RawEntry, decode_raw, hash_id};
 use hashbrown::DefaultHashBuilder;
 
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
@@ -391,7 +390,7 @@ fn line(
                 rec.a = batch.ids.len();
                 batch.ids.push_str(&tx_id);
                 rec.b = batch.ids.len();
-                rec.id_hash = ids.hash_one(&*tx_id);
+                rec.id_hash = hash_id(ids, tx_id.as_bytes());
                 if want.replay && !op.is_final() {
                     rec.hash = data_hash_raw(data);
                 }
@@ -420,7 +419,9 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
                     .intern_hashed(&batch.ids[rec.a..rec.b], rec.id_hash)
                     .ok_or(AnalyzeError::TooManyTransactions)?;
                 if pass.want.replay {
-                    pass.replay.observe_tx(op, tx, rec.hash);
+                    let had_final = pass.index.last_final(tx).is_some();
+                    pass.replay
+                        .observe_tx(op, tx, rec.offset, rec.hash, had_final);
                 }
                 LineKind::Tx { op, tx }
             }
@@ -437,6 +438,7 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
         if pass.want.index {
             // Decoders only produce these kinds for lines shorter than 4 GiB.
             let len = (rec.len + 1) as u32;
+            super::check_size(rec.offset, len)?;
             pass.index.observe(
                 Slot {
                     offset: rec.offset,

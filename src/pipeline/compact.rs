@@ -34,7 +34,7 @@ pub fn write_plan<R: Read + Seek, W: Write>(
     let mut pos = 0;
     let mut written = 0;
     let tail = plan.scanned_len..end;
-    for r in plan.ranges.iter().chain(std::iter::once(&tail)) {
+    for r in plan.ranges().chain(std::iter::once(tail)) {
         reader.seek_relative(i64::try_from(r.start - pos).map_err(io::Error::other)?)?;
         written += copy_exact(&mut reader, r.end - r.start, out, r.start)?;
         pos = r.end;

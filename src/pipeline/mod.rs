@@ -224,7 +224,7 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
             recovered,
         ));
     }
-    let (backup, online) = compact_and_swap(req, &snap, &backup_dir, &mut clock)?;
+    let (backup, online) = compact_and_swap(req, &mut snap, &backup_dir, &mut clock)?;
     let mut r = report(
         req,
         &snap,
@@ -244,7 +244,7 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
 /// The stages that change files, each preceded by its journal entry.
 fn compact_and_swap(
     req: &Request,
-    snap: &Snapshot,
+    snap: &mut Snapshot,
     backup_dir: &Path,
     clock: &mut Clock,
 ) -> Result<(backup::Backup, Option<OnlineStats>), PipelineError> {
@@ -274,7 +274,7 @@ fn compact_and_swap(
 
 fn write_verify_swap(
     req: &Request,
-    snap: &Snapshot,
+    snap: &mut Snapshot,
     temp_path: &Path,
     backup: &backup::Backup,
     entry: &mut journal::Journal,
@@ -286,6 +286,8 @@ fn write_verify_swap(
         compact::write_temp(&snap.file, &snap.plan, snap.id.len, temp_path, &snap.meta)
     })?;
     let expected_len = snap.plan.survivor_bytes() + (snap.id.len - snap.plan.scanned_len);
+    // Written: verification need not hold the plan's lines too.
+    snap.plan.release_lines();
     clock.stage(Stage::Verify, || {
         verify::verify_temp(&temp.path, wal, &snap.replay, expected_len)
     })?;

@@ -89,8 +89,8 @@ impl Snapshot {
             index, replay, ids, ..
         } = analysis;
         drop(ids);
-        let plan = index.plan();
         let counts = index.counts();
+        let plan = index.into_plan();
         let replay = replay.expect("replay requested");
         Ok(Snapshot {
             file,

@@ -167,7 +167,7 @@ fn plan_keeps_reports_membership() {
     assert!(!plan.keeps(0));
     assert!(plan.keeps(second));
     assert!(plan.keeps(second + p("a", 2).len() as u64));
-    assert_eq!(plan.ranges.len(), 1, "adjacent survivors coalesce");
+    assert_eq!(plan.ranges().count(), 1, "adjacent survivors coalesce");
 }
 
 #[test]
@@ -207,4 +207,52 @@ fn tracker_fed_in_pieces_matches_one_full_pass() {
     assert_eq!(t.index().counts(), one.index.counts());
     assert_eq!(t.index().tx_counts(), one.index.tx_counts());
     assert_eq!(t.lines(), one.lines);
+}
+
+/// Lines of 8 MiB or more do not fit a packed length and are looked up aside: they must
+/// be kept, dropped and measured like any other line, as PREPARE, final or unrecognized.
+#[test]
+fn lines_too_long_to_pack_follow_the_same_rules() {
+    use crate::analyze::{Want, analyze};
+    let big = "x".repeat(9 << 20);
+    let big_p =
+        |tx: &str| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{tx}\", \"data\": \"{big}\"}}\n");
+    let big_c =
+        |tx: &str| format!("{{\"op\": \"COMMIT\", \"tx_id\": \"{tx}\", \"pad\": \"{big}\"}}\n");
+    let big_u = format!("{{\"op\": \"CHECKPOINT\", \"pad\": \"{big}\"}}\n");
+    let input = [
+        big_p("a"),
+        p("a", 2),
+        c("a"),
+        big_p("b"),
+        big_u.clone(),
+        big_c("b"),
+        big_c("b"),
+        big_p("c"),
+        a("c"),
+        c("c"),
+    ];
+    let want = [
+        p("a", 2),
+        c("a"),
+        big_p("b"),
+        big_u,
+        big_c("b"),
+        big_p("c"),
+        c("c"),
+    ];
+    assert_eq!(compact(&input), want.concat());
+    let text = input.concat();
+    let an = analyze(
+        text.as_bytes(),
+        Want {
+            index: true,
+            replay: false,
+        },
+        &mut |_| {},
+    )
+    .unwrap();
+    let kept = want.concat().len() as u64;
+    assert_eq!(an.index.reclaimable_bytes(), text.len() as u64 - kept);
+    assert_eq!(an.index.plan().survivor_bytes(), kept);
 }

@@ -25,10 +25,14 @@ impl Op {
     pub const ALL: [Op; 3] = [Op::Prepare, Op::Commit, Op::Abort];
 
     fn from_wire(s: &str) -> Option<Op> {
+        Op::from_wire_bytes(s.as_bytes())
+    }
+
+    fn from_wire_bytes(s: &[u8]) -> Option<Op> {
         match s {
-            "PREPARE" => Some(Op::Prepare),
-            "COMMIT" => Some(Op::Commit),
-            "ABORT" => Some(Op::Abort),
+            b"PREPARE" => Some(Op::Prepare),
+            b"COMMIT" => Some(Op::Commit),
+            b"ABORT" => Some(Op::Abort),
             _ => None,
         }
     }
@@ -104,7 +108,8 @@ pub enum RawEntry<'a> {
     Tx {
         op: Op,
         tx_id: Cow<'a, str>,
-        data: Option<&'a str>,
+        /// The raw JSON text of `data`.
+        data: Option<&'a [u8]>,
     },
 }
 
@@ -116,7 +121,7 @@ impl<'a> From<Entry<'a>> for RawEntry<'a> {
             Entry::Tx(t) => RawEntry::Tx {
                 op: t.op,
                 tx_id: t.tx_id,
-                data: t.data.map(RawValue::get),
+                data: t.data.map(|d| d.get().as_bytes()),
             },
         }
     }
@@ -130,12 +135,12 @@ pub fn decode_raw(line: &[u8]) -> Result<RawEntry<'_>, DecodeError> {
     if is_blank(line) {
         return Ok(RawEntry::Blank);
     }
+    if let Some(entry) = fast::object(line) {
+        return Ok(entry);
+    }
     let text = std::str::from_utf8(line).map_err(|e| DecodeError::Utf8 {
         valid_up_to: e.valid_up_to(),
     })?;
-    if let Some(entry) = fast::object(text) {
-        return Ok(entry);
-    }
     decode_text(text).map(RawEntry::from)
 }
 
@@ -179,18 +184,17 @@ mod fast {
         }
 
         /// A string without escapes or control characters, at its opening quote: its
-        /// contents' span.
+        /// contents' span. Contents with non-ASCII bytes must be valid UTF-8.
         fn string(&mut self) -> Option<(usize, usize)> {
             self.eat(b'"')?;
             let start = self.i;
-            let rest = &self.s[start..];
-            let n = memchr::memchr2(b'"', b'\\', rest)?;
-            // A branch-free scan the compiler vectorizes.
-            if rest[n] != b'"' || rest[..n].iter().fold(false, |c, &b| c | (b < 0x20)) {
-                return None;
+            let (n, non_ascii) = plain_string_len(&self.s[start..])?;
+            let end = start + n;
+            if non_ascii {
+                std::str::from_utf8(&self.s[start..end]).ok()?;
             }
-            self.i = start + n + 1;
-            Some((start, start + n))
+            self.i = end + 1;
+            Some((start, end))
         }
 
         fn digits(&mut self) -> usize {
@@ -279,12 +283,60 @@ mod fast {
         }
     }
 
-    /// The whole line as one object, or `None` to leave it to serde_json.
-    pub(super) fn object(text: &str) -> Option<RawEntry<'_>> {
-        let mut p = Scan {
-            s: text.as_bytes(),
-            i: 0,
-        };
+    /// Bytes per SWAR word: strings are scanned a `u64` at a time.
+    const WORD: usize = 8;
+    const ONES: u64 = u64::from_le_bytes([0x01; WORD]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; WORD]);
+
+    /// The high bit of each zero byte of `x`. Exact up to the first zero byte: a borrow
+    /// only moves upward, so a false hit always has a true one below it.
+    fn zero_bytes(x: u64) -> u64 {
+        x.wrapping_sub(ONES) & !x & HIGHS
+    }
+
+    /// The bytes of `x` that end or complicate a plain string: `"`, `\\` and control
+    /// characters (below 0x20). Exact up to the first such byte, as [`zero_bytes`].
+    fn specials(x: u64) -> u64 {
+        let controls = x.wrapping_sub(ONES * 0x20) & !x & HIGHS;
+        zero_bytes(x ^ (ONES * u64::from(b'"')))
+            | zero_bytes(x ^ (ONES * u64::from(b'\\')))
+            | controls
+    }
+
+    /// The length of a string's contents up to its closing quote, and whether they have a
+    /// non-ASCII byte; `None` at an escape, a control character or the end of input.
+    fn plain_string_len(s: &[u8]) -> Option<(usize, bool)> {
+        let mut high = 0;
+        let mut words = s.chunks_exact(WORD);
+        let mut at = 0;
+        for word in &mut words {
+            let x = u64::from_le_bytes(word.try_into().expect("a whole word"));
+            let hits = specials(x);
+            if hits != 0 {
+                let j = (hits.trailing_zeros() / 8) as usize;
+                // Only the bytes before the hit are contents.
+                high |= x & HIGHS & ((1u64 << (8 * j)) - 1);
+                return (word[j] == b'"').then_some((at + j, high != 0));
+            }
+            high |= x & HIGHS;
+            at += WORD;
+        }
+        for (j, &b) in words.remainder().iter().enumerate() {
+            match b {
+                b'"' => return Some((at + j, high != 0)),
+                b'\\' | 0..=0x1f => return None,
+                0x80.. => high = HIGHS,
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The whole line as one object, or `None` to leave it to serde_json. Bytes outside
+    /// strings must be ASCII grammar and strings are checked, so `Some` means the whole
+    /// line is valid UTF-8.
+    pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
+        let mut p = Scan { s: line, i: 0 };
         let mut op = None;
         let mut tx_id = None;
         let mut data = None;
@@ -320,13 +372,13 @@ mod fast {
         if p.i != p.s.len() {
             return None;
         }
-        // Every span starts and ends next to an ASCII delimiter: valid `str` boundaries.
-        let op = op.and_then(|(a, b)| Op::from_wire(&text[a..b]));
+        let op = op.and_then(|(a, b)| Op::from_wire_bytes(&line[a..b]));
         Some(match (op, tx_id) {
             (Some(op), Some((a, b))) => RawEntry::Tx {
                 op,
-                tx_id: Cow::Borrowed(&text[a..b]),
-                data: data.map(|(a, b)| &text[a..b]),
+                // Checked by `string` already; ids are short.
+                tx_id: Cow::Borrowed(std::str::from_utf8(&line[a..b]).ok()?),
+                data: data.map(|(a, b)| &line[a..b]),
             },
             _ => RawEntry::Unrecognized,
         })
@@ -590,6 +642,35 @@ mod tests {
         ));
     }
 
+    /// The word-at-a-time string scan, at every position of every byte class within and
+    /// across words: a quote, a backslash, a control byte, and UTF-8 valid or not.
+    #[test]
+    fn raw_decoding_matches_decode_for_strings_across_words() {
+        let specials: [&[u8]; 7] = [
+            b"\"",
+            b"\\n",
+            b"\x01",
+            b"\x1f",
+            "é".as_bytes(),
+            b"\xff",
+            b"\xc3",
+        ];
+        for len in 0..20 {
+            for at in 0..=len {
+                for special in specials {
+                    let mut id = vec![b'x'; len];
+                    id.splice(at..at, special.iter().copied());
+                    let mut line = br#"{"op":"COMMIT","tx_id":""#.to_vec();
+                    line.extend_from_slice(&id);
+                    line.extend_from_slice(br#"","k":"v"}"#);
+                    let slow = decode(&line).map(RawEntry::from).map_err(|e| e.to_string());
+                    let fast = decode_raw(&line).map_err(|e| e.to_string());
+                    assert_eq!(slow, fast, "{}", String::from_utf8_lossy(&line));
+                }
+            }
+        }
+    }
+
     #[test]
     fn raw_decoding_matches_decode() {
         for line in [
@@ -616,11 +697,11 @@ mod tests {
             assert_eq!(slow, fast, "{line}");
         }
         assert_eq!(
-            fast::object(r#"{"op":"PREPARE","tx_id":"a","data": {"v": [1]} }"#),
+            fast::object(br#"{"op":"PREPARE","tx_id":"a","data": {"v": [1]} }"#),
             Some(RawEntry::Tx {
                 op: Op::Prepare,
                 tx_id: "a".into(),
-                data: Some(r#"{"v": [1]}"#)
+                data: Some(br#"{"v": [1]}"#)
             })
         );
     }

@@ -1,7 +1,8 @@
 //! Transaction ids stored once in one arena, referred to by a 4-byte index.
 //!
 //! Compaction memory grows with the number of transactions, so each one costs its id's bytes
-//! plus a few words: no per-id heap allocation, no `String` headers.
+//! plus 10 to 15 bytes (4 for its end; a 4-byte table slot and its control byte at a table
+//! load of 45-87%): no per-id heap allocation, no `String` headers.
 
 use hashbrown::DefaultHashBuilder;
 use hashbrown::HashTable;
@@ -10,66 +11,27 @@ use std::hash::BuildHasher;
 /// Index of an interned transaction id; dense from 0 in order of first appearance.
 pub type TxIdx = u32;
 
-/// An append-only set of transaction ids.
+/// Interned ids without their lookup table: what a finished pass keeps (the table is
+/// about half of the interner's memory).
 #[derive(Default)]
-pub struct Interner {
-    /// (index, 32 bits of the id's hash): keeping the hash means growing the table never
-    /// re-reads ids, and most failed probes are rejected without comparing bytes.
-    table: HashTable<(TxIdx, u32)>,
+pub struct Ids {
     /// End offset in `arena` of each id; id `i` spans `ends[i-1]..ends[i]`.
-    ends: Vec<usize>,
+    ends: Vec<u32>,
     /// Concatenated ids; only whole `&str`s are appended, so every span is valid UTF-8.
     arena: Vec<u8>,
-    hasher: DefaultHashBuilder,
 }
 
-/// The table hash of an entry, rebuilt from its stored 32 bits (enough for 2^32 buckets).
-fn table_hash(h32: u32) -> u64 {
-    (u64::from(h32) << 32) | u64::from(h32)
-}
-
-impl Interner {
-    /// The index of `id`, adding it if new. Returns `None` only past `u32::MAX` ids.
-    pub fn intern(&mut self, id: &str) -> Option<TxIdx> {
-        let hash = self.hasher.hash_one(id);
-        self.intern_hashed(id, hash)
-    }
-
-    /// The hasher [`Interner::intern_hashed`] expects hashes from (`hash_one(id)`), so other
-    /// threads can hash ids ahead of interning.
-    pub fn hasher(&self) -> DefaultHashBuilder {
-        self.hasher
-    }
-
-    /// [`Interner::intern`] with `hash == self.hasher().hash_one(id)` computed by the caller.
-    pub fn intern_hashed(&mut self, id: &str, hash: u64) -> Option<TxIdx> {
-        let h32 = (hash >> 32) as u32;
-        let Interner {
-            table, ends, arena, ..
-        } = self;
-        let bytes = id.as_bytes();
-        let found = table.find(table_hash(h32), |&(i, h)| {
-            h == h32 && span(ends, arena, i) == bytes
-        });
-        if let Some(&(i, _)) = found {
-            return Some(i);
-        }
-        let idx = TxIdx::try_from(ends.len()).ok()?;
-        arena.extend_from_slice(bytes);
-        ends.push(arena.len());
-        table.insert_unique(table_hash(h32), (idx, h32), |&(_, h)| table_hash(h));
-        Some(idx)
-    }
-
+impl Ids {
     /// The id behind an index.
     pub fn get(&self, idx: TxIdx) -> &str {
-        std::str::from_utf8(span(&self.ends, &self.arena, idx))
-            .expect("the arena holds whole str values")
+        std::str::from_utf8(self.get_bytes(idx)).expect("the arena holds whole str values")
     }
 
     /// The bytes of the id behind an index (valid UTF-8; no check).
     pub fn get_bytes(&self, idx: TxIdx) -> &[u8] {
-        span(&self.ends, &self.arena, idx)
+        let i = idx as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.arena[start..self.ends[i] as usize]
     }
 
     /// Number of distinct ids.
@@ -83,10 +45,59 @@ impl Interner {
     }
 }
 
-fn span<'a>(ends: &[usize], arena: &'a [u8], idx: TxIdx) -> &'a [u8] {
-    let i = idx as usize;
-    let start = if i == 0 { 0 } else { ends[i - 1] };
-    &arena[start..ends[i]]
+/// An append-only set of transaction ids.
+#[derive(Default)]
+pub struct Interner {
+    /// Indexes only, 4 bytes a slot: when the table grows, hashes are recomputed from the
+    /// ids, and hashbrown's control bytes already reject most failed probes.
+    table: HashTable<TxIdx>,
+    ids: Ids,
+    hasher: DefaultHashBuilder,
+}
+
+impl Interner {
+    /// The index of `id`, adding it if new. Returns `None` past `u32::MAX` ids or 4 GiB of
+    /// id bytes.
+    pub fn intern(&mut self, id: &str) -> Option<TxIdx> {
+        let hash = hash_id(&self.hasher, id.as_bytes());
+        self.intern_hashed(id, hash)
+    }
+
+    /// The hasher [`Interner::intern_hashed`] expects hashes from (through [`hash_id`]), so
+    /// other threads can hash ids ahead of interning.
+    pub fn hasher(&self) -> DefaultHashBuilder {
+        self.hasher
+    }
+
+    /// [`Interner::intern`] with `hash == hash_id(&self.hasher(), id)` computed by the caller.
+    pub fn intern_hashed(&mut self, id: &str, hash: u64) -> Option<TxIdx> {
+        let Interner { table, ids, hasher } = self;
+        let bytes = id.as_bytes();
+        if let Some(&i) = table.find(hash, |&i| ids.get_bytes(i) == bytes) {
+            return Some(i);
+        }
+        let idx = TxIdx::try_from(ids.len()).ok()?;
+        let end = u32::try_from(ids.arena.len() + bytes.len()).ok()?;
+        ids.arena.extend_from_slice(bytes);
+        ids.ends.push(end);
+        table.insert_unique(hash, idx, |&i| hash_id(hasher, ids.get_bytes(i)));
+        Some(idx)
+    }
+
+    /// The ids so far, by index.
+    pub fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    /// Ends interning: frees the lookup table and keeps the ids.
+    pub fn into_ids(self) -> Ids {
+        self.ids
+    }
+}
+
+/// The hash the interner files an id under.
+pub fn hash_id(hasher: &DefaultHashBuilder, id: &[u8]) -> u64 {
+    hasher.hash_one(id)
 }
 
 #[cfg(test)]
@@ -101,8 +112,11 @@ mod tests {
         let e = i.intern("").unwrap();
         assert_eq!(i.intern("tx_1"), Some(a));
         assert_eq!((a, b, e), (0, 1, 2));
-        assert_eq!((i.get(a), i.get(b), i.get(e)), ("tx_1", "tx_2", ""));
-        assert_eq!(i.len(), 3);
+        assert_eq!(
+            (i.ids().get(a), i.ids().get(b), i.ids().get(e)),
+            ("tx_1", "tx_2", "")
+        );
+        assert_eq!(i.ids().len(), 3);
     }
 
     #[test]
@@ -113,9 +127,9 @@ mod tests {
         }
         let h = i.hasher();
         for n in 0..10_000 {
-            assert_eq!(i.get(n), format!("t{n}"));
+            assert_eq!(i.ids().get(n), format!("t{n}"));
             let id = format!("t{n}");
-            assert_eq!(i.intern_hashed(&id, h.hash_one(id.as_str())), Some(n));
+            assert_eq!(i.intern_hashed(&id, hash_id(&h, id.as_bytes())), Some(n));
             assert_eq!(i.intern(&format!("t{n}")), Some(n));
         }
     }

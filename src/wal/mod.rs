@@ -6,5 +6,5 @@ mod intern;
 mod scan;
 
 pub use entry::{DecodeError, Entry, Op, RawEntry, TxEntry, decode, decode_raw};
-pub use intern::{Interner, TxIdx};
+pub use intern::{Ids, Interner, TxIdx, hash_id};
 pub use scan::{Item, LineScanner, RawLine, SCAN_BUFFER_BYTES};
