@@ -111,7 +111,23 @@ enum Command {
     },
 }
 
+/// Allocations from this size on get their own mappings (glibc's default is 128 KiB).
+const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
+
+/// Fixes glibc's mmap threshold. By default it rises (up to 32 MiB) each time a large
+/// block is freed; the per-transaction vectors then grow inside the heap, where every
+/// doubling copies and leaves the old block resident: +50 % peak RSS on a 1 GB WAL. Fixed,
+/// they stay mappings that grow with mremap and return to the system when freed.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     // Fault injection for the crash suite: FAILPOINTS="name=action;..." (failpoints builds only).
     #[cfg(feature = "failpoints")]
     let _failpoints = fail::FailScenario::setup();
