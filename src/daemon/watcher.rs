@@ -21,8 +21,8 @@ use crate::fsutil::parent_dir;
 /// MODIFYs), so a writer doing 20k writes/s costs ~4 wake-ups/s instead of 20k.
 /// Supervisors coalesce hints for longer anyway, so no latency is added that matters.
 const EVENT_THROTTLE: Duration = Duration::from_millis(250);
-/// Handler calls closer together than this belong to one batch already read from the
-/// inotify descriptor; only the first of a batch pauses.
+/// Events handled this soon after a pause ended were queued during it (the batch read
+/// from the inotify descriptor when the pause ended): they need no pause of their own.
 const BATCH_GAP: Duration = Duration::from_millis(1);
 
 /// A supervisor's wake-up: coalesces any number of events into one pending wake.
@@ -71,19 +71,19 @@ impl Watcher {
     pub fn new(policy_changed: mpsc::UnboundedSender<()>) -> Result<Watcher, DaemonError> {
         let routes = Arc::new(Mutex::new(Routes::default()));
         let r = Arc::clone(&routes);
-        let mut last_return = Instant::now();
+        let mut pause_ended = Instant::now();
         let inner = notify::recommended_watcher(move |res: notify::Result<Event>| {
-            // Fresh = we were idle in epoll, not in the middle of a batch already read.
-            let fresh = last_return.elapsed() > BATCH_GAP;
             let poked = route(
                 &r.lock().unwrap_or_else(|e| e.into_inner()),
                 res,
                 &policy_changed,
             );
-            if fresh && poked {
+            // Anchored at the end of the last pause, not at the last event: a writer's
+            // events can arrive closer together than any gap, and must still be paused.
+            if poked && pause_ended.elapsed() > BATCH_GAP {
                 std::thread::sleep(EVENT_THROTTLE);
+                pause_ended = Instant::now();
             }
-            last_return = Instant::now();
         })?;
         Ok(Watcher {
             inner,
