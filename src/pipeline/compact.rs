@@ -112,6 +112,7 @@ pub fn compact_bytes(input: &[u8]) -> Result<Vec<u8>, CompactBytesError> {
 pub struct TempFile {
     pub path: PathBuf,
     pub len: u64,
+    file: File,
     keep: bool,
 }
 
@@ -119,6 +120,22 @@ impl TempFile {
     /// The temp has been renamed or handed over: do not delete it on drop.
     pub fn keep(&mut self) {
         self.keep = true;
+    }
+
+    /// fsyncs the temp file. It must return before the temp is renamed over the WAL, or a
+    /// crash can leave an empty or partial WAL; it may run while verification re-reads.
+    pub fn sync(&self) -> Result<(), PipelineError> {
+        crate::crash_point!("compact::before_fsync::crash");
+        fail::fail_point!("compact::before_fsync::error", |_| Err(PipelineError::io(
+            Stage::Compact,
+            "fsync",
+            &self.path
+        )(
+            io::Error::other("injected failure before fsync")
+        )));
+        self.file
+            .sync_all()
+            .map_err(PipelineError::io(Stage::Compact, "fsync", &self.path))
     }
 }
 
@@ -130,8 +147,8 @@ impl Drop for TempFile {
     }
 }
 
-/// Writes the compacted WAL to `temp` with the WAL's owner and mode, and fsyncs it.
-/// fsync the temp file BEFORE it is verified and renamed, or a crash can leave an empty WAL.
+/// Writes the compacted WAL to `temp` with the WAL's owner and mode. Not fsynced yet: the
+/// caller runs [`TempFile::sync`] (while verifying) before any rename.
 pub fn write_temp(
     src: &File,
     plan: &Plan,
@@ -145,15 +162,16 @@ pub fn write_temp(
         .truncate(true)
         .open(temp)
         .map_err(PipelineError::io(Stage::Compact, "create", temp))?;
+    let result = fill(src, plan, end, &mut file, wal_meta);
     let mut guard = TempFile {
         path: temp.to_path_buf(),
         len: 0,
+        file,
         keep: false,
     };
-    let io_err = PipelineError::io(Stage::Compact, "write", temp);
-    match fill(src, plan, end, &mut file, wal_meta) {
+    match result {
         Ok(len) => guard.len = len,
-        Err(e) => return Err(io_err(e)),
+        Err(e) => return Err(PipelineError::io(Stage::Compact, "write", temp)(e)),
     }
     Ok(guard)
 }
@@ -184,12 +202,6 @@ fn fill(
         io::Error::from_raw_os_error(libc::ENOSPC)
     ));
     out.flush()?;
-    drop(out);
-    crate::crash_point!("compact::before_fsync::crash");
-    fail::fail_point!("compact::before_fsync::error", |_| Err(io::Error::other(
-        "injected failure before fsync"
-    )));
-    file.sync_all()?;
     Ok(n)
 }
 

@@ -33,6 +33,7 @@ pub use snapshot::{Snapshot, open_wal};
 pub(crate) const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::fsutil::{FileId, available_bytes, parent_dir, sibling};
+use crate::replay::ReplayState;
 
 /// A step of a run; logs and metrics name stages with these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -289,7 +290,7 @@ fn write_verify_swap(
     // Written: verification need not hold the plan's lines too.
     snap.plan.release_lines();
     clock.stage(Stage::Verify, || {
-        verify::verify_temp(&temp.path, wal, &snap.replay, expected_len)
+        sync_and_verify(&temp, wal, &snap.replay, expected_len)
     })?;
     checkpoint(req, Stage::Swap)?;
     let stats = match req.online {
@@ -308,6 +309,25 @@ fn write_verify_swap(
     check_or_rollback(req, backup, entry, stats.as_ref(), clock)?;
     journal::clear(wal)?;
     Ok(stats)
+}
+
+/// fsyncs the temp while verification re-reads it: the flush to disk waits on the device,
+/// verification on the CPU. Both must succeed before the rename (fsync the temp file BEFORE
+/// rename, or a crash can leave an empty WAL); an fsync error is reported first.
+fn sync_and_verify(
+    temp: &compact::TempFile,
+    wal: &Path,
+    expected: &ReplayState,
+    expected_len: u64,
+) -> Result<(), PipelineError> {
+    std::thread::scope(|scope| {
+        let synced = scope.spawn(|| temp.sync());
+        let verified = verify::verify_temp(&temp.path, wal, expected, expected_len);
+        let synced = synced
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        synced.and(verified.map(|_| ()))
+    })
 }
 
 /// Records the swap in the journal, then renames the temp over the WAL.
