@@ -89,6 +89,8 @@ fn json_line() -> impl Strategy<Value = String> {
         Just("null".to_string()),
         Just("1e999".to_string()),
         "\"[a-z\\\\u0-9\t\"]{0,6}\"".prop_map(|s| s),
+        // Long enough to cross the 16-byte blocks and 8-byte words strings are scanned in.
+        "\"[a-z\u{e9}\\\\\"\t\\x01]{0,40}\"".prop_map(|s| s),
         Just("\"\\u0041\"".to_string()),
         Just("\"PREPARE\"".to_string()),
         Just("\"COMMIT\"".to_string()),
