@@ -6,8 +6,10 @@
 //!   paths (every error collected), the embedded default. Reads the policy file, nothing else.
 //! - [`wal`]: reading a WAL — line scanning (offsets, torn tail), decoding `op`/`tx_id`/`data`,
 //!   interning transaction ids. Never writes.
-//! - [`rules`]: the compaction rules as a pure index → [`rules::Plan`] of surviving byte ranges.
-//! - [`replay`]: the replay state and its SHA-256 digest, computed independently of the rules.
+//! - [`rules`]: the compaction rules as a pure index (16 bytes per transaction) →
+//!   [`rules::Plan`] of surviving lines.
+//! - [`replay`]: the replay state and its SHA-256 digest, computed independently of the rules'
+//!   decisions (it reads only each transaction's last final line from their index).
 //! - [`analyze`]: one streaming pass feeding the scanner's lines to the rules and the replay.
 //! - [`pipeline`]: backup → compact → verify → swap (→ rollback), the journal and the lock;
 //!   one module per stage, sequenced by `pipeline::run`.
