@@ -7,7 +7,8 @@ use std::io::{self, BufRead};
 
 mod parallel;
 pub use parallel::{
-    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_slice, analyze_source,
+    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_file_expecting, analyze_slice,
+    analyze_source,
 };
 
 use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash_raw};
@@ -122,6 +123,11 @@ struct Pass {
 
 impl Pass {
     fn new(want: Want) -> Pass {
+        Pass::with_capacity(want, 0)
+    }
+
+    /// A pass expecting `txs` transactions (0 when unknown).
+    fn with_capacity(want: Want, txs: usize) -> Pass {
         // Replay reads each transaction's last final from the index.
         let want = Want {
             index: want.index || want.replay,
@@ -129,9 +135,9 @@ impl Pass {
         };
         Pass {
             want,
-            ids: Interner::default(),
-            index: Indexer::default(),
-            replay: Replayer::default(),
+            ids: Interner::with_capacity(txs),
+            index: Indexer::with_capacity(txs),
+            replay: Replayer::with_capacity(if want.replay { txs } else { 0 }),
             lines: 0,
             torn_tail_bytes: 0,
             corrupt: Vec::new(),
@@ -349,7 +355,7 @@ pub fn explain<R: BufRead>(
             Ok(Entry::Tx(t)) => LineKind::Tx {
                 op: t.op,
                 tx: ids
-                    .intern(&t.tx_id)
+                    .intern(t.tx_id.as_bytes())
                     .ok_or(AnalyzeError::TooManyTransactions)?,
             },
             _ => continue,

@@ -114,6 +114,14 @@ pub struct Replayer {
 }
 
 impl Replayer {
+    /// A replayer with room for `txs` transactions (reserved, not touched).
+    pub fn with_capacity(txs: usize) -> Replayer {
+        Replayer {
+            last_data: Vec::with_capacity(txs),
+            ..Replayer::default()
+        }
+    }
+
     /// A recognized line of transaction `tx` at `offset`; `data` is [`data_hash`] of a
     /// PREPARE's `data` (ignored for COMMIT/ABORT). `had_final`: the transaction had a final
     /// line before this one (the index knows, before it observes this line).

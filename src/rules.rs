@@ -205,6 +205,14 @@ pub struct Indexer {
 }
 
 impl Indexer {
+    /// An index with room for `txs` transactions (their memory is reserved, not touched).
+    pub fn with_capacity(txs: usize) -> Indexer {
+        Indexer {
+            lines: Vec::with_capacity(2 * txs),
+            ..Indexer::default()
+        }
+    }
+
     /// Records one complete line, in file order. It must end below [`MAX_WAL_BYTES`].
     pub fn observe(&mut self, slot: Slot, kind: LineKind) {
         self.counts.lines += 1;

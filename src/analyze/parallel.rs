@@ -87,6 +87,17 @@ pub fn analyze_file(
     analyze_source(file, len, want, Parallelism::default(), progress)
 }
 
+/// [`analyze_file`] of a file known to hold `txs` transactions (verification knows the
+/// original's count): its tables are sized once instead of growing.
+pub fn analyze_file_expecting(
+    file: &File,
+    len: u64,
+    want: Want,
+    txs: usize,
+) -> Result<Analysis, AnalyzeError> {
+    run(file, len, want, Parallelism::default(), txs, &mut |_| {})
+}
+
 /// Runs the pass over bytes in memory, decoding in parallel.
 pub fn analyze_slice(
     bytes: &[u8],
@@ -111,10 +122,21 @@ pub fn analyze_source<S: Source + ?Sized>(
     par: Parallelism,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Analysis, AnalyzeError> {
+    run(source, len, want, par, 0, progress)
+}
+
+fn run<S: Source + ?Sized>(
+    source: &S,
+    len: u64,
+    want: Want,
+    par: Parallelism,
+    txs: usize,
+    progress: &mut dyn FnMut(u64),
+) -> Result<Analysis, AnalyzeError> {
     let chunk = par.chunk_bytes.max(1) as u64;
     let chunks = len.div_ceil(chunk);
     let threads = (par.threads.max(1) as u64).min(chunks.max(1)) as usize;
-    let mut pass = Pass::new(want);
+    let mut pass = Pass::with_capacity(want, txs);
     if chunks == 0 {
         return Ok(pass.finish(0));
     }
@@ -185,7 +207,7 @@ struct Rec {
 #[derive(Default)]
 struct Batch {
     recs: Vec<Rec>,
-    ids: String,
+    ids: Vec<u8>,
     bytes: Vec<u8>,
     reasons: Vec<String>,
     /// The torn tail, if it starts in this chunk: its length and (with replay) hash.
@@ -388,9 +410,9 @@ fn line(
             Ok(RawEntry::Tx { op, tx_id, data }) => {
                 rec.kind = RecKind::Tx(op);
                 rec.a = batch.ids.len();
-                batch.ids.push_str(&tx_id);
+                batch.ids.extend_from_slice(&tx_id);
                 rec.b = batch.ids.len();
-                rec.id_hash = hash_id(ids, tx_id.as_bytes());
+                rec.id_hash = hash_id(ids, &tx_id);
                 if want.replay && !op.is_final() {
                     rec.hash = data_hash_raw(data);
                 }

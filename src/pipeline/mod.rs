@@ -33,7 +33,6 @@ pub use snapshot::{Snapshot, open_wal};
 pub(crate) const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::fsutil::{FileId, available_bytes, parent_dir, sibling};
-use crate::replay::ReplayState;
 
 /// A step of a run; logs and metrics name stages with these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -290,7 +289,7 @@ fn write_verify_swap(
     // Written: verification need not hold the plan's lines too.
     snap.plan.release_lines();
     clock.stage(Stage::Verify, || {
-        sync_and_verify(&temp, wal, &snap.replay, expected_len)
+        sync_and_verify(&temp, wal, snap, expected_len)
     })?;
     checkpoint(req, Stage::Swap)?;
     let stats = match req.online {
@@ -317,12 +316,13 @@ fn write_verify_swap(
 fn sync_and_verify(
     temp: &compact::TempFile,
     wal: &Path,
-    expected: &ReplayState,
+    snap: &Snapshot,
     expected_len: u64,
 ) -> Result<(), PipelineError> {
     std::thread::scope(|scope| {
         let synced = scope.spawn(|| temp.sync());
-        let verified = verify::verify_temp(&temp.path, wal, expected, expected_len);
+        let (replay, txs) = (&snap.replay, snap.transactions);
+        let verified = verify::verify_temp(&temp.path, wal, replay, expected_len, txs);
         let synced = synced
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));

@@ -19,6 +19,8 @@ pub struct Snapshot {
     pub plan: Plan,
     pub replay: ReplayState,
     pub counts: Counts,
+    /// Transactions in the original: the compacted file has as many.
+    pub transactions: usize,
     /// Online mode: ids whose deciding PREPARE the plan drops (see
     /// [`crate::rules::Indexer::txs_with_dropped_last_prepare`]); empty offline.
     pub at_risk: HashSet<String>,
@@ -90,6 +92,7 @@ impl Snapshot {
         } = analysis;
         drop(ids);
         let counts = index.counts();
+        let transactions = index.transactions();
         let plan = index.into_plan();
         let replay = replay.expect("replay requested");
         Ok(Snapshot {
@@ -99,6 +102,7 @@ impl Snapshot {
             plan,
             replay,
             counts,
+            transactions,
             at_risk,
         })
     }

@@ -6,7 +6,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use super::{PipelineError, Stage};
-use crate::analyze::{Analysis, Want, analyze, analyze_file};
+use crate::analyze::{Analysis, Want, analyze, analyze_file, analyze_file_expecting};
 use crate::replay::ReplayState;
 use crate::wal::SCAN_BUFFER_BYTES;
 
@@ -26,13 +26,25 @@ pub fn replay_reader<R: Read>(
 
 /// Replays the file at `path` (a WAL or an uncompressed backup).
 pub fn replay_path(path: &Path, stage: Stage) -> Result<(ReplayState, Analysis), PipelineError> {
+    replay_file(path, stage, 0)
+}
+
+/// [`replay_path`] of a file expected to hold `txs` transactions (0: unknown).
+fn replay_file(
+    path: &Path,
+    stage: Stage,
+    txs: usize,
+) -> Result<(ReplayState, Analysis), PipelineError> {
     let file = File::open(path).map_err(PipelineError::io(stage, "open", path))?;
     let len = file
         .metadata()
         .map_err(PipelineError::io(stage, "stat", path))?
         .len();
-    let analysis = analyze_file(&file, len, REPLAY_ONLY, &mut |_| {})
-        .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
+    let analysis = match txs {
+        0 => analyze_file(&file, len, REPLAY_ONLY, &mut |_| {}),
+        n => analyze_file_expecting(&file, len, REPLAY_ONLY, n),
+    }
+    .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
     refuse_corrupt(path, &analysis)?;
     let state = analysis.replay.clone().expect("replay requested");
     Ok((state, analysis))
@@ -57,12 +69,14 @@ pub fn refuse_corrupt(path: &Path, analysis: &Analysis) -> Result<(), PipelineEr
     }
 }
 
-/// Re-reads the temp file from disk and checks its length and replay digest.
+/// Re-reads the temp file from disk and checks its length and replay digest. It holds the
+/// original's `txs` transactions, which sizes the pass's tables.
 pub fn verify_temp(
     temp: &Path,
     wal: &Path,
     expected: &ReplayState,
     expected_len: u64,
+    txs: usize,
 ) -> Result<ReplayState, PipelineError> {
     crate::crash_point!("verify::read::crash");
     fail::fail_point!("verify::digest::mismatch", |_| Err(
@@ -80,7 +94,7 @@ pub fn verify_temp(
             detail: format!("compacted file is {len} bytes on disk, {expected_len} were written"),
         });
     }
-    let (got, _) = replay_path(temp, Stage::Verify).map_err(|e| match e {
+    let (got, _) = replay_file(temp, Stage::Verify, txs).map_err(|e| match e {
         PipelineError::Corrupt { line, reason, .. } => PipelineError::VerifyFailed {
             path: wal.to_path_buf(),
             detail: format!("compacted file line {line} is corrupt: {reason}"),

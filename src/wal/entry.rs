@@ -107,7 +107,8 @@ pub enum RawEntry<'a> {
     Unrecognized,
     Tx {
         op: Op,
-        tx_id: Cow<'a, str>,
+        /// The decoded JSON string's bytes (valid UTF-8: the decoder checked it).
+        tx_id: Cow<'a, [u8]>,
         /// The raw JSON text of `data`.
         data: Option<&'a [u8]>,
     },
@@ -120,7 +121,10 @@ impl<'a> From<Entry<'a>> for RawEntry<'a> {
             Entry::Unrecognized => RawEntry::Unrecognized,
             Entry::Tx(t) => RawEntry::Tx {
                 op: t.op,
-                tx_id: t.tx_id,
+                tx_id: match t.tx_id {
+                    Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
+                    Cow::Owned(s) => Cow::Owned(s.into_bytes()),
+                },
                 data: t.data.map(|d| d.get().as_bytes()),
             },
         }
@@ -451,8 +455,8 @@ mod fast {
         Some(match (op, tx_id) {
             (Some(op), Some((a, b))) => RawEntry::Tx {
                 op,
-                // Checked by `string` already; ids are short.
-                tx_id: Cow::Borrowed(std::str::from_utf8(&line[a..b]).ok()?),
+                // UTF-8 checked by `string` already.
+                tx_id: Cow::Borrowed(&line[a..b]),
                 data: data.map(|(a, b)| &line[a..b]),
             },
             _ => RawEntry::Unrecognized,
@@ -775,7 +779,7 @@ mod tests {
             fast::object(br#"{"op":"PREPARE","tx_id":"a","data": {"v": [1]} }"#),
             Some(RawEntry::Tx {
                 op: Op::Prepare,
-                tx_id: "a".into(),
+                tx_id: Cow::Borrowed(b"a"),
                 data: Some(br#"{"v": [1]}"#)
             })
         );

@@ -17,14 +17,14 @@ pub type TxIdx = u32;
 pub struct Ids {
     /// End offset in `arena` of each id; id `i` spans `ends[i-1]..ends[i]`.
     ends: Vec<u32>,
-    /// Concatenated ids; only whole `&str`s are appended, so every span is valid UTF-8.
+    /// Concatenated ids; only whole decoded strings are appended, so every span is UTF-8.
     arena: Vec<u8>,
 }
 
 impl Ids {
     /// The id behind an index.
     pub fn get(&self, idx: TxIdx) -> &str {
-        std::str::from_utf8(self.get_bytes(idx)).expect("the arena holds whole str values")
+        std::str::from_utf8(self.get_bytes(idx)).expect("ids are decoded JSON strings")
     }
 
     /// The bytes of the id behind an index (valid UTF-8; no check).
@@ -56,11 +56,24 @@ pub struct Interner {
 }
 
 impl Interner {
-    /// The index of `id`, adding it if new. Returns `None` past `u32::MAX` ids or 4 GiB of
-    /// id bytes.
-    pub fn intern(&mut self, id: &str) -> Option<TxIdx> {
-        let hash = hash_id(&self.hasher, id.as_bytes());
+    /// The index of `id` (a decoded JSON string's bytes, so valid UTF-8), adding it if new.
+    /// Returns `None` past `u32::MAX` ids or 4 GiB of id bytes.
+    pub fn intern(&mut self, id: &[u8]) -> Option<TxIdx> {
+        let hash = hash_id(&self.hasher, id);
         self.intern_hashed(id, hash)
+    }
+
+    /// An interner with room for `n` ids: when the count is known (verification), the table
+    /// never grows, and growing re-reads every id.
+    pub fn with_capacity(n: usize) -> Interner {
+        Interner {
+            table: HashTable::with_capacity(n),
+            ids: Ids {
+                ends: Vec::with_capacity(n),
+                arena: Vec::new(),
+            },
+            hasher: DefaultHashBuilder::default(),
+        }
     }
 
     /// The hasher [`Interner::intern_hashed`] expects hashes from (through [`hash_id`]), so
@@ -70,9 +83,8 @@ impl Interner {
     }
 
     /// [`Interner::intern`] with `hash == hash_id(&self.hasher(), id)` computed by the caller.
-    pub fn intern_hashed(&mut self, id: &str, hash: u64) -> Option<TxIdx> {
+    pub fn intern_hashed(&mut self, bytes: &[u8], hash: u64) -> Option<TxIdx> {
         let Interner { table, ids, hasher } = self;
-        let bytes = id.as_bytes();
         if let Some(&i) = table.find(hash, |&i| ids.get_bytes(i) == bytes) {
             return Some(i);
         }
@@ -107,10 +119,10 @@ mod tests {
     #[test]
     fn same_id_same_index_and_round_trips() {
         let mut i = Interner::default();
-        let a = i.intern("tx_1").unwrap();
-        let b = i.intern("tx_2").unwrap();
-        let e = i.intern("").unwrap();
-        assert_eq!(i.intern("tx_1"), Some(a));
+        let a = i.intern(b"tx_1").unwrap();
+        let b = i.intern(b"tx_2").unwrap();
+        let e = i.intern(b"").unwrap();
+        assert_eq!(i.intern(b"tx_1"), Some(a));
         assert_eq!((a, b, e), (0, 1, 2));
         assert_eq!(
             (i.ids().get(a), i.ids().get(b), i.ids().get(e)),
@@ -123,14 +135,17 @@ mod tests {
     fn many_ids_survive_table_growth() {
         let mut i = Interner::default();
         for n in 0..10_000 {
-            assert_eq!(i.intern(&format!("t{n}")), Some(n));
+            assert_eq!(i.intern(format!("t{n}").as_bytes()), Some(n));
         }
         let h = i.hasher();
         for n in 0..10_000 {
             assert_eq!(i.ids().get(n), format!("t{n}"));
             let id = format!("t{n}");
-            assert_eq!(i.intern_hashed(&id, hash_id(&h, id.as_bytes())), Some(n));
-            assert_eq!(i.intern(&format!("t{n}")), Some(n));
+            assert_eq!(
+                i.intern_hashed(id.as_bytes(), hash_id(&h, id.as_bytes())),
+                Some(n)
+            );
+            assert_eq!(i.intern(format!("t{n}").as_bytes()), Some(n));
         }
     }
 }
