@@ -7,8 +7,8 @@ use std::io::{self, BufRead};
 
 mod parallel;
 pub use parallel::{
-    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_file_expecting, analyze_slice,
-    analyze_source,
+    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_slice, analyze_source,
+    analyze_source_expecting,
 };
 
 use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash_raw};

@@ -87,15 +87,15 @@ pub fn analyze_file(
     analyze_source(file, len, want, Parallelism::default(), progress)
 }
 
-/// [`analyze_file`] of a file known to hold `txs` transactions (verification knows the
-/// original's count): its tables are sized once instead of growing.
-pub fn analyze_file_expecting(
-    file: &File,
+/// The pass over the first `len` bytes of `source`, known to hold `txs` transactions
+/// (verification knows the original's count): its tables are sized once instead of growing.
+pub fn analyze_source_expecting<S: Source + ?Sized>(
+    source: &S,
     len: u64,
     want: Want,
     txs: usize,
 ) -> Result<Analysis, AnalyzeError> {
-    run(file, len, want, Parallelism::default(), txs, &mut |_| {})
+    run(source, len, want, Parallelism::default(), txs, &mut |_| {})
 }
 
 /// Runs the pass over bytes in memory, decoding in parallel.

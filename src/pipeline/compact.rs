@@ -7,6 +7,7 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use super::handoff::{Handoff, Publishing};
 use super::{PipelineError, Stage};
 use crate::analyze::{Want, analyze};
 use crate::rules::Plan;
@@ -147,46 +148,49 @@ impl Drop for TempFile {
     }
 }
 
-/// Writes the compacted WAL to `temp` with the WAL's owner and mode. Not fsynced yet: the
-/// caller runs [`TempFile::sync`] (while verifying) before any rename.
-pub fn write_temp(
-    src: &File,
-    plan: &Plan,
-    end: u64,
-    temp: &Path,
-    wal_meta: &fs::Metadata,
-) -> Result<TempFile, PipelineError> {
-    let mut file = OpenOptions::new()
+/// Creates the temp file the compacted WAL is written to, with the WAL's owner and mode
+/// (or the writer may not be able to open it after the swap). Removed again on drop.
+pub fn create_temp(temp: &Path, wal_meta: &fs::Metadata) -> Result<TempFile, PipelineError> {
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .open(temp)
         .map_err(PipelineError::io(Stage::Compact, "create", temp))?;
-    let result = fill(src, plan, end, &mut file, wal_meta);
-    let mut guard = TempFile {
+    let guard = TempFile {
         path: temp.to_path_buf(),
         len: 0,
         file,
         keep: false,
     };
-    match result {
-        Ok(len) => guard.len = len,
-        Err(e) => return Err(PipelineError::io(Stage::Compact, "write", temp)(e)),
-    }
+    let _ = std::os::unix::fs::fchown(&guard.file, Some(wal_meta.uid()), Some(wal_meta.gid()));
+    guard
+        .file
+        .set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))
+        .map_err(PipelineError::io(Stage::Compact, "chmod", temp))?;
     Ok(guard)
 }
 
-fn fill(
-    src: &File,
-    plan: &Plan,
-    end: u64,
-    file: &mut File,
-    wal_meta: &fs::Metadata,
-) -> io::Result<u64> {
-    // Same owner and mode as the WAL, or the writer may not be able to open it after the swap.
-    let _ = std::os::unix::fs::fchown(&*file, Some(wal_meta.uid()), Some(wal_meta.gid()));
-    file.set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))?;
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, &mut *file);
+impl TempFile {
+    /// Writes the plan's survivors and the bytes after the scanned prefix, publishing the
+    /// written length to `handoff` (finished either way). Not fsynced: see [`TempFile::sync`].
+    pub fn write(
+        &mut self,
+        src: &File,
+        plan: &Plan,
+        end: u64,
+        handoff: &Handoff,
+    ) -> Result<u64, PipelineError> {
+        let _unblock = handoff.finish_on_drop();
+        let result = fill(src, plan, end, Publishing::new(&mut self.file, handoff));
+        handoff.finish(result.is_ok());
+        self.len = result.map_err(PipelineError::io(Stage::Compact, "write", &self.path))?;
+        Ok(self.len)
+    }
+}
+
+fn fill(src: &File, plan: &Plan, end: u64, sink: Publishing<'_>) -> io::Result<u64> {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, sink);
     fail::fail_point!("compact::write::short", |_| {
         // A short write: part of a line reaches the temp file, then the write fails.
         out.write_all(b"{\"op\": \"PREP")?;

@@ -9,6 +9,7 @@
 pub mod backup;
 pub mod compact;
 mod error;
+mod handoff;
 pub mod journal;
 pub mod lock;
 pub mod online;
@@ -282,15 +283,9 @@ fn write_verify_swap(
 ) -> Result<Option<OnlineStats>, PipelineError> {
     let wal = req.wal.as_path();
     checkpoint(req, Stage::Compact)?;
-    let mut temp = clock.stage(Stage::Compact, || {
-        compact::write_temp(&snap.file, &snap.plan, snap.id.len, temp_path, &snap.meta)
-    })?;
+    let mut temp = compact::create_temp(temp_path, &snap.meta)?;
     let expected_len = snap.plan.survivor_bytes() + (snap.id.len - snap.plan.scanned_len);
-    // Written: verification need not hold the plan's lines too.
-    snap.plan.release_lines();
-    clock.stage(Stage::Verify, || {
-        sync_and_verify(&temp, wal, snap, expected_len)
-    })?;
+    write_and_verify(&mut temp, wal, snap, expected_len, clock)?;
     checkpoint(req, Stage::Swap)?;
     let stats = match req.online {
         None => {
@@ -310,24 +305,50 @@ fn write_verify_swap(
     Ok(stats)
 }
 
-/// fsyncs the temp while verification re-reads it: the flush to disk waits on the device,
-/// verification on the CPU. Both must succeed before the rename (fsync the temp file BEFORE
-/// rename, or a crash can leave an empty WAL); an fsync error is reported first.
-fn sync_and_verify(
-    temp: &compact::TempFile,
+/// Writes the temp file while verification re-reads it (handed the written length), then
+/// fsyncs it while verification finishes: the writes and the flush wait on the kernel and
+/// the device, verification on the CPU. All must succeed before the rename (fsync the temp
+/// file BEFORE rename, or a crash can leave an empty WAL). A write or fsync error is
+/// reported first. The compact stage times the writing, the verify stage what is left.
+fn write_and_verify(
+    temp: &mut compact::TempFile,
     wal: &Path,
-    snap: &Snapshot,
+    snap: &mut Snapshot,
     expected_len: u64,
+    clock: &mut Clock,
 ) -> Result<(), PipelineError> {
+    let handoff = handoff::Handoff::default();
+    let (expected, txs) = (snap.replay.clone(), snap.transactions);
+    let temp_path = temp.path.clone();
     std::thread::scope(|scope| {
-        let synced = scope.spawn(|| temp.sync());
-        let (replay, txs) = (&snap.replay, snap.transactions);
-        let verified = verify::verify_temp(&temp.path, wal, replay, expected_len, txs);
-        let synced = synced
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        synced.and(verified.map(|_| ()))
+        let verified = scope
+            .spawn(|| verify::verify_temp(&temp_path, wal, &expected, expected_len, txs, &handoff));
+        let written = clock.stage(Stage::Compact, || {
+            temp.write(&snap.file, &snap.plan, snap.id.len, &handoff)
+        });
+        // Written: the plan's lines are not needed any more.
+        snap.plan.release_lines();
+        clock.stage(Stage::Verify, || {
+            let synced = written
+                .and_then(|n| check_len(wal, n, expected_len))
+                .and_then(|()| temp.sync());
+            let verified = verified
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            synced.and(verified.map(|_| ()))
+        })
     })
+}
+
+/// The compacted file must be exactly as long as the plan says.
+fn check_len(wal: &Path, written: u64, expected: u64) -> Result<(), PipelineError> {
+    match written == expected {
+        true => Ok(()),
+        false => Err(PipelineError::VerifyFailed {
+            path: wal.to_path_buf(),
+            detail: format!("{written} bytes were written, the plan expects {expected}"),
+        }),
+    }
 }
 
 /// Records the swap in the journal, then renames the temp over the WAL.

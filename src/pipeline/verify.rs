@@ -5,8 +5,9 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::Path;
 
+use super::handoff::{Growing, Handoff};
 use super::{PipelineError, Stage};
-use crate::analyze::{Analysis, Want, analyze, analyze_file, analyze_file_expecting};
+use crate::analyze::{Analysis, Want, analyze, analyze_file, analyze_source_expecting};
 use crate::replay::ReplayState;
 use crate::wal::SCAN_BUFFER_BYTES;
 
@@ -26,25 +27,13 @@ pub fn replay_reader<R: Read>(
 
 /// Replays the file at `path` (a WAL or an uncompressed backup).
 pub fn replay_path(path: &Path, stage: Stage) -> Result<(ReplayState, Analysis), PipelineError> {
-    replay_file(path, stage, 0)
-}
-
-/// [`replay_path`] of a file expected to hold `txs` transactions (0: unknown).
-fn replay_file(
-    path: &Path,
-    stage: Stage,
-    txs: usize,
-) -> Result<(ReplayState, Analysis), PipelineError> {
     let file = File::open(path).map_err(PipelineError::io(stage, "open", path))?;
     let len = file
         .metadata()
         .map_err(PipelineError::io(stage, "stat", path))?
         .len();
-    let analysis = match txs {
-        0 => analyze_file(&file, len, REPLAY_ONLY, &mut |_| {}),
-        n => analyze_file_expecting(&file, len, REPLAY_ONLY, n),
-    }
-    .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
+    let analysis = analyze_file(&file, len, REPLAY_ONLY, &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(stage, path, e))?;
     refuse_corrupt(path, &analysis)?;
     let state = analysis.replay.clone().expect("replay requested");
     Ok((state, analysis))
@@ -69,14 +58,16 @@ pub fn refuse_corrupt(path: &Path, analysis: &Analysis) -> Result<(), PipelineEr
     }
 }
 
-/// Re-reads the temp file from disk and checks its length and replay digest. It holds the
-/// original's `txs` transactions, which sizes the pass's tables.
+/// Re-reads the temp file from disk, while `handoff` says how far it is written, and checks
+/// its replay digest. It holds the original's `txs` transactions, which sizes the pass's
+/// tables. The caller checks the written length once the writer is done.
 pub fn verify_temp(
     temp: &Path,
     wal: &Path,
     expected: &ReplayState,
     expected_len: u64,
     txs: usize,
+    handoff: &Handoff,
 ) -> Result<ReplayState, PipelineError> {
     crate::crash_point!("verify::read::crash");
     fail::fail_point!("verify::digest::mismatch", |_| Err(
@@ -85,27 +76,28 @@ pub fn verify_temp(
             detail: "injected digest mismatch".into(),
         }
     ));
-    let len = std::fs::metadata(temp)
-        .map_err(PipelineError::io(Stage::Verify, "stat", temp))?
-        .len();
-    if len != expected_len {
-        return Err(PipelineError::VerifyFailed {
-            path: wal.to_path_buf(),
-            detail: format!("compacted file is {len} bytes on disk, {expected_len} were written"),
-        });
+    let failed = |detail: String| PipelineError::VerifyFailed {
+        path: wal.to_path_buf(),
+        detail,
+    };
+    let file = File::open(temp).map_err(PipelineError::io(Stage::Verify, "open", temp))?;
+    let source = Growing {
+        file: &file,
+        handoff,
+    };
+    let analysis = analyze_source_expecting(&source, expected_len, REPLAY_ONLY, txs)
+        .map_err(|e| PipelineError::from_analyze(Stage::Verify, temp, e))?;
+    if let Some(c) = analysis.first_corrupt() {
+        return Err(failed(format!(
+            "compacted file line {} is corrupt: {}",
+            c.line, c.reason
+        )));
     }
-    let (got, _) = replay_file(temp, Stage::Verify, txs).map_err(|e| match e {
-        PipelineError::Corrupt { line, reason, .. } => PipelineError::VerifyFailed {
-            path: wal.to_path_buf(),
-            detail: format!("compacted file line {line} is corrupt: {reason}"),
-        },
-        other => other,
-    })?;
+    let got = analysis.replay.expect("replay requested");
     if got.digest != expected.digest {
-        return Err(PipelineError::VerifyFailed {
-            path: wal.to_path_buf(),
-            detail: format!("replay digest differs: original {expected}, compacted {got}"),
-        });
+        return Err(failed(format!(
+            "replay digest differs: original {expected}, compacted {got}"
+        )));
     }
     Ok(got)
 }
