@@ -8,7 +8,7 @@
 //!   exists the rename did not happen → remove it. Otherwise the rename happened → fsync the
 //!   directory so it sticks.
 //! - `rolling_back`: the swapped WAL failed a check and the original is being restored from
-//!   the backup. If the WAL does not replay to the original digest, restore it again.
+//!   the backup. If the WAL does not begin with the backup's bytes, restore it again.
 //!
 //! Without a journal, recovery removes leftover temp files (only this tool creates them).
 
@@ -44,7 +44,8 @@ pub struct Journal {
     pub phase: Phase,
     pub temp: PathBuf,
     pub backup: Option<PathBuf>,
-    /// Replay digest of the WAL before compaction.
+    /// Replay digest of the WAL before compaction: for people reading the journal; recovery
+    /// decides by bytes, so a digest from another version never misleads it.
     pub original_digest: String,
     pub pid: u32,
     /// Online rollback: length of the new WAL at the swap; bytes after it were appended by
