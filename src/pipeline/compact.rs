@@ -123,6 +123,14 @@ impl TempFile {
         self.keep = true;
     }
 
+    /// The temp file's length as the filesystem reports it.
+    pub fn len_on_disk(&self) -> Result<u64, PipelineError> {
+        let meta = self.file.metadata();
+        Ok(meta
+            .map_err(PipelineError::io(Stage::Verify, "stat", &self.path))?
+            .len())
+    }
+
     /// fsyncs the temp file. It must return before the temp is renamed over the WAL, or a
     /// crash can leave an empty or partial WAL; it may run while verification re-reads.
     pub fn sync(&self) -> Result<(), PipelineError> {

@@ -76,8 +76,8 @@ impl Drop for FinishOnDrop<'_> {
 
 /// The writer's side: a writer that publishes every byte it hands to the kernel.
 pub struct Publishing<'a> {
-    pub file: &'a mut File,
-    pub handoff: &'a Handoff,
+    file: &'a mut File,
+    handoff: &'a Handoff,
     written: u64,
 }
 

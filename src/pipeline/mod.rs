@@ -331,7 +331,8 @@ fn write_and_verify(
         clock.stage(Stage::Verify, || {
             let synced = written
                 .and_then(|n| check_len(wal, n, expected_len))
-                .and_then(|()| temp.sync());
+                .and_then(|()| temp.sync())
+                .and_then(|()| check_len(wal, temp.len_on_disk()?, expected_len));
             let verified = verified
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
@@ -340,13 +341,13 @@ fn write_and_verify(
     })
 }
 
-/// The compacted file must be exactly as long as the plan says.
-fn check_len(wal: &Path, written: u64, expected: u64) -> Result<(), PipelineError> {
-    match written == expected {
+/// The compacted file must be exactly as long as the plan says, as written and on disk.
+fn check_len(wal: &Path, len: u64, expected: u64) -> Result<(), PipelineError> {
+    match len == expected {
         true => Ok(()),
         false => Err(PipelineError::VerifyFailed {
             path: wal.to_path_buf(),
-            detail: format!("{written} bytes were written, the plan expects {expected}"),
+            detail: format!("the compacted file has {len} bytes, the plan expects {expected}"),
         }),
     }
 }
