@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::rules::Indexer;
+use crate::rules::{Indexer, TxStatus};
 use crate::wal::{Ids, Op, TxIdx};
 
 /// Prefix of the encoding, so a format change can never compare equal to an old digest.
@@ -165,7 +165,7 @@ impl Replayer {
     /// Computes the canonical encoding's digest; ids are resolved through `ids`, final
     /// lines through `index` (fed the same lines).
     pub fn finish(self, ids: &Ids, index: &Indexer) -> ReplayState {
-        let mut h = Sha256::new();
+        let mut h = Encoder::default();
         h.update(REPLAY_DIGEST_DOMAIN);
         let committed = self.encode_committed(ids, index, &mut h);
         let aborted = encode_by_id(ids, index, &mut h, b"A", Some(Op::Abort), |_, _| {});
@@ -182,7 +182,7 @@ impl Replayer {
         h.update(tail_len.to_le_bytes());
         h.update(tail_hash);
         ReplayState {
-            digest: h.finalize().into(),
+            digest: h.finalize(),
             committed,
             aborted,
             in_flight,
@@ -200,17 +200,16 @@ impl Replayer {
         }
     }
 
-    fn encode_committed(&self, ids: &Ids, index: &Indexer, h: &mut Sha256) -> u64 {
-        let final_offset = |tx| index.last_final(tx).map(|(offset, _)| offset);
+    fn encode_committed(&self, ids: &Ids, index: &Indexer, h: &mut Encoder) -> u64 {
         let mut order: Vec<TxIdx> = txs_with_final(index, Some(Op::Commit)).collect();
-        order.sort_unstable_by_key(|&tx| final_offset(tx));
+        order.sort_unstable_by_key(|&tx| index.final_order(tx));
         encode_section(h, b"C", &order, |h, tx| {
             encode_id(h, ids.get_bytes(tx));
             h.update(self.decided(tx).to_le_bytes());
         })
     }
 
-    fn encode_after_final(&self, ids: &Ids, index: &Indexer, h: &mut Sha256) -> u64 {
+    fn encode_after_final(&self, ids: &Ids, index: &Indexer, h: &mut Encoder) -> u64 {
         // A PREPARE is after the final only if no later final of its transaction exists.
         let live: Vec<usize> = (0..self.after_final.len())
             .filter(|&k| {
@@ -228,17 +227,58 @@ impl Replayer {
 
 /// Transactions whose last final has op `op` (`None`: in flight, no final).
 fn txs_with_final(index: &Indexer, op: Option<Op>) -> impl Iterator<Item = TxIdx> + '_ {
-    (0..index.transactions() as TxIdx).filter(move |&tx| index.last_final(tx).map(|f| f.1) == op)
+    let status = match op {
+        Some(Op::Commit) => TxStatus::Committed,
+        Some(_) => TxStatus::Aborted,
+        None => TxStatus::InFlight,
+    };
+    (0..index.transactions() as TxIdx).filter(move |&tx| index.status(tx) == Some(status))
+}
+
+/// Bytes buffered before they are hashed: the encoding is many small pieces, and a call
+/// into SHA-256 per piece cost more than the hashing.
+const ENCODE_BUFFER_BYTES: usize = 64 << 10;
+
+/// SHA-256 fed through a buffer (see [`ENCODE_BUFFER_BYTES`]); the digest is that of the
+/// bytes in order, as if hashed one by one.
+#[derive(Default)]
+struct Encoder {
+    sha: Sha256,
+    buf: Vec<u8>,
+}
+
+impl Encoder {
+    fn update(&mut self, bytes: impl AsRef<[u8]>) {
+        let bytes = bytes.as_ref();
+        if self.buf.len() + bytes.len() > ENCODE_BUFFER_BYTES {
+            self.flush();
+        }
+        if bytes.len() >= ENCODE_BUFFER_BYTES {
+            self.sha.update(bytes);
+        } else {
+            self.buf.extend_from_slice(bytes);
+        }
+    }
+
+    fn flush(&mut self) {
+        self.sha.update(&self.buf);
+        self.buf.clear();
+    }
+
+    fn finalize(mut self) -> [u8; 32] {
+        self.flush();
+        self.sha.finalize().into()
+    }
 }
 
 /// Encodes the transactions whose final is `op`, sorted by id, each followed by `each`.
 fn encode_by_id(
     ids: &Ids,
     index: &Indexer,
-    h: &mut Sha256,
+    h: &mut Encoder,
     tag: &[u8],
     op: Option<Op>,
-    mut each: impl FnMut(&mut Sha256, TxIdx),
+    mut each: impl FnMut(&mut Encoder, TxIdx),
 ) -> u64 {
     let mut order: Vec<TxIdx> = txs_with_final(index, op).collect();
     order.sort_unstable_by(|&a, &b| ids.get_bytes(a).cmp(ids.get_bytes(b)));
@@ -249,10 +289,10 @@ fn encode_by_id(
 }
 
 fn encode_section<T: Copy>(
-    h: &mut Sha256,
+    h: &mut Encoder,
     tag: &[u8],
     items: &[T],
-    mut each: impl FnMut(&mut Sha256, T),
+    mut each: impl FnMut(&mut Encoder, T),
 ) -> u64 {
     h.update(tag);
     h.update((items.len() as u64).to_le_bytes());
@@ -263,7 +303,7 @@ fn encode_section<T: Copy>(
 }
 
 /// `id` is a whole UTF-8 id's bytes ([`Interner::get_bytes`]); byte order is `str` order.
-fn encode_id(h: &mut Sha256, id: &[u8]) {
+fn encode_id(h: &mut Encoder, id: &[u8]) {
     h.update((id.len() as u64).to_le_bytes());
     h.update(id);
 }

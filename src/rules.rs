@@ -377,6 +377,12 @@ impl Indexer {
             .map(|(slot, op)| (slot.offset, op))
     }
 
+    /// A key that orders transactions with a final by the offset of their last final:
+    /// what replay sorts committed transactions by, cheaper than [`Indexer::last_final`].
+    pub fn final_order(&self, tx: TxIdx) -> u64 {
+        self.fin(tx)
+    }
+
     /// Number of transactions seen.
     pub fn transactions(&self) -> usize {
         self.lines.len() / 2
