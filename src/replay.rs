@@ -307,3 +307,81 @@ fn encode_id(h: &mut Encoder, id: &[u8]) {
     h.update((id.len() as u64).to_le_bytes());
     h.update(id);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::analyze::{Want, analyze};
+
+    fn id(h: &mut Sha256, id: &str) {
+        h.update((id.len() as u64).to_le_bytes());
+        h.update(id);
+    }
+
+    /// The digest is the documented encoding (README, "Replay state and digest"), computed
+    /// here by hand: a change of the encoding must be a deliberate one (and a new domain).
+    #[test]
+    fn digest_is_the_documented_encoding() {
+        let wal = concat!(
+            "{\"op\":\"PREPARE\",\"tx_id\":\"b\",\"data\":{\"v\":1}}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":2}}\n",
+            "{\"op\":\"COMMIT\",\"tx_id\":\"a\"}\n",
+            "{\"op\":\"CHECKPOINT\"}\n",
+            "{\"op\":\"COMMIT\",\"tx_id\":\"b\"}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"c\",\"data\":3}\n",
+            "{\"op\":\"ABORT\",\"tx_id\":\"c\"}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":9}}\n",
+            "{\"op\":\"PREPARE\",\"tx_id\":\"d\"}\n",
+            "{\"op\":\"PREP",
+        );
+        let want = Want {
+            index: false,
+            replay: true,
+        };
+        let got = analyze(wal.as_bytes(), want, &mut |_| {})
+            .unwrap()
+            .replay
+            .unwrap();
+        let data = |text: &str| data_hash_raw(Some(text.as_bytes())).to_le_bytes();
+        let mut h = Sha256::new();
+        h.update(REPLAY_DIGEST_DOMAIN);
+        // Committed, in the order of their final lines: a, then b.
+        h.update(b"C");
+        h.update(2u64.to_le_bytes());
+        id(&mut h, "a");
+        h.update(data("{\"v\":2}"));
+        id(&mut h, "b");
+        h.update(data("{\"v\":1}"));
+        h.update(b"A");
+        h.update(1u64.to_le_bytes());
+        id(&mut h, "c");
+        h.update(b"I");
+        h.update(1u64.to_le_bytes());
+        id(&mut h, "d");
+        h.update(data_hash_raw(None).to_le_bytes());
+        h.update(b"X");
+        h.update(1u64.to_le_bytes());
+        id(&mut h, "a");
+        h.update(data("{\"v\":9}"));
+        let checkpoint = b"{\"op\":\"CHECKPOINT\"}";
+        let mut unrecognized = Sha256::new();
+        unrecognized.update((checkpoint.len() as u64).to_le_bytes());
+        unrecognized.update(checkpoint);
+        h.update(b"U");
+        h.update(1u64.to_le_bytes());
+        h.update(unrecognized.finalize());
+        let tail = b"{\"op\":\"PREP";
+        h.update(b"T");
+        h.update([1]);
+        h.update((tail.len() as u64).to_le_bytes());
+        h.update(Sha256::digest(tail));
+        let want: [u8; 32] = h.finalize().into();
+        assert_eq!(got.digest, want);
+        let counts = (got.committed, got.aborted, got.in_flight, got.anomalies);
+        assert_eq!(counts, (2, 1, 1, 1));
+        assert_eq!(
+            (got.unrecognized, got.torn_tail_bytes),
+            (1, tail.len() as u64)
+        );
+    }
+}
