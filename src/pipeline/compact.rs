@@ -123,6 +123,22 @@ impl TempFile {
         self.keep = true;
     }
 
+    /// Writes the plan's survivors and the bytes after the scanned prefix, publishing the
+    /// written length to `handoff` (finished either way). Not fsynced: see [`TempFile::sync`].
+    pub fn write(
+        &mut self,
+        src: &File,
+        plan: &Plan,
+        end: u64,
+        handoff: &Handoff,
+    ) -> Result<u64, PipelineError> {
+        let _unblock = handoff.finish_on_drop();
+        let result = fill(src, plan, end, Publishing::new(&mut self.file, handoff));
+        handoff.finish(result.is_ok());
+        self.len = result.map_err(PipelineError::io(Stage::Compact, "write", &self.path))?;
+        Ok(self.len)
+    }
+
     /// The temp file's length as the filesystem reports it.
     pub fn len_on_disk(&self) -> Result<u64, PipelineError> {
         let meta = self.file.metadata();
@@ -177,24 +193,6 @@ pub fn create_temp(temp: &Path, wal_meta: &fs::Metadata) -> Result<TempFile, Pip
         .set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))
         .map_err(PipelineError::io(Stage::Compact, "chmod", temp))?;
     Ok(guard)
-}
-
-impl TempFile {
-    /// Writes the plan's survivors and the bytes after the scanned prefix, publishing the
-    /// written length to `handoff` (finished either way). Not fsynced: see [`TempFile::sync`].
-    pub fn write(
-        &mut self,
-        src: &File,
-        plan: &Plan,
-        end: u64,
-        handoff: &Handoff,
-    ) -> Result<u64, PipelineError> {
-        let _unblock = handoff.finish_on_drop();
-        let result = fill(src, plan, end, Publishing::new(&mut self.file, handoff));
-        handoff.finish(result.is_ok());
-        self.len = result.map_err(PipelineError::io(Stage::Compact, "write", &self.path))?;
-        Ok(self.len)
-    }
 }
 
 fn fill(src: &File, plan: &Plan, end: u64, sink: Publishing<'_>) -> io::Result<u64> {
