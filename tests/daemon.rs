@@ -322,6 +322,27 @@ fn two_wals_at_once_including_one_that_appears_later() {
     );
 }
 
+/// A WAL whose directory appears after the daemon started is found through the watch, not
+/// the fallback poll (an hour here): the directory is watched as soon as it exists and the
+/// WAL already in it is looked at right away, written before the watch or not.
+#[test]
+fn a_wal_directory_created_later_is_watched_without_waiting_for_the_poll() {
+    let d = tempfile::tempdir().unwrap();
+    let t = "max_size_mb = 0.1\nmin_reclaimable_bytes = 1";
+    let table = wal_table("late", "later/wal.log", t, "")
+        .replace("poll_interval_secs = 1", "poll_interval_secs = 3600");
+    write_policy(d.path(), &test_policy(&table));
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| v["event"] == "missing" && v["wal"] == "late");
+    // Written elsewhere and renamed in, so the directory gets no write events of its own.
+    let staged = write_wal(d.path(), "staged.log", &wal_text(2000));
+    let before = digest(&staged);
+    fs::create_dir(d.path().join("later")).unwrap();
+    fs::rename(&staged, d.path().join("later/wal.log")).unwrap();
+    daemon.wait_for_log(|v| is_run(v, "late", "success"));
+    assert_eq!(digest(&d.path().join("later/wal.log")), before);
+}
+
 #[test]
 fn check_policy_prints_the_effective_policy_or_every_error() {
     let d = tempfile::tempdir().unwrap();

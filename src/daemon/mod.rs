@@ -41,8 +41,10 @@ use crate::policy::{self, Policy, PolicyError, PolicySource};
 
 /// Editors write a file in several steps: reload this long after the last change event.
 const RELOAD_DEBOUNCE: Duration = Duration::from_secs(1);
-/// How often directories that could not be watched (not created yet) are retried.
-const WATCH_RETRY: Duration = Duration::from_secs(30);
+/// How often directories that could not be watched (not created yet) are retried: a WAL
+/// whose directory appears after the daemon started is noticed this soon. Cheap: with every
+/// directory watched, a retry is a set lookup; while one is missing, one failed syscall.
+const WATCH_RETRY: Duration = Duration::from_secs(1);
 
 /// What `run` starts from: the policy already loaded (logging was set up from it).
 pub struct Options {

@@ -110,14 +110,29 @@ impl Watcher {
     }
 
     /// Retries directories that could not be watched (created since); true when all are.
+    /// The WALs of a directory watched only now are poked: their file may have appeared
+    /// before the watch did, with no event left to announce it.
     pub fn retry(&mut self) -> bool {
         let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
         let mut dirs: HashSet<PathBuf> = routes.wals.keys().map(|p| parent_dir(p)).collect();
         dirs.extend(routes.policy.as_deref().map(parent_dir));
+        dirs.retain(|d| !self.watched.contains(d));
+        let hints: Vec<(PathBuf, Arc<Hint>)> = routes
+            .wals
+            .iter()
+            .map(|(wal, hint)| (parent_dir(wal), Arc::clone(hint)))
+            .filter(|(dir, _)| dirs.contains(dir))
+            .collect();
         drop(routes);
         // Not `all()`: every directory must be tried, not just up to the first failure.
-        let missing = dirs.iter().filter(|d| !self.ensure(d)).count();
-        missing == 0
+        let pending = dirs.len();
+        let now_watched: HashSet<PathBuf> = dirs.into_iter().filter(|d| self.ensure(d)).collect();
+        for (dir, hint) in &hints {
+            if now_watched.contains(dir) {
+                hint.poke(false);
+            }
+        }
+        now_watched.len() == pending
     }
 
     /// Routes changes of the policy file to the reload channel.
