@@ -128,15 +128,10 @@ impl Pass {
 
     /// A pass expecting `txs` transactions (0 when unknown).
     fn with_capacity(want: Want, txs: usize) -> Pass {
-        // Replay reads each transaction's last final from the index.
-        let want = Want {
-            index: want.index || want.replay,
-            ..want
-        };
         Pass {
             want,
             ids: Interner::with_capacity(txs),
-            index: Indexer::with_capacity(txs),
+            index: Indexer::with_capacity(if want.index { txs } else { 0 }),
             replay: Replayer::with_capacity(if want.replay { txs } else { 0 }),
             lines: 0,
             torn_tail_bytes: 0,
@@ -191,8 +186,7 @@ impl Pass {
                     } else {
                         data_hash_raw(data)
                     };
-                    let had_final = self.index.last_final(tx).is_some();
-                    self.replay.observe_tx(op, tx, offset, h, had_final);
+                    self.replay.observe_tx(op, tx, offset, h);
                 }
                 LineKind::Tx { op, tx }
             }
@@ -220,10 +214,7 @@ impl Pass {
     fn finish(self, end: u64) -> Analysis {
         // The lookup table is not needed any more: free it before replay sorts.
         let ids = self.ids.into_ids();
-        let replay = self
-            .want
-            .replay
-            .then(|| self.replay.finish(&ids, &self.index));
+        let replay = self.want.replay.then(|| self.replay.finish(&ids));
         Analysis {
             index: self.index,
             replay,

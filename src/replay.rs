@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::rules::{Indexer, TxStatus};
+use crate::rules::TxStatus;
 use crate::wal::{Ids, Op, TxIdx};
 
 /// Prefix of the encoding, so a format change can never compare equal to an old digest.
@@ -96,21 +96,55 @@ impl fmt::Display for ReplayState {
     }
 }
 
-/// Feeds on a WAL's lines in order and produces its [`ReplayState`], together with the
-/// [`Indexer`] fed the same lines (see the module header).
+/// Feeds on a WAL's lines in order and produces its [`ReplayState`]. It keeps what it needs
+/// itself (about 9 bytes per transaction and 4 per final line), so it needs no index: a
+/// verification pass runs without one.
 #[derive(Default)]
 pub struct Replayer {
     /// Hash of each transaction's last PREPARE `data` ([`NO_PREPARE`] before its first):
     /// 8 bytes per transaction.
     last_data: Vec<DataHash>,
+    /// One bit per transaction: it has a final line.
+    decided: Bits,
+    /// One bit per transaction: its last final line is a COMMIT.
+    committed: Bits,
+    /// The transaction of every COMMIT/ABORT line, in file order (4 bytes a final line): its
+    /// last occurrences give committed transactions in order of their finals without a sort.
+    finals: Vec<TxIdx>,
     /// For a transaction with PREPAREs after its current final: the `data` that final was
     /// decided by (the last PREPARE before it). Rare.
     decided_before: HashMap<TxIdx, DataHash>,
     /// PREPAREs seen after a final: (tx, offset, data); filtered at the end.
     after_final: Vec<(TxIdx, u64, DataHash)>,
+    /// For a transaction with an entry in `after_final`: the offset of the last final seen
+    /// after its first such entry (0 before one). Entries before it are not anomalies.
+    final_after_anomaly: HashMap<TxIdx, u64>,
     unrecognized: Sha256,
     unrecognized_count: u64,
     torn_tail: Option<(u64, [u8; 32])>,
+}
+
+/// A growable bit set indexed by transaction.
+#[derive(Default)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn get(&self, tx: TxIdx) -> bool {
+        let i = tx as usize;
+        self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+
+    fn set(&mut self, tx: TxIdx, on: bool) {
+        let i = tx as usize;
+        while i / 64 >= self.0.len() {
+            self.0.push(0);
+        }
+        let bit = 1 << (i % 64);
+        match on {
+            true => self.0[i / 64] |= bit,
+            false => self.0[i / 64] &= !bit,
+        }
+    }
 }
 
 impl Replayer {
@@ -123,26 +157,38 @@ impl Replayer {
     }
 
     /// A recognized line of transaction `tx` at `offset`; `data` is [`data_hash`] of a
-    /// PREPARE's `data` (ignored for COMMIT/ABORT). `had_final`: the transaction had a final
-    /// line before this one (the index knows, before it observes this line).
-    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, offset: u64, data: DataHash, had_final: bool) {
+    /// PREPARE's `data` (ignored for COMMIT/ABORT).
+    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, offset: u64, data: DataHash) {
         let i = tx as usize;
-        if i >= self.last_data.len() {
-            self.last_data.resize(i + 1, NO_PREPARE);
+        // Ids are dense in order of appearance: a new one is the next index (a push, not a
+        // `resize`, which called `memset` for each new transaction).
+        while i >= self.last_data.len() {
+            self.last_data.push(NO_PREPARE);
         }
         if op.is_final() {
-            // This final is decided by the last PREPARE so far, which `last_data` holds.
-            if !self.decided_before.is_empty() {
-                self.decided_before.remove(&tx);
-            }
+            self.observe_final(op, tx, offset);
             return;
         }
-        if had_final {
+        if self.decided.get(tx) {
             let decided = self.last_data[i];
             self.decided_before.entry(tx).or_insert(decided);
             self.after_final.push((tx, offset, data));
+            self.final_after_anomaly.entry(tx).or_insert(0);
         }
         self.last_data[i] = data;
+    }
+
+    fn observe_final(&mut self, op: Op, tx: TxIdx, offset: u64) {
+        self.finals.push(tx);
+        self.decided.set(tx, true);
+        self.committed.set(tx, op == Op::Commit);
+        // This final is decided by the last PREPARE so far, which `last_data` holds.
+        if !self.decided_before.is_empty() {
+            self.decided_before.remove(&tx);
+        }
+        if let Some(f) = self.final_after_anomaly.get_mut(&tx) {
+            *f = offset;
+        }
     }
 
     /// An unrecognized line (its bytes without the `\n`).
@@ -162,17 +208,16 @@ impl Replayer {
         self.torn_tail = Some((len, hash));
     }
 
-    /// Computes the canonical encoding's digest; ids are resolved through `ids`, final
-    /// lines through `index` (fed the same lines).
-    pub fn finish(self, ids: &Ids, index: &Indexer) -> ReplayState {
+    /// Computes the canonical encoding's digest; ids are resolved through `ids`.
+    pub fn finish(self, ids: &Ids) -> ReplayState {
         let mut h = Encoder::default();
         h.update(REPLAY_DIGEST_DOMAIN);
-        let committed = self.encode_committed(ids, index, &mut h);
-        let aborted = encode_by_id(ids, index, &mut h, b"A", Some(Op::Abort), |_, _| {});
-        let in_flight = encode_by_id(ids, index, &mut h, b"I", None, |h, tx| {
+        let committed = self.encode_committed(ids, &mut h);
+        let aborted = self.encode_by_id(ids, &mut h, b"A", TxStatus::Aborted, |_, _| {});
+        let in_flight = self.encode_by_id(ids, &mut h, b"I", TxStatus::InFlight, |h, tx| {
             h.update(self.last_data[tx as usize].to_le_bytes())
         });
-        let anomalies = self.encode_after_final(ids, index, &mut h);
+        let anomalies = self.encode_after_final(ids, &mut h);
         h.update(b"U");
         h.update(self.unrecognized_count.to_le_bytes());
         h.update(self.unrecognized.finalize());
@@ -200,21 +245,48 @@ impl Replayer {
         }
     }
 
-    fn encode_committed(&self, ids: &Ids, index: &Indexer, h: &mut Encoder) -> u64 {
-        let mut order: Vec<TxIdx> = txs_with_final(index, Some(Op::Commit)).collect();
-        order.sort_unstable_by_key(|&tx| index.final_order(tx));
+    /// The replayed status of `tx`.
+    fn status(&self, tx: TxIdx) -> TxStatus {
+        match (self.decided.get(tx), self.committed.get(tx)) {
+            (false, _) => TxStatus::InFlight,
+            (true, true) => TxStatus::Committed,
+            (true, false) => TxStatus::Aborted,
+        }
+    }
+
+    fn encode_committed(&self, ids: &Ids, h: &mut Encoder) -> u64 {
+        let order = self.committed_in_final_order();
         encode_section(h, b"C", &order, |h, tx| {
             encode_id(h, ids.get_bytes(tx));
             h.update(self.decided(tx).to_le_bytes());
         })
     }
 
-    fn encode_after_final(&self, ids: &Ids, index: &Indexer, h: &mut Encoder) -> u64 {
+    /// Committed transactions by the offset of their last final: the last occurrence of
+    /// each in `finals`, found walking it backwards.
+    fn committed_in_final_order(&self) -> Vec<TxIdx> {
+        let mut seen = Bits::default();
+        let mut order = Vec::new();
+        for &tx in self.finals.iter().rev() {
+            if !seen.get(tx) {
+                seen.set(tx, true);
+                if self.committed.get(tx) {
+                    order.push(tx);
+                }
+            }
+        }
+        order.reverse();
+        order
+    }
+
+    fn encode_after_final(&self, ids: &Ids, h: &mut Encoder) -> u64 {
         // A PREPARE is after the final only if no later final of its transaction exists.
         let live: Vec<usize> = (0..self.after_final.len())
             .filter(|&k| {
                 let (tx, offset, _) = self.after_final[k];
-                index.last_final(tx).is_some_and(|(f, _)| offset > f)
+                self.final_after_anomaly
+                    .get(&tx)
+                    .is_some_and(|&f| offset > f)
             })
             .collect();
         encode_section(h, b"X", &live, |h, k| {
@@ -223,16 +295,30 @@ impl Replayer {
             h.update(data.to_le_bytes());
         })
     }
-}
 
-/// Transactions whose last final has op `op` (`None`: in flight, no final).
-fn txs_with_final(index: &Indexer, op: Option<Op>) -> impl Iterator<Item = TxIdx> + '_ {
-    let status = match op {
-        Some(Op::Commit) => TxStatus::Committed,
-        Some(_) => TxStatus::Aborted,
-        None => TxStatus::InFlight,
-    };
-    (0..index.transactions() as TxIdx).filter(move |&tx| index.status(tx) == Some(status))
+    /// Encodes the transactions with `status`, sorted by id, each followed by `each`.
+    fn encode_by_id(
+        &self,
+        ids: &Ids,
+        h: &mut Encoder,
+        tag: &[u8],
+        status: TxStatus,
+        mut each: impl FnMut(&mut Encoder, TxIdx),
+    ) -> u64 {
+        // Sorting on a prefix held beside each index touches the ids only on a tie, where
+        // comparing ids directly cost a cache miss per comparison.
+        let mut order: Vec<(u64, TxIdx)> = (0..self.last_data.len() as TxIdx)
+            .filter(|&tx| self.status(tx) == status)
+            .map(|tx| (id_prefix(ids.get_bytes(tx)), tx))
+            .collect();
+        order.sort_unstable_by(|a, b| {
+            (a.0.cmp(&b.0)).then_with(|| ids.get_bytes(a.1).cmp(ids.get_bytes(b.1)))
+        });
+        encode_section(h, tag, &order, |h, (_, tx)| {
+            encode_id(h, ids.get_bytes(tx));
+            each(h, tx);
+        })
+    }
 }
 
 /// Bytes buffered before they are hashed: the encoding is many small pieces, and a call
@@ -271,21 +357,13 @@ impl Encoder {
     }
 }
 
-/// Encodes the transactions whose final is `op`, sorted by id, each followed by `each`.
-fn encode_by_id(
-    ids: &Ids,
-    index: &Indexer,
-    h: &mut Encoder,
-    tag: &[u8],
-    op: Option<Op>,
-    mut each: impl FnMut(&mut Encoder, TxIdx),
-) -> u64 {
-    let mut order: Vec<TxIdx> = txs_with_final(index, op).collect();
-    order.sort_unstable_by(|&a, &b| ids.get_bytes(a).cmp(ids.get_bytes(b)));
-    encode_section(h, tag, &order, |h, tx| {
-        encode_id(h, ids.get_bytes(tx));
-        each(h, tx);
-    })
+/// The first 8 bytes of `id`, zero-padded, as a big-endian number: ordering by it agrees
+/// with the byte order of ids wherever two prefixes differ.
+fn id_prefix(id: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = id.len().min(8);
+    b[..n].copy_from_slice(&id[..n]);
+    u64::from_be_bytes(b)
 }
 
 fn encode_section<T: Copy>(

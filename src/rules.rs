@@ -257,8 +257,10 @@ impl Indexer {
         }
         let i = 2 * tx as usize;
         let status_before = self.lines.get(i).map(|&f| status_of(f));
-        if i >= self.lines.len() {
-            self.lines.resize(i + 2, NONE);
+        // Ids are dense in order of appearance: a new one is the next pair (pushes, not a
+        // `resize`, which called `memset` for each new transaction).
+        while i >= self.lines.len() {
+            self.lines.extend_from_slice(&[NONE, NONE]);
         }
         self.observe_tx_bytes(slot, op, tx);
         // Keep the per-status counts current: the daemon reads them at every refresh.
@@ -369,18 +371,12 @@ impl Indexer {
     }
 
     /// A transaction's last final line (its offset and op), if it was seen and has one.
-    /// Replay orders committed transactions by it.
+    /// Replay reads each final status from it.
     pub fn last_final(&self, tx: TxIdx) -> Option<(u64, Op)> {
         self.lines
             .get(2 * tx as usize)
             .and_then(|&f| final_of(f, &self.long_lens))
             .map(|(slot, op)| (slot.offset, op))
-    }
-
-    /// A key that orders transactions with a final by the offset of their last final:
-    /// what replay sorts committed transactions by, cheaper than [`Indexer::last_final`].
-    pub fn final_order(&self, tx: TxIdx) -> u64 {
-        self.fin(tx)
     }
 
     /// Number of transactions seen.

@@ -27,7 +27,14 @@ use hashbrown::DefaultHashBuilder;
 /// the chunks in flight stay a few MiB.
 pub const DEFAULT_CHUNK_BYTES: usize = 256 << 10;
 /// Decoded batches a decoder thread may have queued ahead of the consumer.
-const BATCHES_QUEUED_PER_THREAD: usize = 2;
+const BATCHES_QUEUED_PER_THREAD: usize = 8;
+/// Bytes per transaction assumed when the count is unknown: a PREPARE and a COMMIT of
+/// ~200 bytes each. Tables sized for it up front are not rehashed as they grow; a file
+/// with fewer transactions costs at most the table it would have grown to, twice.
+const ASSUMED_BYTES_PER_TX: u64 = 400;
+/// Up-front sizing stops here (a 1.6 GB file): larger files grow their tables as they go,
+/// so a huge file cannot reserve a huge table it may not need.
+const MAX_PRESIZED_TXS: u64 = 4 << 20;
 /// How much more to read first when a chunk's last line runs past its end; each further
 /// read doubles what was read past the end, so a long line costs few reads.
 const EXTEND_BYTES: u64 = 4 << 10;
@@ -136,7 +143,11 @@ fn run<S: Source + ?Sized>(
     let chunk = par.chunk_bytes.max(1) as u64;
     let chunks = len.div_ceil(chunk);
     let threads = (par.threads.max(1) as u64).min(chunks.max(1)) as usize;
-    let mut pass = Pass::with_capacity(want, txs);
+    let expected = match txs {
+        0 => (len / ASSUMED_BYTES_PER_TX).min(MAX_PRESIZED_TXS) as usize,
+        n => n,
+    };
+    let mut pass = Pass::with_capacity(want, expected);
     if chunks == 0 {
         return Ok(pass.finish(0));
     }
@@ -441,9 +452,7 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
                     .intern_hashed(&batch.ids[rec.a..rec.b], rec.id_hash)
                     .ok_or(AnalyzeError::TooManyTransactions)?;
                 if pass.want.replay {
-                    let had_final = pass.index.last_final(tx).is_some();
-                    pass.replay
-                        .observe_tx(op, tx, rec.offset, rec.hash, had_final);
+                    pass.replay.observe_tx(op, tx, rec.offset, rec.hash);
                 }
                 LineKind::Tx { op, tx }
             }
