@@ -7,8 +7,8 @@ use std::io::{self, BufRead};
 
 mod parallel;
 pub use parallel::{
-    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_slice, analyze_source,
-    analyze_source_expecting,
+    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_file_deferred, analyze_slice,
+    analyze_source, analyze_source_expecting,
 };
 
 use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash_raw};
@@ -212,19 +212,27 @@ impl Pass {
     }
 
     fn finish(self, end: u64) -> Analysis {
+        let (mut analysis, replayer) = self.finish_deferred(end);
+        analysis.replay = replayer.map(|r| r.finish(&analysis.ids));
+        analysis
+    }
+
+    /// The analysis without its replay state, and the replayer (if wanted) to finish it.
+    fn finish_deferred(self, end: u64) -> (Analysis, Option<Replayer>) {
         // The lookup table is not needed any more: free it before replay sorts.
         let ids = self.ids.into_ids();
-        let replay = self.want.replay.then(|| self.replay.finish(&ids));
-        Analysis {
+        let replayer = self.want.replay.then_some(self.replay);
+        let analysis = Analysis {
             index: self.index,
-            replay,
+            replay: None,
             scanned_len: end - self.torn_tail_bytes,
             lines: self.lines,
             torn_tail_bytes: self.torn_tail_bytes,
             corrupt: self.corrupt,
             corrupt_lines: self.corrupt_lines,
             ids,
-        }
+        };
+        (analysis, replayer)
     }
 }
 

@@ -2,8 +2,8 @@
 //!
 //! This is written independently of the rules' decisions on purpose: verification recomputes
 //! the state from the bytes of each file, so a planning bug shows up as a digest mismatch.
-//! It shares one fact with the rules' [`Indexer`] to save memory: each transaction's last
-//! final line (its offset orders committed transactions, its op is the final status).
+//! It shares nothing with the rules' index: a verification pass builds no index at all, and
+//! the status counts of both are property-tested equal.
 //!
 //! Replay state: per transaction its final status (its last COMMIT/ABORT) and, for a
 //! committed one, the `data` of the last PREPARE before that final; committed transactions
@@ -18,6 +18,8 @@
 
 use hashbrown::HashMap;
 use std::fmt;
+use std::sync::{Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
@@ -122,6 +124,37 @@ pub struct Replayer {
     unrecognized: Sha256,
     unrecognized_count: u64,
     torn_tail: Option<(u64, [u8; 32])>,
+}
+
+/// A replay state being finished on a thread of its own: compaction needs the original's
+/// digest only to compare it with the compacted file's, so it finishes while the plan is
+/// built and written. [`PendingReplay::get`] waits for it.
+pub struct PendingReplay {
+    running: Mutex<Option<JoinHandle<ReplayState>>>,
+    state: OnceLock<ReplayState>,
+}
+
+impl PendingReplay {
+    /// Starts finishing `replayer` (fed the lines whose ids are `ids`).
+    pub fn spawn(replayer: Replayer, ids: Ids) -> PendingReplay {
+        let running = std::thread::spawn(move || replayer.finish(&ids));
+        PendingReplay {
+            running: Mutex::new(Some(running)),
+            state: OnceLock::new(),
+        }
+    }
+
+    /// The replay state, waiting for it on the first call. A panic while finishing is
+    /// re-raised here.
+    pub fn get(&self) -> &ReplayState {
+        self.state.get_or_init(|| {
+            let running = self.running.lock().map(|mut r| r.take());
+            let running = running.ok().flatten().expect("only the first call joins");
+            running
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
 }
 
 /// A growable bit set indexed by transaction.

@@ -115,7 +115,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
         phase,
         temp,
         backup: backup.map(Path::to_path_buf),
-        original_digest: digest(backup.unwrap_or(wal)),
+        original_digest: Some(digest(backup.unwrap_or(wal))),
         pid: 1,
         len_at_swap: None,
     };

@@ -18,7 +18,7 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use super::{
     Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
 };
-use crate::replay::{DataHash, NO_PREPARE, data_hash_raw, torn_tail_hash};
+use crate::replay::{DataHash, NO_PREPARE, Replayer, data_hash_raw, torn_tail_hash};
 use crate::rules::{LineKind, Slot};
 use crate::wal::{Op, RawEntry, decode_raw, hash_id};
 use hashbrown::DefaultHashBuilder;
@@ -102,7 +102,21 @@ pub fn analyze_source_expecting<S: Source + ?Sized>(
     want: Want,
     txs: usize,
 ) -> Result<Analysis, AnalyzeError> {
-    run(source, len, want, Parallelism::default(), txs, &mut |_| {})
+    let pass = run(source, len, want, Parallelism::default(), txs, &mut |_| {})?;
+    Ok(pass.finish(len))
+}
+
+/// [`analyze_file`] that leaves the replay unfinished: [`Replayer::finish`] needs only the
+/// replayer and the ids, so the caller can finish it on another thread while it plans.
+/// The analysis has no replay state; the replayer is `None` unless `want.replay`.
+pub fn analyze_file_deferred(
+    file: &File,
+    len: u64,
+    want: Want,
+    progress: &mut dyn FnMut(u64),
+) -> Result<(Analysis, Option<Replayer>), AnalyzeError> {
+    let pass = run(file, len, want, Parallelism::default(), 0, progress)?;
+    Ok(pass.finish_deferred(len))
 }
 
 /// Runs the pass over bytes in memory, decoding in parallel.
@@ -129,7 +143,8 @@ pub fn analyze_source<S: Source + ?Sized>(
     par: Parallelism,
     progress: &mut dyn FnMut(u64),
 ) -> Result<Analysis, AnalyzeError> {
-    run(source, len, want, par, 0, progress)
+    let pass = run(source, len, want, par, 0, progress)?;
+    Ok(pass.finish(len))
 }
 
 fn run<S: Source + ?Sized>(
@@ -139,7 +154,7 @@ fn run<S: Source + ?Sized>(
     par: Parallelism,
     txs: usize,
     progress: &mut dyn FnMut(u64),
-) -> Result<Analysis, AnalyzeError> {
+) -> Result<Pass, AnalyzeError> {
     let chunk = par.chunk_bytes.max(1) as u64;
     let chunks = len.div_ceil(chunk);
     let threads = (par.threads.max(1) as u64).min(chunks.max(1)) as usize;
@@ -149,7 +164,7 @@ fn run<S: Source + ?Sized>(
     };
     let mut pass = Pass::with_capacity(want, expected);
     if chunks == 0 {
-        return Ok(pass.finish(0));
+        return Ok(pass);
     }
     std::thread::scope(|scope| {
         let mut decoded = Vec::with_capacity(threads);
@@ -185,7 +200,7 @@ fn run<S: Source + ?Sized>(
             // The decoder may have finished its share already; the batch is then dropped.
             let _ = recycle[w].send(batch);
         }
-        Ok(pass.finish(len))
+        Ok(pass)
     })
 }
 

@@ -44,9 +44,11 @@ pub struct Journal {
     pub phase: Phase,
     pub temp: PathBuf,
     pub backup: Option<PathBuf>,
-    /// Replay digest of the WAL before compaction: for people reading the journal; recovery
+    /// Replay digest of the WAL before compaction, from the swap on (it is still being
+    /// computed while the temp is written): for people reading the journal; recovery
     /// decides by bytes, so a digest from another version never misleads it.
-    pub original_digest: String,
+    #[serde(default)]
+    pub original_digest: Option<String>,
     pub pid: u32,
     /// Online rollback: length of the new WAL at the swap; bytes after it were appended by
     /// writers since and are kept when the backup is restored.

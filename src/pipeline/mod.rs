@@ -260,7 +260,7 @@ fn compact_and_swap(
         phase: journal::Phase::Writing,
         temp: temp_path.clone(),
         backup: Some(backup.path.clone()),
-        original_digest: snap.replay.digest_hex(),
+        original_digest: None,
         pid: std::process::id(),
         len_at_swap: None,
     };
@@ -286,6 +286,8 @@ fn write_verify_swap(
     let mut temp = compact::create_temp(temp_path, &snap.meta)?;
     let expected_len = snap.plan.survivor_bytes() + (snap.id.len - snap.plan.scanned_len);
     write_and_verify(&mut temp, wal, snap, expected_len, clock)?;
+    // Verification waited for the original's replay state: this does not block.
+    entry.original_digest = Some(snap.replay.get().digest_hex());
     checkpoint(req, Stage::Swap)?;
     let stats = match req.online {
         None => {
@@ -318,11 +320,11 @@ fn write_and_verify(
     clock: &mut Clock,
 ) -> Result<(), PipelineError> {
     let handoff = handoff::Handoff::default();
-    let (expected, txs) = (snap.replay.clone(), snap.transactions);
+    let (expected, txs) = (&snap.replay, snap.transactions);
     let temp_path = temp.path.clone();
     std::thread::scope(|scope| {
         let verified = scope
-            .spawn(|| verify::verify_temp(&temp_path, wal, &expected, expected_len, txs, &handoff));
+            .spawn(|| verify::verify_temp(&temp_path, wal, expected, expected_len, txs, &handoff));
         let written = clock.stage(Stage::Compact, || {
             temp.write(&snap.file, &snap.plan, snap.id.len, &handoff)
         });
@@ -563,7 +565,7 @@ fn report(
         },
         backup_linked: backup.as_ref().map(|b| b.linked),
         backup: backup.map(|b| b.path),
-        digest: snap.replay.digest_hex(),
+        digest: snap.replay.get().digest_hex(),
         recovered,
         duration_ms: ms(clock.start),
         stages: clock.stages.clone(),

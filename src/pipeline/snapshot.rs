@@ -6,9 +6,9 @@ use std::fs::{self, File};
 use std::path::Path;
 
 use super::{PipelineError, ProgressFn, Stage};
-use crate::analyze::{Want, analyze_file};
+use crate::analyze::{Want, analyze_file_deferred};
 use crate::fsutil::FileId;
-use crate::replay::ReplayState;
+use crate::replay::PendingReplay;
 use crate::rules::{Counts, Plan};
 
 /// One consistent view of the WAL.
@@ -17,7 +17,8 @@ pub struct Snapshot {
     pub meta: fs::Metadata,
     pub id: FileId,
     pub plan: Plan,
-    pub replay: ReplayState,
+    /// The original's replay state, finished while the plan is built and written.
+    pub replay: PendingReplay,
     pub counts: Counts,
     /// Transactions in the original: the compacted file has as many.
     pub transactions: usize,
@@ -67,7 +68,7 @@ impl Snapshot {
                 p(Stage::Analyze, done, id.len)
             }
         };
-        let analysis = analyze_file(
+        let (analysis, replayer) = analyze_file_deferred(
             &file,
             id.len,
             Want {
@@ -86,15 +87,13 @@ impl Snapshot {
                 .collect(),
             false => HashSet::new(),
         };
-        // Ids are not needed for planning: free them before the plan is built.
-        let crate::analyze::Analysis {
-            index, replay, ids, ..
-        } = analysis;
-        drop(ids);
+        // Planning needs no ids: they go to the thread finishing the replay, and are freed
+        // when it is done.
+        let crate::analyze::Analysis { index, ids, .. } = analysis;
+        let replay = PendingReplay::spawn(replayer.expect("replay requested"), ids);
         let counts = index.counts();
         let transactions = index.transactions();
         let plan = index.into_plan();
-        let replay = replay.expect("replay requested");
         Ok(Snapshot {
             file,
             meta,

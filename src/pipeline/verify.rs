@@ -8,7 +8,7 @@ use std::path::Path;
 use super::handoff::{Growing, Handoff};
 use super::{PipelineError, Stage};
 use crate::analyze::{Analysis, Want, analyze, analyze_file, analyze_source_expecting};
-use crate::replay::ReplayState;
+use crate::replay::{PendingReplay, ReplayState};
 use crate::wal::SCAN_BUFFER_BYTES;
 
 /// Replays any reader, refusing corrupt content. Returns the state and the full analysis.
@@ -64,7 +64,7 @@ pub fn refuse_corrupt(path: &Path, analysis: &Analysis) -> Result<(), PipelineEr
 pub fn verify_temp(
     temp: &Path,
     wal: &Path,
-    expected: &ReplayState,
+    expected: &PendingReplay,
     expected_len: u64,
     txs: usize,
     handoff: &Handoff,
@@ -94,6 +94,7 @@ pub fn verify_temp(
         )));
     }
     let got = analysis.replay.expect("replay requested");
+    let expected = expected.get();
     if got.digest != expected.digest {
         return Err(failed(format!(
             "replay digest differs: original {expected}, compacted {got}"
