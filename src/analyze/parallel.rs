@@ -1,19 +1,25 @@
 //! The pass over a file or a slice, decoded by several threads in order.
 //!
 //! The input is cut into fixed-size chunks. A line belongs to the chunk holding its first
-//! byte; the thread decoding a chunk reads past its end to finish the last line. Decoder
-//! threads take chunks round-robin and do the per-line work that needs no shared state
-//! (line splitting, UTF-8 check, JSON decoding, hashing a PREPARE's `data`). Each sends one
-//! compact batch per chunk over a bounded channel; the calling thread takes the batches
-//! strictly in chunk order and does the sequential work (line numbers, interning, the rules'
-//! index, the replay), so the result is the one [`analyze`](super::analyze) computes.
-//! Batches are recycled, so the steady state allocates nothing per line; memory is a few
-//! chunks per thread plus, as before, a few words per transaction.
+//! byte; the thread decoding a chunk reads past its end to finish the last line. Decoding
+//! threads take the next chunk from a shared counter and do the per-line work that needs no
+//! shared state (line splitting, UTF-8 check, JSON decoding, hashing a PREPARE's `data`),
+//! sending one compact batch per chunk. The calling thread takes the batches strictly in
+//! chunk order (a reorder ring) and does the sequential work (line numbers, interning, the
+//! rules' index, the replay), so the result is the one [`analyze`](super::analyze) computes.
+//! When the chunk it needs next is not decoded yet, it decodes the next free chunk itself:
+//! one decoding thread fewer than CPUs keeps every CPU busy without a third thread
+//! competing for two (measured: a compaction ~10% faster on two CPUs than with a consumer
+//! that only waits). Batches are recycled through a fixed pool, which also bounds the
+//! chunks in flight, so the steady state allocates nothing per line; memory is a few chunks
+//! per thread plus, as before, a few words per transaction.
 
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 
 use super::{
     Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
@@ -70,12 +76,14 @@ impl Source for [u8] {
 pub struct Parallelism {
     /// Bytes per chunk (at least 1).
     pub chunk_bytes: usize,
-    /// Decoder threads (at least 1).
+    /// Threads that decode, the calling thread included (at least 1; 1 decodes on the
+    /// calling thread alone).
     pub threads: usize,
 }
 
 impl Default for Parallelism {
-    /// [`DEFAULT_CHUNK_BYTES`] and one decoder thread per available CPU.
+    /// [`DEFAULT_CHUNK_BYTES`] and one thread per available CPU (the calling thread and
+    /// one fewer spawned).
     fn default() -> Self {
         Parallelism {
             chunk_bytes: DEFAULT_CHUNK_BYTES,
@@ -166,42 +174,72 @@ fn run<S: Source + ?Sized>(
     if chunks == 0 {
         return Ok(pass);
     }
+    // Every decoded batch not yet consumed holds one of `window` tokens (the batches
+    // themselves), taken before its chunk number: fewer than `window` chunks are taken and
+    // not consumed, so chunk `k` has slot `k % window` of the reorder ring to itself.
+    let window = threads * BATCHES_QUEUED_PER_THREAD;
+    let (free, free_rx) = mpsc::sync_channel(window);
+    let shared = Shared {
+        next: AtomicU64::new(0),
+        chunks,
+        free: Mutex::new(free_rx),
+    };
+    let new_decoder = |ids| Decoder {
+        want,
+        len,
+        chunk,
+        buf: Vec::new(),
+        described: 0,
+        ids,
+    };
+    let (out, decoded) = mpsc::channel::<(u64, Msg)>();
     std::thread::scope(|scope| {
-        let mut decoded = Vec::with_capacity(threads);
-        let mut recycle = Vec::with_capacity(threads);
-        for first in 0..threads {
-            let (out, rx) = mpsc::sync_channel(BATCHES_QUEUED_PER_THREAD);
-            let (free_tx, free) = mpsc::channel();
-            let decoder = Decoder {
-                want,
-                len,
-                chunk,
-                buf: Vec::new(),
-                described: 0,
-                ids: pass.ids.hasher(),
-            };
-            scope.spawn(move || {
-                decoder.run(source, first as u64, threads as u64, out, free);
-            });
-            decoded.push(rx);
-            recycle.push(free_tx);
+        // Owned here, so returning early (an error) drops it and frees waiting decoders.
+        let free = free;
+        for _ in 0..window {
+            free.send(Batch::default()).expect("the receiver is alive");
         }
+        for _ in 1..threads {
+            let (decoder, out, shared) = (new_decoder(pass.ids.hasher()), out.clone(), &shared);
+            scope.spawn(move || decoder.run(source, shared, out));
+        }
+        drop(out);
+        // The consuming thread decodes too, whenever the chunk it needs next is not ready.
+        let mut helper = new_decoder(pass.ids.hasher());
+        let mut ring: Vec<Option<Msg>> = (0..window).map(|_| None).collect();
         let mut next_progress = PROGRESS_EVERY_BYTES;
         for k in 0..chunks {
-            let w = (k % threads as u64) as usize;
-            let mut batch = decoded[w]
-                .recv()
-                .expect("a decoder sends every chunk of its share, or an error")?;
+            let slot = (k % window as u64) as usize;
+            while ring[slot].is_none() {
+                if let Some((j, msg)) = helper.help(source, &shared) {
+                    ring[(j % window as u64) as usize] = Some(msg);
+                    continue;
+                }
+                let (j, msg) = decoded
+                    .recv()
+                    .expect("decoders send every chunk they take, or an error");
+                ring[(j % window as u64) as usize] = Some(msg);
+            }
+            while let Ok((j, msg)) = decoded.try_recv() {
+                ring[(j % window as u64) as usize] = Some(msg);
+            }
+            let mut batch = ring[slot].take().expect("just filled")?;
             consume(&mut pass, &mut batch)?;
             if batch.end >= next_progress {
                 progress(batch.end);
                 next_progress = batch.end + PROGRESS_EVERY_BYTES;
             }
-            // The decoder may have finished its share already; the batch is then dropped.
-            let _ = recycle[w].send(batch);
+            let _ = free.send(batch);
         }
         Ok(pass)
     })
+}
+
+/// What the decoding threads share: the next chunk to take, and the free batches.
+struct Shared {
+    next: AtomicU64,
+    chunks: u64,
+    free: Mutex<Receiver<Batch>>,
 }
 
 /// What a decoder learned about one line.
@@ -271,26 +309,45 @@ struct Decoder {
 }
 
 impl Decoder {
-    /// Decodes chunks `first`, `first + step`, ... and sends their batches in order.
-    fn run<S: Source + ?Sized>(
-        mut self,
-        source: &S,
-        first: u64,
-        step: u64,
-        out: SyncSender<Msg>,
-        free: Receiver<Batch>,
-    ) {
-        let mut k = first;
-        while k * self.chunk < self.len {
-            let mut batch = free.try_recv().unwrap_or_default();
-            batch.clear();
-            let msg = self.chunk(source, k, &mut batch).map(|()| batch);
-            let failed = msg.is_err();
-            if out.send(msg).is_err() || failed {
+    /// Takes a free batch, then the next chunk, decodes that chunk into the batch and sends
+    /// it, until the chunks run out, a chunk fails or the consumer is gone.
+    fn run<S: Source + ?Sized>(mut self, source: &S, shared: &Shared, out: Sender<(u64, Msg)>) {
+        loop {
+            let batch = match shared.free.lock() {
+                Ok(free) => free.recv(),
+                Err(_) => return,
+            };
+            let Ok(batch) = batch else { return };
+            let Some(done) = self.take_and_decode(source, shared, batch) else {
+                return;
+            };
+            let failed = done.1.is_err();
+            if out.send(done).is_err() || failed {
                 return;
             }
-            k += step;
         }
+    }
+
+    /// The consumer's turn at decoding: the next chunk, if one is left and a batch is free.
+    fn help<S: Source + ?Sized>(&mut self, source: &S, shared: &Shared) -> Option<(u64, Msg)> {
+        let batch = shared.free.try_lock().ok()?.try_recv().ok()?;
+        self.take_and_decode(source, shared, batch)
+    }
+
+    /// Takes the next chunk number and decodes it into `batch`; `None` when none is left.
+    fn take_and_decode<S: Source + ?Sized>(
+        &mut self,
+        source: &S,
+        shared: &Shared,
+        mut batch: Batch,
+    ) -> Option<(u64, Msg)> {
+        let k = shared.next.fetch_add(1, Ordering::Relaxed);
+        if k >= shared.chunks {
+            return None;
+        }
+        batch.clear();
+        let msg = self.chunk(source, k, &mut batch).map(|()| batch);
+        Some((k, msg))
     }
 
     /// Decodes every line that starts in chunk `k` into `batch`.
@@ -543,6 +600,50 @@ mod tests {
             ),
             "chunk {chunk}"
         );
+    }
+
+    /// A source that fails past `at` bytes, as a disk error would.
+    struct FailsAt<'a> {
+        bytes: &'a [u8],
+        at: u64,
+    }
+
+    impl Source for FailsAt<'_> {
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+            if offset + buf.len() as u64 > self.at {
+                return Err(io::Error::other("injected read error"));
+            }
+            self.bytes.read_at(buf, offset)
+        }
+    }
+
+    /// A read error in any chunk ends the pass with that error, whoever decodes the chunk,
+    /// and no thread is left waiting (the test would hang).
+    #[test]
+    fn a_read_error_ends_the_pass_for_every_split() {
+        let line = "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":1}}\n";
+        let input = line.repeat(200);
+        let want = Want {
+            index: true,
+            replay: true,
+        };
+        for at in [0, 1, 500, 4000, input.len() as u64 - 1] {
+            for (chunk, threads) in [(64, 1), (64, 2), (100, 3), (7, 4)] {
+                let source = FailsAt {
+                    bytes: input.as_bytes(),
+                    at,
+                };
+                let par = Parallelism {
+                    chunk_bytes: chunk,
+                    threads,
+                };
+                let got = analyze_source(&source, input.len() as u64, want, par, &mut |_| {});
+                assert!(
+                    matches!(got, Err(AnalyzeError::Io { .. })),
+                    "at {at}, chunk {chunk}, threads {threads}"
+                );
+            }
+        }
     }
 
     #[test]
