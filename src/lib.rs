@@ -8,8 +8,8 @@
 //!   interning transaction ids. Never writes.
 //! - [`rules`]: the compaction rules as a pure index (16 bytes per transaction) →
 //!   [`rules::Plan`] of surviving lines.
-//! - [`replay`]: the replay state and its SHA-256 digest, computed independently of the rules'
-//!   decisions (it reads only each transaction's last final line from their index).
+//! - [`replay`]: the replay state and its SHA-256 digest, computed independently of the rules
+//!   (it shares nothing with their index; a verification pass builds none).
 //! - [`analyze`]: one streaming pass feeding the scanner's lines to the rules and the replay.
 //! - [`pipeline`]: backup → compact → verify → swap (→ rollback), the journal and the lock;
 //!   one module per stage, sequenced by `pipeline::run`.

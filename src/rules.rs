@@ -370,15 +370,6 @@ impl Indexer {
         self.lines.get(2 * tx as usize).map(|&f| status_of(f))
     }
 
-    /// A transaction's last final line (its offset and op), if it was seen and has one.
-    /// Replay reads each final status from it.
-    pub fn last_final(&self, tx: TxIdx) -> Option<(u64, Op)> {
-        self.lines
-            .get(2 * tx as usize)
-            .and_then(|&f| final_of(f, &self.long_lens))
-            .map(|(slot, op)| (slot.offset, op))
-    }
-
     /// Number of transactions seen.
     pub fn transactions(&self) -> usize {
         self.lines.len() / 2

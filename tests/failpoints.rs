@@ -195,6 +195,61 @@ fn every_pipeline_step_survives_a_crash_or_an_error() {
     }
 }
 
+/// A backup copied to another filesystem takes its name only once complete and fsynced: a
+/// crash mid-copy leaves no file that lists as a backup, and the WAL untouched.
+#[test]
+fn a_crash_mid_copy_leaves_no_truncated_backup() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() || same_filesystem(shm, d.path()) {
+        eprintln!("SKIPPED: no second filesystem at /dev/shm");
+        return;
+    }
+    let other = tempfile::tempdir_in(shm).unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(300));
+    let original = digest(&wal);
+    let backup_dir = other.path().to_str().unwrap();
+    let out = walcompactd()
+        .env("FAILPOINTS", "backup::copy::crash=return")
+        .args(["compact", "--backup-dir", backup_dir])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert_eq!(digest(&wal), original);
+    let left = names(other.path());
+    assert!(left.iter().all(|n| n.ends_with(".partial")), "{left:?}");
+    // Nothing there is a backup: pruning everything finds nothing to remove.
+    let pruned = walcompactd()
+        .args(["prune-backups", "--keep-days", "0", "--keep-last", "0", "--json"])
+        .args(["--backup-dir", backup_dir])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&pruned.stdout).trim(),
+        r#"{"removed":[],"kept":[]}"#
+    );
+    walcompactd()
+        .args(["compact", "--backup-dir", backup_dir])
+        .arg(&wal)
+        .assert()
+        .success();
+    assert_eq!(digest(&wal), original);
+    let backups: Vec<_> = names(other.path())
+        .into_iter()
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(digest(&other.path().join(&backups[0])), original);
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata(a).unwrap().dev() == fs::metadata(b).unwrap().dev()
+}
+
 #[test]
 fn online_crash_under_the_writer_lock_loses_nothing() {
     use std::os::unix::process::ExitStatusExt;

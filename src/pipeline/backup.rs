@@ -103,10 +103,7 @@ pub fn create(
                     );
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => {
-                    let _ = fs::remove_file(&path);
-                    return Err(PipelineError::io(Stage::Backup, "copy to", path)(e));
-                }
+                Err(e) => return Err(PipelineError::io(Stage::Backup, "copy to", path)(e)),
             },
             Err(e) => return Err(PipelineError::io(Stage::Backup, "link", path)(e)),
         }
@@ -139,13 +136,49 @@ fn finish(backup: Backup, dir: &Path) -> Result<Backup, PipelineError> {
     Ok(backup)
 }
 
-/// Copies `src` from its start into a new file at `dest` and fsyncs it.
+/// Suffix of a copied backup while it is written. It never parses as a backup, so a crash
+/// mid-copy leaves no truncated file under a backup's name (a leftover is only wasted space).
+pub const PARTIAL_SUFFIX: &str = ".partial";
+
+/// Copies `src` from its start into a new file at `dest` (`AlreadyExists` if taken), fsynced.
+/// Copy under a partial name and fsync BEFORE it takes the backup's name, or a crash can
+/// leave a truncated file that restore or prune-backups would take for a backup.
 fn copy_new(src: &File, dest: &Path) -> io::Result<()> {
-    let mut out = OpenOptions::new().write(true).create_new(true).open(dest)?;
+    let partial = crate::fsutil::sibling(dest, PARTIAL_SUFFIX);
+    // Only a crashed copy of this same name leaves it behind.
+    let _ = fs::remove_file(&partial);
+    let copied = copy_into(src, &partial).and_then(|()| claim(&partial, dest));
+    if copied.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    copied
+}
+
+fn copy_into(src: &File, partial: &Path) -> io::Result<()> {
+    let mut out = OpenOptions::new().write(true).create_new(true).open(partial)?;
     let mut reader = src.try_clone()?;
     io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
     io::copy(&mut reader, &mut out)?;
+    crate::crash_point!("backup::copy::crash");
     out.sync_all()
+}
+
+/// Gives the complete copy at `partial` the name `dest`, unless `dest` exists: a hard link
+/// where the filesystem has them (atomic, fails on an existing name), else a rename after a
+/// check (the compaction lock keeps other runs of this tool out of the way meanwhile).
+fn claim(partial: &Path, dest: &Path) -> io::Result<()> {
+    match fs::hard_link(partial, dest) {
+        Ok(()) => {
+            let _ = fs::remove_file(partial);
+            Ok(())
+        }
+        Err(e) if link_unsupported(&e) => match fs::symlink_metadata(dest) {
+            Ok(_) => Err(io::ErrorKind::AlreadyExists.into()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::rename(partial, dest),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    }
 }
 
 /// A backup found on disk.
@@ -321,6 +354,8 @@ mod tests {
             "wal_backup_2026.log",
             "x_backup_20261128_090507.log",
             "wal_backup_20261128_090507_x.log",
+            // A copy still being written (or cut short by a crash) is not a backup.
+            "wal_backup_20261128_090507.log.partial",
         ] {
             assert_eq!(parse_backup_name(wal, other), None, "{other}");
         }
