@@ -162,13 +162,11 @@ impl PendingReplay {
 struct Bits(Vec<u64>);
 
 impl Bits {
-    fn get(&self, tx: TxIdx) -> bool {
-        let i = tx as usize;
+    fn get(&self, i: usize) -> bool {
         self.0.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
     }
 
-    fn set(&mut self, tx: TxIdx, on: bool) {
-        let i = tx as usize;
+    fn set(&mut self, i: usize, on: bool) {
         while i / 64 >= self.0.len() {
             self.0.push(0);
         }
@@ -202,7 +200,7 @@ impl Replayer {
             self.observe_final(op, tx, offset);
             return;
         }
-        if self.decided.get(tx) {
+        if self.decided.get(tx as usize) {
             let decided = self.last_data[i];
             self.decided_before.entry(tx).or_insert(decided);
             self.after_final.push((tx, offset, data));
@@ -213,8 +211,8 @@ impl Replayer {
 
     fn observe_final(&mut self, op: Op, tx: TxIdx, offset: u64) {
         self.finals.push(tx);
-        self.decided.set(tx, true);
-        self.committed.set(tx, op == Op::Commit);
+        self.decided.set(tx as usize, true);
+        self.committed.set(tx as usize, op == Op::Commit);
         // This final is decided by the last PREPARE so far, which `last_data` holds.
         if !self.decided_before.is_empty() {
             self.decided_before.remove(&tx);
@@ -242,7 +240,7 @@ impl Replayer {
     }
 
     /// Computes the canonical encoding's digest; ids are resolved through `ids`.
-    pub fn finish(self, ids: &Ids) -> ReplayState {
+    pub fn finish(mut self, ids: &Ids) -> ReplayState {
         let mut h = Encoder::default();
         h.update(REPLAY_DIGEST_DOMAIN);
         let committed = self.encode_committed(ids, &mut h);
@@ -280,36 +278,41 @@ impl Replayer {
 
     /// The replayed status of `tx`.
     fn status(&self, tx: TxIdx) -> TxStatus {
-        match (self.decided.get(tx), self.committed.get(tx)) {
+        match (
+            self.decided.get(tx as usize),
+            self.committed.get(tx as usize),
+        ) {
             (false, _) => TxStatus::InFlight,
             (true, true) => TxStatus::Committed,
             (true, false) => TxStatus::Aborted,
         }
     }
 
-    fn encode_committed(&self, ids: &Ids, h: &mut Encoder) -> u64 {
-        let order = self.committed_in_final_order();
-        encode_section(h, b"C", &order, |h, tx| {
-            encode_id(h, ids.get_bytes(tx));
-            h.update(self.decided(tx).to_le_bytes());
-        })
-    }
-
-    /// Committed transactions by the offset of their last final: the last occurrence of
-    /// each in `finals`, found walking it backwards.
-    fn committed_in_final_order(&self) -> Vec<TxIdx> {
-        let mut seen = Bits::default();
-        let mut order = Vec::new();
-        for &tx in self.finals.iter().rev() {
-            if !seen.get(tx) {
-                seen.set(tx, true);
-                if self.committed.get(tx) {
-                    order.push(tx);
+    /// Committed transactions in the order of their last finals, which are the last
+    /// occurrences in `finals`: found walking it backwards (marked in a bit per final
+    /// line, not a list of transactions), then encoded walking forwards. Frees `finals`.
+    fn encode_committed(&mut self, ids: &Ids, h: &mut Encoder) -> u64 {
+        let finals = std::mem::take(&mut self.finals);
+        let (mut seen, mut last, mut count) = (Bits::default(), Bits::default(), 0u64);
+        for (at, &tx) in finals.iter().enumerate().rev() {
+            if !seen.get(tx as usize) {
+                seen.set(tx as usize, true);
+                if self.committed.get(tx as usize) {
+                    last.set(at, true);
+                    count += 1;
                 }
             }
         }
-        order.reverse();
-        order
+        drop(seen);
+        h.update(b"C");
+        h.update(count.to_le_bytes());
+        for (at, &tx) in finals.iter().enumerate() {
+            if last.get(at) {
+                encode_id(h, ids.get_bytes(tx));
+                h.update(self.decided(tx).to_le_bytes());
+            }
+        }
+        count
     }
 
     fn encode_after_final(&self, ids: &Ids, h: &mut Encoder) -> u64 {

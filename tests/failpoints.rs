@@ -222,7 +222,14 @@ fn a_crash_mid_copy_leaves_no_truncated_backup() {
     assert!(left.iter().all(|n| n.ends_with(".partial")), "{left:?}");
     // Nothing there is a backup: pruning everything finds nothing to remove.
     let pruned = walcompactd()
-        .args(["prune-backups", "--keep-days", "0", "--keep-last", "0", "--json"])
+        .args([
+            "prune-backups",
+            "--keep-days",
+            "0",
+            "--keep-last",
+            "0",
+            "--json",
+        ])
         .args(["--backup-dir", backup_dir])
         .arg(&wal)
         .output()

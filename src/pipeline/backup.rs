@@ -155,7 +155,10 @@ fn copy_new(src: &File, dest: &Path) -> io::Result<()> {
 }
 
 fn copy_into(src: &File, partial: &Path) -> io::Result<()> {
-    let mut out = OpenOptions::new().write(true).create_new(true).open(partial)?;
+    let mut out = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(partial)?;
     let mut reader = src.try_clone()?;
     io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
     io::copy(&mut reader, &mut out)?;
