@@ -66,16 +66,15 @@ sync "$work/wal.log"
 
 failed=0
 measure floor -- true
+# Copy and compact alternate, so both see the same machine: on a shared VM the speed
+# drifts over seconds, and running all copies first would bias the ratio.
 for rep in $(seq 1 "$BENCH_REPS"); do
     echo "== run $rep/$BENCH_REPS: durable copy"
     rm -f "$work/copy.log"
     # shellcheck disable=SC2016 # $1/$2 belong to the inner sh
     measure copy -- sh -c 'cat "$1" > "$2" && sync "$2"' sh "$work/wal.log" "$work/copy.log" ||
         failed=1
-done
-rm -f "$work/copy.log"
-
-for rep in $(seq 1 "$BENCH_REPS"); do
+    rm -f "$work/copy.log"
     echo "== run $rep/$BENCH_REPS: compact"
     rm -rf "$work/fresh.log" "$work/backup"
     mkdir "$work/backup"
