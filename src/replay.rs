@@ -157,7 +157,7 @@ impl PendingReplay {
     }
 }
 
-/// A growable bit set indexed by transaction.
+/// A growable bit set, indexed by transaction or by position in the final-line log.
 #[derive(Default)]
 struct Bits(Vec<u64>);
 

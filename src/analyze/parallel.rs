@@ -32,7 +32,8 @@ use hashbrown::DefaultHashBuilder;
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
 /// the chunks in flight stay a few MiB.
 pub const DEFAULT_CHUNK_BYTES: usize = 256 << 10;
-/// Decoded batches a decoder thread may have queued ahead of the consumer.
+/// Batches in the pool per decoding thread (the calling thread included): decoded ahead of
+/// the consumer or being decoded. 8 measured faster than 2 or 4; 16 no faster.
 const BATCHES_QUEUED_PER_THREAD: usize = 8;
 /// Bytes per transaction assumed when the count is unknown: a PREPARE and a COMMIT of
 /// ~200 bytes each. Tables sized for it up front are not rehashed as they grow; a file
