@@ -398,7 +398,7 @@ impl Indexer {
     }
 
     /// The surviving lines, in file order, built in the index's own memory: each
-    /// transaction's two packed lines become its survivors or [`NONE`], then one sort.
+    /// transaction's two packed lines become its survivors or `NONE` (dropped), then one sort.
     pub fn into_plan(mut self) -> Plan {
         let txs = self.transactions() as TxIdx;
         for tx in 0..txs {

@@ -6,7 +6,7 @@
 //! delta: its cost does not grow with the WAL's size.
 //!
 //! Copying appended lines verbatim after the compacted prefix replays to the same state as
-//! the original, except for one pattern the tail check refuses (see [`TailCheck`]).
+//! the original, except for one pattern the tail check refuses (see `TailCheck`).
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions, TryLockError};
