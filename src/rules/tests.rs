@@ -1,5 +1,6 @@
 //! One test per compaction rule, on literal WALs; property tests live in `tests/rules_prop.rs`.
 
+use crate::analyze::{Analysis, Want, analyze};
 use crate::pipeline::compact::compact_bytes;
 
 fn p(tx: &str, data: u32) -> String {
@@ -13,6 +14,15 @@ fn a(tx: &str) -> String {
 }
 
 /// Compacts the concatenation of `lines` and returns the surviving lines.
+/// The rules' index of `input` (no replay).
+fn indexed(input: &[u8]) -> Analysis {
+    let want = Want {
+        index: true,
+        replay: false,
+    };
+    analyze(input, want, &mut |_| {}).unwrap()
+}
+
 fn compact(lines: &[String]) -> String {
     String::from_utf8(compact_bytes(lines.concat().as_bytes()).unwrap()).unwrap()
 }
@@ -111,7 +121,6 @@ fn torn_tail_stays_last_and_untouched() {
 
 #[test]
 fn indexer_reclaimable_matches_the_plan_as_lines_arrive() {
-    use crate::analyze::{Want, analyze};
     let lines = [
         p("a", 1),
         p("a", 2),
@@ -125,15 +134,7 @@ fn indexer_reclaimable_matches_the_plan_as_lines_arrive() {
     ];
     for n in 0..=lines.len() {
         let input = lines[..n].concat();
-        let an = analyze(
-            input.as_bytes(),
-            Want {
-                index: true,
-                replay: false,
-            },
-            &mut |_| {},
-        )
-        .unwrap();
+        let an = indexed(input.as_bytes());
         let plan = an.index.plan();
         let out = compact_bytes(input.as_bytes()).unwrap();
         assert_eq!(
@@ -151,17 +152,8 @@ fn indexer_reclaimable_matches_the_plan_as_lines_arrive() {
 
 #[test]
 fn plan_keeps_reports_membership() {
-    use crate::analyze::{Want, analyze};
     let input = [p("a", 1), p("a", 2), c("a")].concat();
-    let an = analyze(
-        input.as_bytes(),
-        Want {
-            index: true,
-            replay: false,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let an = indexed(input.as_bytes());
     let plan = an.index.plan();
     let second = p("a", 1).len() as u64;
     assert!(!plan.keeps(0));
@@ -172,7 +164,7 @@ fn plan_keeps_reports_membership() {
 
 #[test]
 fn tracker_fed_in_pieces_matches_one_full_pass() {
-    use crate::analyze::{Tracker, Want, analyze};
+    use crate::analyze::Tracker;
     let full = [
         p("a", 1),
         p("a", 2),
@@ -194,15 +186,7 @@ fn tracker_fed_in_pieces_matches_one_full_pass() {
         assert_eq!(t.offset() as usize, fed);
         assert_eq!(t.torn_tail_bytes() as usize, cut - fed);
     }
-    let one = analyze(
-        full.as_bytes(),
-        Want {
-            index: true,
-            replay: false,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let one = indexed(full.as_bytes());
     assert_eq!(t.index().reclaimable_bytes(), one.index.reclaimable_bytes());
     assert_eq!(t.index().counts(), one.index.counts());
     assert_eq!(t.index().tx_counts(), one.index.tx_counts());
@@ -213,7 +197,6 @@ fn tracker_fed_in_pieces_matches_one_full_pass() {
 /// be kept, dropped and measured like any other line, as PREPARE, final or unrecognized.
 #[test]
 fn lines_too_long_to_pack_follow_the_same_rules() {
-    use crate::analyze::{Want, analyze};
     let big = "x".repeat(9 << 20);
     let big_p =
         |tx: &str| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{tx}\", \"data\": \"{big}\"}}\n");
@@ -243,15 +226,7 @@ fn lines_too_long_to_pack_follow_the_same_rules() {
     ];
     assert_eq!(compact(&input), want.concat());
     let text = input.concat();
-    let an = analyze(
-        text.as_bytes(),
-        Want {
-            index: true,
-            replay: false,
-        },
-        &mut |_| {},
-    )
-    .unwrap();
+    let an = indexed(text.as_bytes());
     let kept = want.concat().len() as u64;
     assert_eq!(an.index.reclaimable_bytes(), text.len() as u64 - kept);
     assert_eq!(an.index.plan().survivor_bytes(), kept);
