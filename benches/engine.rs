@@ -60,10 +60,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             analyze(
                 black_box(&wal[..]),
-                Want {
-                    index: true,
-                    replay: false,
-                },
+                Want::index(walcompactd::rules::CorruptLines::Keep),
                 &mut |_| {},
             )
             .unwrap()
@@ -73,10 +70,7 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             analyze(
                 black_box(&wal[..]),
-                Want {
-                    index: false,
-                    replay: true,
-                },
+                Want::replay(walcompactd::rules::CorruptLines::Keep),
                 &mut |_| {},
             )
             .unwrap()
@@ -84,10 +78,7 @@ fn benches(c: &mut Criterion) {
     });
     let an = analyze(
         &wal[..],
-        Want {
-            index: true,
-            replay: false,
-        },
+        Want::index(walcompactd::rules::CorruptLines::Keep),
         &mut |_| {},
     )
     .unwrap();

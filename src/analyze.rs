@@ -1,4 +1,4 @@
-//! One streaming pass over a WAL: scan lines, decode `op`/`tx_id`/`data`, intern ids, and
+//! One streaming pass over a WAL: scan lines, decode `op`/`tx_id`, intern ids, and
 //! feed the rules' [`Indexer`] and the [`Replayer`]. Parses from any `BufRead` on one thread;
 //! [`analyze_file`] and [`analyze_slice`] decode a file or a slice on several threads with
 //! the same result. Callers at the edges open files.
@@ -11,8 +11,8 @@ pub use parallel::{
     analyze_source, analyze_source_expecting,
 };
 
-use crate::replay::{NO_PREPARE, ReplayState, Replayer, data_hash_raw};
-use crate::rules::{Indexer, LineKind, MAX_WAL_BYTES, Slot};
+use crate::replay::{NO_PREPARE, ReplayState, Replayer, payload_hash};
+use crate::rules::{CorruptLines, Indexer, LineKind, MAX_WAL_BYTES, Slot};
 use crate::wal::{
     DecodeError, Entry, Ids, Interner, Item, LineScanner, RawEntry, decode, decode_raw,
 };
@@ -22,7 +22,8 @@ pub const MAX_REPORTED_CORRUPT_LINES: usize = 20;
 /// Progress callbacks fire at most this often (in bytes), keeping the hot loop cheap.
 const PROGRESS_EVERY_BYTES: u64 = 8 << 20;
 
-/// A complete line that is not a JSON object: the WAL is corrupt and compaction refuses it.
+/// A complete line that is not a JSON object: reported in every mode; what compaction does
+/// with it is [`CorruptLines`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CorruptLine {
     /// 1-based line number.
@@ -44,6 +45,8 @@ pub enum AnalyzeError {
         MAX_WAL_BYTES
     )]
     TooLarge { offset: u64 },
+    #[error("line {line} (byte offset {offset}) is 4 GiB or longer, past what a WAL line may be")]
+    LineTooLong { line: u64, offset: u64 },
 }
 
 /// What to compute during the pass; each costs memory per transaction.
@@ -53,6 +56,37 @@ pub struct Want {
     pub index: bool,
     /// The replay state and digest.
     pub replay: bool,
+    /// What the index and the replay do with corrupt lines.
+    pub corrupt_lines: CorruptLines,
+}
+
+impl Want {
+    /// The index and the replay state, corrupt lines per `corrupt_lines`: a compaction.
+    pub const fn both(corrupt_lines: CorruptLines) -> Want {
+        Want {
+            index: true,
+            replay: true,
+            corrupt_lines,
+        }
+    }
+
+    /// The replay state alone, corrupt lines per `corrupt_lines`: a verification.
+    pub const fn replay(corrupt_lines: CorruptLines) -> Want {
+        Want {
+            index: false,
+            replay: true,
+            corrupt_lines,
+        }
+    }
+
+    /// The index alone, corrupt lines per `corrupt_lines`: status and statistics.
+    pub const fn index(corrupt_lines: CorruptLines) -> Want {
+        Want {
+            index: true,
+            replay: false,
+            corrupt_lines,
+        }
+    }
 }
 
 /// Everything one pass learned.
@@ -76,7 +110,7 @@ impl Analysis {
         self.scanned_len + self.torn_tail_bytes
     }
 
-    /// The first corrupt line, if any: compaction refuses the WAL then.
+    /// The first corrupt line, if any (`corrupt_lines = "refuse"` refuses the WAL then).
     pub fn first_corrupt(&self) -> Option<&CorruptLine> {
         self.corrupt.first()
     }
@@ -131,8 +165,10 @@ impl Pass {
         Pass {
             want,
             ids: Interner::with_capacity(txs),
-            index: Indexer::with_capacity(if want.index { txs } else { 0 }),
-            replay: Replayer::with_capacity(if want.replay { txs } else { 0 }),
+            index: Indexer::with_capacity(if want.index { txs } else { 0 })
+                .with_corrupt_lines(want.corrupt_lines),
+            replay: Replayer::with_capacity(if want.replay { txs } else { 0 })
+                .with_corrupt_lines(want.corrupt_lines),
             lines: 0,
             torn_tail_bytes: 0,
             corrupt: Vec::new(),
@@ -142,17 +178,17 @@ impl Pass {
 
     fn line(&mut self, number: u64, offset: u64, bytes: &[u8]) -> Result<(), AnalyzeError> {
         self.lines += 1;
-        let Ok(len) = u32::try_from(bytes.len() + 1) else {
-            self.corrupt(number, offset, "line longer than 4 GiB".into());
-            return Ok(());
-        };
+        let len = line_len(number, offset, bytes.len())?;
         check_size(offset, len)?;
         // The fast decoder validates as strictly as serde_json (property-tested equal).
         let kind = match decode_raw(bytes) {
             Ok(entry) => self.entry(entry, offset, bytes)?,
             Err(e) => {
                 self.corrupt(number, offset, describe(&e));
-                return Ok(());
+                if self.want.replay {
+                    self.replay.observe_corrupt(bytes);
+                }
+                LineKind::Corrupt { line: number }
             }
         };
         if self.want.index {
@@ -175,7 +211,7 @@ impl Pass {
                 }
                 LineKind::Unrecognized
             }
-            RawEntry::Tx { op, tx_id, data } => {
+            RawEntry::Tx { op, tx_id } => {
                 let tx = self
                     .ids
                     .intern(&tx_id)
@@ -184,7 +220,7 @@ impl Pass {
                     let h = if op.is_final() {
                         NO_PREPARE
                     } else {
-                        data_hash_raw(data)
+                        payload_hash(bytes)
                     };
                     self.replay.observe_tx(op, tx, offset, h);
                 }
@@ -236,6 +272,12 @@ impl Pass {
     }
 }
 
+/// A line's length on disk (with its `\n`); a line of 4 GiB or more is refused outright,
+/// since no policy can keep or quarantine what the index cannot record.
+fn line_len(line: u64, offset: u64, bytes: usize) -> Result<u32, AnalyzeError> {
+    u32::try_from(bytes + 1).map_err(|_| AnalyzeError::LineTooLong { line, offset })
+}
+
 /// Refuses a line the index cannot pack (a WAL past [`MAX_WAL_BYTES`]).
 fn check_size(offset: u64, len: u32) -> Result<(), AnalyzeError> {
     match offset.checked_add(u64::from(len)) {
@@ -267,17 +309,20 @@ pub struct Tracker {
 
 impl Default for Tracker {
     fn default() -> Self {
-        Tracker {
-            pass: Pass::new(Want {
-                index: true,
-                replay: false,
-            }),
-            offset: 0,
-        }
+        Tracker::new(CorruptLines::default())
     }
 }
 
 impl Tracker {
+    /// A tracker whose index treats corrupt lines per `corrupt_lines` (its reclaimable bytes
+    /// count quarantined lines as leaving).
+    pub fn new(corrupt_lines: CorruptLines) -> Tracker {
+        Tracker {
+            pass: Pass::new(Want::index(corrupt_lines)),
+            offset: 0,
+        }
+    }
+
     /// Consumes complete lines from `reader`, which must be positioned at [`Tracker::offset`].
     /// A torn tail is measured but not consumed: it is read again once completed.
     /// Returns the bytes of complete lines consumed.
@@ -357,7 +402,8 @@ pub fn explain<R: BufRead>(
                     .intern(t.tx_id.as_bytes())
                     .ok_or(AnalyzeError::TooManyTransactions)?,
             },
-            _ => continue,
+            Ok(Entry::Unrecognized) => continue,
+            Err(_) => LineKind::Corrupt { line: line.number },
         };
         if plan.keeps(line.offset) {
             continue;

@@ -73,10 +73,7 @@ fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a Fi
 /// Opens the WAL and runs pass 1 (the rules' index, no replay) over its current length.
 fn index_wal(wal: &Path) -> Result<(FileId, crate::analyze::Analysis), PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let want = Want {
-        index: true,
-        replay: false,
-    };
+    let want = Want::index(crate::rules::CorruptLines::Keep);
     let an = analyze_file(&file, id.len, want, &mut |_| {})
         .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
     Ok((id, an))
@@ -193,10 +190,7 @@ fn replay_any(path: &Path, reader: impl Read) -> Result<crate::analyze::Analysis
     let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
     analyze(
         reader,
-        Want {
-            index: false,
-            replay: true,
-        },
+        Want::replay(crate::rules::CorruptLines::Keep),
         &mut |_| {},
     )
     .map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
@@ -208,10 +202,7 @@ pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, Pi
     let an = analyze_file(
         &file,
         id.len,
-        Want {
-            index: false,
-            replay: true,
-        },
+        Want::replay(crate::rules::CorruptLines::Keep),
         &mut |_| {},
     )
     .map_err(|e| PipelineError::from_analyze(Stage::Verify, wal, e))?;

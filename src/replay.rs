@@ -6,57 +6,59 @@
 //! the status counts of both are property-tested equal.
 //!
 //! Replay state: per transaction its final status (its last COMMIT/ABORT) and, for a
-//! committed one, the `data` of the last PREPARE before that final; committed transactions
-//! in the order of their final lines; aborted ids; in-flight transactions with the `data`
-//! of their last PREPARE; PREPAREs after their transaction's final, in order; unrecognized
-//! lines in order; the torn tail.
+//! committed one, the payload of the last PREPARE before that final; committed transactions
+//! in the order of their final lines; aborted ids; in-flight transactions with the payload
+//! of their last PREPARE; PREPAREs after their transaction's final, in order; lines kept
+//! verbatim (unrecognized ones, and corrupt ones unless they are set aside for quarantine)
+//! in order; the torn tail.
+//!
+//! A PREPARE's payload is the whole line's bytes: `changes` (what the Diotec360 application
+//! writes), `data`, `timestamp` and any other member all count, byte for byte.
 //!
 //! Digest: SHA-256 of a canonical encoding (see [`REPLAY_DIGEST_DOMAIN`] and `encode_*`):
-//! ids as length-prefixed UTF-8, `data` as the 64-bit XXH3 of its raw JSON text (see
-//! [`data_hash_raw`]), aborted and in-flight transactions sorted by id, everything else in
-//! file order.
+//! ids as length-prefixed UTF-8, payloads as the 64-bit XXH3 of the PREPARE line (see
+//! [`payload_hash`]), aborted and in-flight transactions sorted by id, everything else in
+//! file order. Corrupt lines set aside for quarantine are not in it: they get a digest of
+//! their own ([`SetAsideLines`]), which the quarantine file must match.
 
 use hashbrown::HashMap;
 use std::fmt;
 use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-use serde_json::value::RawValue;
 use sha2::{Digest as _, Sha256};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::rules::TxStatus;
+use crate::rules::{CorruptLines, TxStatus};
 use crate::wal::{Ids, Op, TxIdx};
 
 /// Prefix of the encoding, so a format change can never compare equal to an old digest.
-pub const REPLAY_DIGEST_DOMAIN: &[u8] = b"walcompactd-replay-v2\0";
+/// v3: payloads are whole PREPARE lines (v2 hashed only `data`, blind to `changes`), and
+/// lines kept verbatim are tagged unrecognized or corrupt.
+pub const REPLAY_DIGEST_DOMAIN: &[u8] = b"walcompactd-replay-v3\0";
 
-/// 64-bit XXH3 of a PREPARE's `data`. Verification guards against bugs and damaged bytes,
-/// not against an adversary choosing payloads: a changed `data` goes unnoticed with
+/// 64-bit XXH3 of a PREPARE line. Verification guards against bugs and damaged bytes, not
+/// against an adversary choosing payloads: a changed payload goes unnoticed with
 /// probability 2^-64. It is kept for every transaction (8 bytes) and computed for every
 /// PREPARE, where SHA-256 cost a tenth of a compaction's CPU; the digest stays SHA-256.
-pub type DataHash = u64;
+pub type PayloadHash = u64;
 /// A committed transaction with no PREPARE before its COMMIT; also what callers pass to
 /// [`Replayer::observe_tx`] for a COMMIT/ABORT, whose hash is not used.
-pub const NO_PREPARE: DataHash = 0;
+pub const NO_PREPARE: PayloadHash = 0;
 
-/// The hash replay keeps of a PREPARE's `data` (its raw JSON text, or its absence).
-/// Computed by the caller, so decoding threads can do it in parallel.
-pub fn data_hash(data: Option<&RawValue>) -> DataHash {
-    data_hash_raw(data.map(|d| d.get().as_bytes()))
+/// The hash replay keeps of a PREPARE: its line's bytes without the `\n` (a `\r` before it
+/// belongs to the line). Every member counts — `changes`, `data`, `timestamp`, members this
+/// version does not know — and so do `op` and `tx_id`, whose bytes compaction never
+/// changes either. Computed by the caller, so decoding threads can do it in parallel.
+pub fn payload_hash(line: &[u8]) -> PayloadHash {
+    xxh3_64_with_seed(line, PAYLOAD_SEED)
 }
 
-/// [`data_hash`] of `data`'s raw JSON text; seeds keep an absent `data` apart from any text.
-pub fn data_hash_raw(data: Option<&[u8]>) -> DataHash {
-    match data {
-        Some(raw) => xxh3_64_with_seed(raw, DATA_PRESENT_SEED),
-        None => xxh3_64_with_seed(&[], DATA_ABSENT_SEED),
-    }
-}
-
-/// XXH3 seeds of [`data_hash_raw`]: a present `data` and an absent one never share a hash.
-const DATA_PRESENT_SEED: u64 = 1;
-const DATA_ABSENT_SEED: u64 = 0;
+/// XXH3 seed of [`payload_hash`]: 1, so no PREPARE hashes like the unseeded empty input.
+const PAYLOAD_SEED: u64 = 1;
+/// Tags of lines kept verbatim in the encoding: an unrecognized object, a corrupt line.
+const VERBATIM_UNRECOGNIZED: u8 = b'u';
+const VERBATIM_CORRUPT: u8 = b'c';
 
 /// The hash replay keeps of the torn tail's bytes.
 pub fn torn_tail_hash(tail: &[u8]) -> [u8; 32] {
@@ -72,7 +74,42 @@ pub struct ReplayState {
     pub in_flight: u64,
     pub anomalies: u64,
     pub unrecognized: u64,
+    /// Corrupt lines kept in place (part of the digest).
+    pub corrupt: u64,
+    /// Corrupt lines set aside for quarantine (not part of the digest).
+    pub set_aside: SetAsideLines,
     pub torn_tail_bytes: u64,
+}
+
+/// The corrupt lines a replay set aside, in order: what the quarantine file must hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SetAsideLines {
+    pub lines: u64,
+    /// SHA-256 of each line's length (u64, little-endian) and bytes, in order.
+    pub digest: [u8; 32],
+}
+
+/// Accumulates [`SetAsideLines`]; the quarantine's read-back check feeds one too.
+#[derive(Clone, Default)]
+pub struct SetAsideHasher {
+    lines: u64,
+    sha: Sha256,
+}
+
+impl SetAsideHasher {
+    /// One line's bytes, without its `\n`.
+    pub fn add(&mut self, line: &[u8]) {
+        self.lines += 1;
+        self.sha.update((line.len() as u64).to_le_bytes());
+        self.sha.update(line);
+    }
+
+    pub fn finish(self) -> SetAsideLines {
+        SetAsideLines {
+            lines: self.lines,
+            digest: self.sha.finalize().into(),
+        }
+    }
 }
 
 impl ReplayState {
@@ -86,15 +123,20 @@ impl fmt::Display for ReplayState {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         write!(
             f,
-            "sha256:{} ({} committed, {} aborted, {} in flight, {} anomalies, {} unrecognized, torn tail {} bytes)",
+            "sha256:{} ({} committed, {} aborted, {} in flight, {} anomalies, {} unrecognized, {} corrupt kept, torn tail {} bytes)",
             self.digest_hex(),
             self.committed,
             self.aborted,
             self.in_flight,
             self.anomalies,
             self.unrecognized,
+            self.corrupt,
             self.torn_tail_bytes
-        )
+        )?;
+        match self.set_aside.lines {
+            0 => Ok(()),
+            n => write!(f, ", {n} corrupt set aside"),
+        }
     }
 }
 
@@ -103,9 +145,9 @@ impl fmt::Display for ReplayState {
 /// verification pass runs without one.
 #[derive(Default)]
 pub struct Replayer {
-    /// Hash of each transaction's last PREPARE `data` ([`NO_PREPARE`] before its first):
+    /// Hash of each transaction's last PREPARE line ([`NO_PREPARE`] before its first):
     /// 8 bytes per transaction.
-    last_data: Vec<DataHash>,
+    last_data: Vec<PayloadHash>,
     /// One bit per transaction: it has a final line.
     decided: Bits,
     /// One bit per transaction: its last final line is a COMMIT.
@@ -113,16 +155,21 @@ pub struct Replayer {
     /// The transaction of every COMMIT/ABORT line, in file order (4 bytes a final line): its
     /// last occurrences give committed transactions in order of their finals without a sort.
     finals: Vec<TxIdx>,
-    /// For a transaction with PREPAREs after its current final: the `data` that final was
+    /// For a transaction with PREPAREs after its current final: the payload that final was
     /// decided by (the last PREPARE before it). Rare.
-    decided_before: HashMap<TxIdx, DataHash>,
-    /// PREPAREs seen after a final: (tx, offset, data); filtered at the end.
-    after_final: Vec<(TxIdx, u64, DataHash)>,
+    decided_before: HashMap<TxIdx, PayloadHash>,
+    /// PREPAREs seen after a final: (tx, offset, payload); filtered at the end.
+    after_final: Vec<(TxIdx, u64, PayloadHash)>,
     /// For a transaction with an entry in `after_final`: the offset of the last final seen
     /// after its first such entry (0 before one). Entries before it are not anomalies.
     final_after_anomaly: HashMap<TxIdx, u64>,
-    unrecognized: Sha256,
+    /// Lines kept verbatim, in order, each tagged ([`VERBATIM_UNRECOGNIZED`] ...).
+    verbatim: Sha256,
     unrecognized_count: u64,
+    corrupt_count: u64,
+    /// Set: corrupt lines go to `set_aside` instead of `verbatim`.
+    sets_aside_corrupt: bool,
+    set_aside: SetAsideHasher,
     torn_tail: Option<(u64, [u8; 32])>,
 }
 
@@ -187,9 +234,17 @@ impl Replayer {
         }
     }
 
-    /// A recognized line of transaction `tx` at `offset`; `data` is [`data_hash`] of a
-    /// PREPARE's `data` (ignored for COMMIT/ABORT).
-    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, offset: u64, data: DataHash) {
+    /// What the replay does with corrupt lines: with [`CorruptLines::Quarantine`] they are
+    /// not part of the state (the compacted WAL will not have them) but of
+    /// [`ReplayState::set_aside`]; otherwise they are kept in place.
+    pub fn with_corrupt_lines(mut self, mode: CorruptLines) -> Replayer {
+        self.sets_aside_corrupt = mode.sets_aside();
+        self
+    }
+
+    /// A recognized line of transaction `tx` at `offset`; `data` is [`payload_hash`] of a
+    /// PREPARE line (ignored for COMMIT/ABORT).
+    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, offset: u64, data: PayloadHash) {
         let i = tx as usize;
         // Ids are dense in order of appearance: a new one is the next index (a push, not a
         // `resize`, which called `memset` for each new transaction).
@@ -225,8 +280,23 @@ impl Replayer {
     /// An unrecognized line (its bytes without the `\n`).
     pub fn observe_unrecognized(&mut self, line: &[u8]) {
         self.unrecognized_count += 1;
-        self.unrecognized.update((line.len() as u64).to_le_bytes());
-        self.unrecognized.update(line);
+        self.observe_verbatim(VERBATIM_UNRECOGNIZED, line);
+    }
+
+    /// A corrupt complete line (its bytes without the `\n`): kept in place or set aside.
+    pub fn observe_corrupt(&mut self, line: &[u8]) {
+        if self.sets_aside_corrupt {
+            self.set_aside.add(line);
+            return;
+        }
+        self.corrupt_count += 1;
+        self.observe_verbatim(VERBATIM_CORRUPT, line);
+    }
+
+    fn observe_verbatim(&mut self, tag: u8, line: &[u8]) {
+        self.verbatim.update([tag]);
+        self.verbatim.update((line.len() as u64).to_le_bytes());
+        self.verbatim.update(line);
     }
 
     /// The torn tail's bytes.
@@ -277,8 +347,8 @@ impl Replayer {
         });
         let anomalies = self.encode_after_final(ids, &mut h);
         h.update(b"U");
-        h.update(self.unrecognized_count.to_le_bytes());
-        h.update(self.unrecognized.finalize());
+        h.update((self.unrecognized_count + self.corrupt_count).to_le_bytes());
+        h.update(self.verbatim.finalize());
         h.update(b"T");
         let (tail_len, tail_hash) = self.torn_tail.unwrap_or((0, [0; 32]));
         h.update([u8::from(self.torn_tail.is_some())]);
@@ -291,12 +361,14 @@ impl Replayer {
             in_flight,
             anomalies,
             unrecognized: self.unrecognized_count,
+            corrupt: self.corrupt_count,
+            set_aside: self.set_aside.finish(),
             torn_tail_bytes: tail_len,
         }
     }
 
-    /// The `data` a final COMMIT of `tx` was decided by.
-    fn decided(&self, tx: TxIdx) -> DataHash {
+    /// The payload a final COMMIT of `tx` was decided by.
+    fn decided(&self, tx: TxIdx) -> PayloadHash {
         match self.decided_before.get(&tx) {
             Some(&d) => d,
             None => self.last_data[tx as usize],
@@ -479,7 +551,7 @@ mod tests {
             let mut ids = crate::wal::Interner::default();
             let mut r = Replayer::default();
             for (n, line) in wal.lines().enumerate() {
-                let Ok(crate::wal::RawEntry::Tx { op, tx_id, data }) =
+                let Ok(crate::wal::RawEntry::Tx { op, tx_id }) =
                     crate::wal::decode_raw(line.as_bytes())
                 else {
                     unreachable!("only transactions")
@@ -487,7 +559,7 @@ mod tests {
                 let h = if op.is_final() {
                     NO_PREPARE
                 } else {
-                    data_hash_raw(data)
+                    payload_hash(line.as_bytes())
                 };
                 r.observe_tx(op, ids.intern(&tx_id).unwrap(), n as u64 * 100, h);
             }
@@ -509,48 +581,50 @@ mod tests {
             "{\"op\":\"COMMIT\",\"tx_id\":\"a\"}\n",
             "{\"op\":\"CHECKPOINT\"}\n",
             "{\"op\":\"COMMIT\",\"tx_id\":\"b\"}\n",
+            "{\"op\": \"COMM{\"op\":\"x\"}\n",
             "{\"op\":\"PREPARE\",\"tx_id\":\"c\",\"data\":3}\n",
             "{\"op\":\"ABORT\",\"tx_id\":\"c\"}\n",
             "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":9}}\n",
             "{\"op\":\"PREPARE\",\"tx_id\":\"d\"}\n",
             "{\"op\":\"PREP",
         );
-        let want = Want {
-            index: false,
-            replay: true,
-        };
+        let want = Want::replay(CorruptLines::Keep);
         let got = analyze(wal.as_bytes(), want, &mut |_| {})
             .unwrap()
             .replay
             .unwrap();
-        let data = |text: &str| data_hash_raw(Some(text.as_bytes())).to_le_bytes();
+        let line = |n: usize| wal.lines().nth(n).unwrap().as_bytes();
+        let payload = |n: usize| payload_hash(line(n)).to_le_bytes();
         let mut h = Sha256::new();
         h.update(REPLAY_DIGEST_DOMAIN);
         // Committed, in the order of their final lines: a, then b.
         h.update(b"C");
         h.update(2u64.to_le_bytes());
         id(&mut h, "a");
-        h.update(data("{\"v\":2}"));
+        h.update(payload(1));
         id(&mut h, "b");
-        h.update(data("{\"v\":1}"));
+        h.update(payload(0));
         h.update(b"A");
         h.update(1u64.to_le_bytes());
         id(&mut h, "c");
         h.update(b"I");
         h.update(1u64.to_le_bytes());
         id(&mut h, "d");
-        h.update(data_hash_raw(None).to_le_bytes());
+        h.update(payload(9));
         h.update(b"X");
         h.update(1u64.to_le_bytes());
         id(&mut h, "a");
-        h.update(data("{\"v\":9}"));
-        let checkpoint = b"{\"op\":\"CHECKPOINT\"}";
-        let mut unrecognized = Sha256::new();
-        unrecognized.update((checkpoint.len() as u64).to_le_bytes());
-        unrecognized.update(checkpoint);
+        h.update(payload(8));
+        // Lines kept verbatim, in order: the unrecognized CHECKPOINT, the corrupt line.
+        let mut verbatim = Sha256::new();
+        for (tag, n) in [(b'u', 3), (b'c', 5)] {
+            verbatim.update([tag]);
+            verbatim.update((line(n).len() as u64).to_le_bytes());
+            verbatim.update(line(n));
+        }
         h.update(b"U");
-        h.update(1u64.to_le_bytes());
-        h.update(unrecognized.finalize());
+        h.update(2u64.to_le_bytes());
+        h.update(verbatim.finalize());
         let tail = b"{\"op\":\"PREP";
         h.update(b"T");
         h.update([1]);
@@ -561,8 +635,9 @@ mod tests {
         let counts = (got.committed, got.aborted, got.in_flight, got.anomalies);
         assert_eq!(counts, (2, 1, 1, 1));
         assert_eq!(
-            (got.unrecognized, got.torn_tail_bytes),
-            (1, tail.len() as u64)
+            (got.unrecognized, got.corrupt, got.torn_tail_bytes),
+            (1, 1, tail.len() as u64)
         );
+        assert_eq!(got.set_aside.lines, 0);
     }
 }

@@ -7,7 +7,10 @@
 //! - PREPAREs after F are kept (anomalies);
 //! - no F (in flight): only the last PREPARE is kept.
 //!
-//! Blank lines are dropped, unrecognized lines kept. Survivors keep their bytes and order.
+//! Blank lines are dropped, unrecognized lines kept. A corrupt complete line (not a JSON
+//! object) follows [`CorruptLines`]: kept verbatim in place like an unrecognized line, or
+//! set aside for the quarantine file; its neighbours follow the rules as if it were not
+//! there. Survivors keep their bytes and order.
 //! The [`Indexer`] is fed lines in file order and keeps a few words per transaction; it
 //! knows the reclaimable bytes at every moment, so the daemon can feed it appended lines
 //! incrementally. [`Indexer::plan`] turns it into the byte ranges the executor copies.
@@ -29,7 +32,80 @@ pub struct Slot {
 pub enum LineKind {
     Blank,
     Unrecognized,
-    Tx { op: Op, tx: TxIdx },
+    Tx {
+        op: Op,
+        tx: TxIdx,
+    },
+    /// Not a JSON object (a torn write followed by later appends, damaged bytes): `line` is
+    /// its 1-based number, which the quarantine file records.
+    Corrupt {
+        line: u64,
+    },
+}
+
+/// What compaction does with corrupt complete lines (policy `corrupt_lines`). Whatever the
+/// mode, every corrupt line is reported; the torn tail is never one of them.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CorruptLines {
+    /// Kept verbatim in place, part of the replay state like an unrecognized line: the
+    /// application's reader, which skips what it cannot parse, sees the same WAL.
+    #[default]
+    Keep,
+    /// Moved out of the WAL into a quarantine file beside the backups (with their line
+    /// number and offset), written and verified before the swap.
+    Quarantine,
+    /// The WAL is refused (exit 3) and nothing changes.
+    Refuse,
+}
+
+impl CorruptLines {
+    /// Every mode, in the order the docs list them.
+    pub const ALL: [CorruptLines; 3] = [
+        CorruptLines::Keep,
+        CorruptLines::Quarantine,
+        CorruptLines::Refuse,
+    ];
+
+    /// The spelling in the policy and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CorruptLines::Keep => "keep",
+            CorruptLines::Quarantine => "quarantine",
+            CorruptLines::Refuse => "refuse",
+        }
+    }
+
+    /// True when corrupt lines leave the WAL (and the replay state) for the quarantine file.
+    pub fn sets_aside(self) -> bool {
+        self == CorruptLines::Quarantine
+    }
+}
+
+impl std::str::FromStr for CorruptLines {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        CorruptLines::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| format!("expected one of keep, quarantine, refuse; got {s:?}"))
+    }
+}
+
+impl std::fmt::Display for CorruptLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A corrupt line the plan moves to the quarantine file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SetAside {
+    /// 1-based line number in the original WAL.
+    pub line: u64,
+    pub slot: Slot,
 }
 
 /// The final status a transaction replays to.
@@ -53,6 +129,8 @@ pub enum DropReason {
     AbortedPrepare,
     /// A PREPARE of an in-flight transaction that a later PREPARE replaced.
     SupersededInFlightPrepare,
+    /// A corrupt line moved to the quarantine file (`corrupt_lines = "quarantine"`).
+    QuarantinedCorruptLine,
 }
 
 impl DropReason {
@@ -64,6 +142,7 @@ impl DropReason {
             DropReason::SupersededPrepare => "superseded_prepare",
             DropReason::AbortedPrepare => "aborted_prepare",
             DropReason::SupersededInFlightPrepare => "superseded_in_flight_prepare",
+            DropReason::QuarantinedCorruptLine => "quarantined_corrupt_line",
         }
     }
 }
@@ -85,6 +164,7 @@ pub fn drop_reason(kind: LineKind, status: Option<TxStatus>) -> DropReason {
         (LineKind::Tx { .. }, Some(TxStatus::Committed)) => DropReason::SupersededPrepare,
         (LineKind::Tx { .. }, Some(TxStatus::Aborted)) => DropReason::AbortedPrepare,
         (LineKind::Tx { .. }, _) => DropReason::SupersededInFlightPrepare,
+        (LineKind::Corrupt { .. }, _) => DropReason::QuarantinedCorruptLine,
         _ => DropReason::BlankLine,
     }
 }
@@ -164,6 +244,8 @@ pub struct Counts {
     pub abort: u64,
     pub blank: u64,
     pub unrecognized: u64,
+    /// Corrupt complete lines, whatever the policy does with them.
+    pub corrupt: u64,
 }
 
 /// Transaction counts by replayed status.
@@ -194,7 +276,12 @@ pub struct Indexer {
     lines: Vec<u64>,
     long_lens: LongLens,
     after_final: HashMap<TxIdx, AfterFinal>,
-    unrecognized: Vec<Slot>,
+    /// Lines kept verbatim in place: unrecognized ones, and corrupt ones under
+    /// [`CorruptLines::Keep`] or [`CorruptLines::Refuse`].
+    verbatim: Vec<Slot>,
+    /// Corrupt lines under [`CorruptLines::Quarantine`].
+    set_aside: Vec<SetAside>,
+    corrupt_lines: CorruptLines,
     counts: Counts,
     /// Bytes of complete lines observed.
     bytes: u64,
@@ -213,6 +300,12 @@ impl Indexer {
         }
     }
 
+    /// What the index does with corrupt lines from now on (the default is to keep them).
+    pub fn with_corrupt_lines(mut self, mode: CorruptLines) -> Indexer {
+        self.corrupt_lines = mode;
+        self
+    }
+
     /// Records one complete line, in file order. It must end below [`MAX_WAL_BYTES`].
     pub fn observe(&mut self, slot: Slot, kind: LineKind) {
         self.counts.lines += 1;
@@ -221,11 +314,22 @@ impl Indexer {
             LineKind::Blank => self.counts.blank += 1,
             LineKind::Unrecognized => {
                 self.counts.unrecognized += 1;
-                self.unrecognized.push(slot);
-                self.kept_bytes += u64::from(slot.len);
+                self.keep_verbatim(slot);
+            }
+            LineKind::Corrupt { line } => {
+                self.counts.corrupt += 1;
+                match self.corrupt_lines.sets_aside() {
+                    true => self.set_aside.push(SetAside { line, slot }),
+                    false => self.keep_verbatim(slot),
+                }
             }
             LineKind::Tx { op, tx } => self.observe_tx(slot, op, tx),
         }
+    }
+
+    fn keep_verbatim(&mut self, slot: Slot) {
+        self.verbatim.push(slot);
+        self.kept_bytes += u64::from(slot.len);
     }
 
     fn fin(&self, tx: TxIdx) -> u64 {
@@ -406,7 +510,7 @@ impl Indexer {
             self.lines[2 * tx as usize] = fin;
             self.lines[2 * tx as usize + 1] = prep;
         }
-        for s in &self.unrecognized {
+        for s in &self.verbatim {
             if u64::from(s.len) >= LONG_LEN {
                 self.long_lens.insert(s.offset, s.len);
             }
@@ -417,14 +521,16 @@ impl Indexer {
             .values()
             .map(|a| a.prepares.len())
             .sum::<usize>();
-        survivors.reserve_exact(extra + self.unrecognized.len());
+        survivors.reserve_exact(extra + self.verbatim.len());
         let anomalies = self.after_final.values().flat_map(|a| a.prepares.iter());
-        survivors.extend(anomalies.chain(&self.unrecognized).map(|&s| pack(s, 0)));
+        survivors.extend(anomalies.chain(&self.verbatim).map(|&s| pack(s, 0)));
         survivors.sort_unstable();
         let dropped = survivors.partition_point(|&p| p != NONE);
         survivors.truncate(dropped);
         survivors.shrink_to_fit();
-        Plan::new(survivors, self.long_lens, self.bytes, self.counts.lines)
+        let mut plan = Plan::new(survivors, self.long_lens, self.bytes, self.counts.lines);
+        plan.set_aside = self.set_aside;
+        plan
     }
 
     /// A transaction's final and kept PREPARE as packed survivors (flag cleared), or [`NONE`].
@@ -450,6 +556,8 @@ pub struct Plan {
     survivor_bytes: u64,
     /// Set by [`Plan::release_lines`].
     released: bool,
+    /// Corrupt lines leaving for the quarantine file, in file order (not survivors).
+    pub set_aside: Vec<SetAside>,
     /// Bytes of complete lines the plan covers (its input), i.e. `[0, scanned_len)`.
     pub scanned_len: u64,
     pub survivor_lines: u64,
@@ -468,6 +576,7 @@ impl Plan {
             long_lens,
             survivor_bytes,
             released: false,
+            set_aside: Vec::new(),
             scanned_len,
             survivor_lines,
             dropped_lines: lines - survivor_lines,

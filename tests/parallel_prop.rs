@@ -57,8 +57,9 @@ proptest! {
         threads in 1usize..4,
         index in any::<bool>(),
         replay in any::<bool>(),
+        corrupt_lines in proptest::sample::select(walcompactd::rules::CorruptLines::ALL.to_vec()),
     ) {
-        let want = Want { index, replay };
+        let want = Want { index, replay, corrupt_lines };
         let seq = analyze(&input[..], want, &mut |_| {}).unwrap();
         let par = analyze_source(
             &input[..],

@@ -36,10 +36,7 @@ fn wal() -> impl Strategy<Value = Vec<u8>> {
 fn digest(bytes: &[u8]) -> [u8; 32] {
     analyze(
         bytes,
-        Want {
-            index: false,
-            replay: true,
-        },
+        Want::replay(walcompactd::rules::CorruptLines::Keep),
         &mut |_| {},
     )
     .unwrap()
@@ -81,14 +78,14 @@ proptest! {
 
     #[test]
     fn incremental_tx_counts_match_the_replay_state(input in wal()) {
-        let an = analyze(&input[..], Want { index: true, replay: true }, &mut |_| {}).unwrap();
+        let an = analyze(&input[..], Want::both(walcompactd::rules::CorruptLines::Keep), &mut |_| {}).unwrap();
         let (c, r) = (an.index.tx_counts(), an.replay.unwrap());
         prop_assert_eq!((c.committed, c.aborted, c.in_flight, c.anomalies), (r.committed, r.aborted, r.in_flight, r.anomalies));
     }
 
     #[test]
     fn reclaimable_bytes_are_exactly_what_compaction_removes(input in wal()) {
-        let an = analyze(&input[..], Want { index: true, replay: false }, &mut |_| {}).unwrap();
+        let an = analyze(&input[..], Want::index(walcompactd::rules::CorruptLines::Keep), &mut |_| {}).unwrap();
         let out = compact_bytes(&input).unwrap();
         prop_assert_eq!(an.index.reclaimable_bytes() as usize, input.len() - out.len());
     }

@@ -43,10 +43,7 @@ fn rng() -> rand_chacha::ChaCha8Rng {
 fn replay_digest(bytes: &[u8]) -> [u8; 32] {
     let an = analyze(
         bytes,
-        Want {
-            index: false,
-            replay: true,
-        },
+        Want::replay(walcompactd::rules::CorruptLines::Keep),
         &mut |_| {},
     )
     .unwrap();

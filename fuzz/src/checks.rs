@@ -86,10 +86,7 @@ pub fn policy(data: &[u8]) {
 }
 
 fn both() -> Want {
-    Want {
-        index: true,
-        replay: true,
-    }
+    Want::both(walcompactd::rules::CorruptLines::Keep)
 }
 
 /// A fixed environment: parsing stays deterministic, so a failure reproduces.

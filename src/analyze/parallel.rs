@@ -24,7 +24,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use super::{
     Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
 };
-use crate::replay::{DataHash, NO_PREPARE, Replayer, data_hash_raw, torn_tail_hash};
+use crate::replay::{NO_PREPARE, PayloadHash, Replayer, payload_hash, torn_tail_hash};
 use crate::rules::{LineKind, Slot};
 use crate::wal::{Op, RawEntry, decode_raw, hash_id};
 use hashbrown::DefaultHashBuilder;
@@ -252,8 +252,9 @@ enum RecKind {
     Corrupt,
 }
 
-/// One line of a batch; `a..b` is a span of the batch's `ids` (Tx), `bytes` (Unrecognized,
-/// with replay) or, for a described corrupt line, `a` indexes `reasons`.
+/// One line of a batch; `a..b` is a span of the batch's `ids` (Tx) or `bytes`
+/// (Unrecognized and Corrupt, with replay); for a described corrupt line, `reason` indexes
+/// `reasons`.
 #[derive(Clone, Copy)]
 struct Rec {
     offset: u64,
@@ -262,8 +263,9 @@ struct Rec {
     kind: RecKind,
     a: usize,
     b: usize,
-    /// [`data_hash_raw`] of a PREPARE's `data` when replaying.
-    hash: DataHash,
+    reason: usize,
+    /// [`payload_hash`] of a PREPARE line when replaying.
+    hash: PayloadHash,
     /// The interner's hash of the tx_id.
     id_hash: u64,
 }
@@ -466,42 +468,46 @@ fn line(
         kind: RecKind::Blank,
         a: 0,
         b: 0,
+        reason: usize::MAX,
         hash: NO_PREPARE,
         id_hash: 0,
     };
-    let mut corrupt = |rec: &mut Rec, batch: &mut Batch, reason: &dyn Fn() -> String| {
-        rec.kind = RecKind::Corrupt;
-        rec.a = usize::MAX;
-        if *described < MAX_REPORTED_CORRUPT_LINES {
-            *described += 1;
-            rec.a = batch.reasons.len();
-            batch.reasons.push(reason());
+    // The consumer refuses a line of 4 GiB or more (`line_len`); it needs no decoding.
+    let decoded = match u32::try_from(bytes.len() + 1) {
+        Ok(_) => decode_raw(bytes),
+        Err(_) => Ok(RawEntry::Blank),
+    };
+    let verbatim = |rec: &mut Rec, batch: &mut Batch| {
+        if want.replay {
+            rec.a = batch.bytes.len();
+            batch.bytes.extend_from_slice(bytes);
+            rec.b = batch.bytes.len();
         }
     };
-    if u32::try_from(bytes.len() + 1).is_err() {
-        corrupt(&mut rec, batch, &|| "line longer than 4 GiB".into());
-    } else {
-        match decode_raw(bytes) {
-            Ok(RawEntry::Blank) => {}
-            Ok(RawEntry::Unrecognized) => {
-                rec.kind = RecKind::Unrecognized;
-                if want.replay {
-                    rec.a = batch.bytes.len();
-                    batch.bytes.extend_from_slice(bytes);
-                    rec.b = batch.bytes.len();
-                }
+    match decoded {
+        Ok(RawEntry::Blank) => {}
+        Ok(RawEntry::Unrecognized) => {
+            rec.kind = RecKind::Unrecognized;
+            verbatim(&mut rec, batch);
+        }
+        Ok(RawEntry::Tx { op, tx_id }) => {
+            rec.kind = RecKind::Tx(op);
+            rec.a = batch.ids.len();
+            batch.ids.extend_from_slice(&tx_id);
+            rec.b = batch.ids.len();
+            rec.id_hash = hash_id(ids, &tx_id);
+            if want.replay && !op.is_final() {
+                rec.hash = payload_hash(bytes);
             }
-            Ok(RawEntry::Tx { op, tx_id, data }) => {
-                rec.kind = RecKind::Tx(op);
-                rec.a = batch.ids.len();
-                batch.ids.extend_from_slice(&tx_id);
-                rec.b = batch.ids.len();
-                rec.id_hash = hash_id(ids, &tx_id);
-                if want.replay && !op.is_final() {
-                    rec.hash = data_hash_raw(data);
-                }
+        }
+        Err(e) => {
+            rec.kind = RecKind::Corrupt;
+            verbatim(&mut rec, batch);
+            if *described < MAX_REPORTED_CORRUPT_LINES {
+                *described += 1;
+                rec.reason = batch.reasons.len();
+                batch.reasons.push(describe(&e));
             }
-            Err(e) => corrupt(&mut rec, batch, &|| describe(&e)),
         }
     }
     batch.recs.push(rec);
@@ -511,6 +517,7 @@ fn line(
 fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
     for rec in &batch.recs {
         pass.lines += 1;
+        let len = super::line_len(pass.lines, rec.offset, rec.len as usize)?;
         let kind = match rec.kind {
             RecKind::Blank => LineKind::Blank,
             RecKind::Unrecognized => {
@@ -532,16 +539,17 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
             RecKind::Corrupt => {
                 let reason = batch
                     .reasons
-                    .get_mut(rec.a)
+                    .get_mut(rec.reason)
                     .map(std::mem::take)
                     .unwrap_or_default();
                 pass.corrupt(pass.lines, rec.offset, reason);
-                continue;
+                if pass.want.replay {
+                    pass.replay.observe_corrupt(&batch.bytes[rec.a..rec.b]);
+                }
+                LineKind::Corrupt { line: pass.lines }
             }
         };
         if pass.want.index {
-            // Decoders only produce these kinds for lines shorter than 4 GiB.
-            let len = (rec.len + 1) as u32;
             super::check_size(rec.offset, len)?;
             pass.index.observe(
                 Slot {
@@ -567,10 +575,7 @@ mod tests {
     use crate::analyze::analyze;
 
     fn both(input: &[u8], chunk: usize, threads: usize) {
-        let want = Want {
-            index: true,
-            replay: true,
-        };
+        let want = Want::both(crate::rules::CorruptLines::Keep);
         let seq = analyze(input, want, &mut |_| {}).unwrap();
         let par = analyze_source(
             input,
@@ -624,10 +629,7 @@ mod tests {
     fn a_read_error_ends_the_pass_for_every_split() {
         let line = "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":1}}\n";
         let input = line.repeat(200);
-        let want = Want {
-            index: true,
-            replay: true,
-        };
+        let want = Want::both(crate::rules::CorruptLines::Keep);
         for at in [0, 1, 500, 4000, input.len() as u64 - 1] {
             for (chunk, threads) in [(64, 1), (64, 2), (100, 3), (7, 4)] {
                 let source = FailsAt {

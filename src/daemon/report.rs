@@ -219,6 +219,7 @@ fn stats_of(s: &Status, free: Option<f64>) -> WalStats {
             abort: s.entries.abort,
             blank: s.blank_lines,
             unrecognized: s.unrecognized_lines,
+            corrupt: s.corrupt_lines,
         },
         transactions: s.transactions,
     }

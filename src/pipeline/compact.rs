@@ -83,10 +83,7 @@ pub enum CompactBytesError {
 pub fn compact_bytes(input: &[u8]) -> Result<Vec<u8>, CompactBytesError> {
     let analysis = analyze(
         input,
-        Want {
-            index: true,
-            replay: false,
-        },
+        Want::index(crate::rules::CorruptLines::Keep),
         &mut |_| {},
     )?;
     if let Some(c) = analysis.first_corrupt() {

@@ -71,10 +71,7 @@ impl Snapshot {
         let (analysis, replayer) = analyze_file_deferred(
             &file,
             id.len,
-            Want {
-                index: true,
-                replay: true,
-            },
+            Want::both(crate::rules::CorruptLines::Keep),
             &mut tick,
         )
         .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;

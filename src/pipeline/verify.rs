@@ -39,10 +39,7 @@ pub fn replay_path(path: &Path, stage: Stage) -> Result<(ReplayState, Analysis),
     Ok((state, analysis))
 }
 
-const REPLAY_ONLY: Want = Want {
-    index: false,
-    replay: true,
-};
+const REPLAY_ONLY: Want = Want::replay(crate::rules::CorruptLines::Keep);
 
 /// Errors out on the first corrupt line, naming it.
 pub fn refuse_corrupt(path: &Path, analysis: &Analysis) -> Result<(), PipelineError> {

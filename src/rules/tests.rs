@@ -16,10 +16,7 @@ fn a(tx: &str) -> String {
 /// Compacts the concatenation of `lines` and returns the surviving lines.
 /// The rules' index of `input` (no replay).
 fn indexed(input: &[u8]) -> Analysis {
-    let want = Want {
-        index: true,
-        replay: false,
-    };
+    let want = Want::index(crate::rules::CorruptLines::Keep);
     analyze(input, want, &mut |_| {}).unwrap()
 }
 

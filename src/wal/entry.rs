@@ -1,5 +1,6 @@
-//! Decoding one complete WAL line into the three fields compaction and replay look at:
-//! `op`, `tx_id` and the raw text of `data`. Every other field is skipped unparsed and the
+//! Decoding one complete WAL line into the two fields compaction and replay look at: `op`
+//! and `tx_id`. Every other member (`changes`, `data`, `timestamp`, ...) is validated and
+//! skipped; replay hashes a PREPARE's whole line, so none of them needs decoding, and the
 //! line's bytes are never re-serialized.
 
 use std::borrow::Cow;
@@ -7,12 +8,11 @@ use std::fmt;
 
 use serde::Deserializer as _;
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::value::RawValue;
 
 /// The three operations of the two-phase-commit protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
-    /// Intent with the transaction's `data`.
+    /// Intent with the transaction's payload (`changes`, `data`, ...).
     Prepare,
     /// Final status: the prepared data is applied.
     Commit,
@@ -69,8 +69,6 @@ pub enum Entry<'a> {
 pub struct TxEntry<'a> {
     pub op: Op,
     pub tx_id: Cow<'a, str>,
-    /// The raw JSON text of `data`, if present; replay hashes it byte for byte.
-    pub data: Option<&'a RawValue>,
 }
 
 /// Why a complete line makes the WAL corrupt.
@@ -100,7 +98,7 @@ pub fn decode(line: &[u8]) -> Result<Entry<'_>, DecodeError> {
     decode_text(text)
 }
 
-/// A decoded line with `data` as its raw JSON text: what [`decode_raw`] returns.
+/// A decoded line with `tx_id` as bytes: what [`decode_raw`] returns.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RawEntry<'a> {
     Blank,
@@ -109,8 +107,6 @@ pub enum RawEntry<'a> {
         op: Op,
         /// The decoded JSON string's bytes (valid UTF-8: the decoder checked it).
         tx_id: Cow<'a, [u8]>,
-        /// The raw JSON text of `data`.
-        data: Option<&'a [u8]>,
     },
 }
 
@@ -125,13 +121,12 @@ impl<'a> From<Entry<'a>> for RawEntry<'a> {
                     Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
                     Cow::Owned(s) => Cow::Owned(s.into_bytes()),
                 },
-                data: t.data.map(|d| d.get().as_bytes()),
             },
         }
     }
 }
 
-/// [`decode`] with `data` as raw text, and a fast path for the common shape of lines: an
+/// [`decode`] with `tx_id` as bytes, and a fast path for the common shape of lines: an
 /// object whose strings have no escapes. The fast path only accepts lines it has fully
 /// validated as JSON; anything else (escapes, errors, unusual values) goes through
 /// [`decode`], so results and error messages are the same.
@@ -179,7 +174,6 @@ fn classify(e: serde_json::Error, text: &str) -> DecodeError {
 struct Fields<'a> {
     op: Option<MaybeStr<'a>>,
     tx_id: Option<MaybeStr<'a>>,
-    data: Option<&'a RawValue>,
 }
 
 impl<'a> Fields<'a> {
@@ -189,11 +183,7 @@ impl<'a> Fields<'a> {
             _ => None,
         };
         match (op, self.tx_id) {
-            (Some(op), Some(MaybeStr::Str(tx_id))) => Entry::Tx(TxEntry {
-                op,
-                tx_id,
-                data: self.data,
-            }),
+            (Some(op), Some(MaybeStr::Str(tx_id))) => Entry::Tx(TxEntry { op, tx_id }),
             _ => Entry::Unrecognized,
         }
     }
@@ -214,7 +204,6 @@ impl<'de> Visitor<'de> for FieldsVisitor {
             match key {
                 Key::Op => fields.op = Some(map.next_value()?),
                 Key::TxId => fields.tx_id = Some(map.next_value()?),
-                Key::Data => fields.data = Some(map.next_value()?),
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -228,7 +217,6 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 enum Key {
     Op,
     TxId,
-    Data,
     Other,
 }
 
@@ -251,7 +239,6 @@ impl Visitor<'_> for KeyVisitor {
         Ok(match v {
             "op" => Key::Op,
             "tx_id" => Key::TxId,
-            "data" => Key::Data,
             _ => Key::Other,
         })
     }
@@ -315,23 +302,19 @@ impl<'de> Visitor<'de> for MaybeStrVisitor {
 mod tests {
     use super::*;
 
-    fn tx(line: &str) -> (Op, String, Option<String>) {
+    fn tx(line: &str) -> (Op, String) {
         match decode(line.as_bytes()).unwrap() {
-            Entry::Tx(t) => (
-                t.op,
-                t.tx_id.into_owned(),
-                t.data.map(|d| d.get().to_owned()),
-            ),
+            Entry::Tx(t) => (t.op, t.tx_id.into_owned()),
             other => panic!("expected a tx entry, got {other:?}"),
         }
     }
 
     #[test]
-    fn decodes_op_tx_id_and_raw_data() {
-        let (op, id, data) =
-            tx(r#"{"op": "PREPARE", "tx_id": "tx_001", "data": {"a": [1, 2]}, "timestamp": 1.5}"#);
+    fn decodes_op_and_tx_id() {
+        let (op, id) = tx(
+            r#"{"op": "PREPARE", "tx_id": "tx_001", "changes": {"a": [1, 2]}, "timestamp": 1.5}"#,
+        );
         assert_eq!((op, id.as_str()), (Op::Prepare, "tx_001"));
-        assert_eq!(data.as_deref(), Some(r#"{"a": [1, 2]}"#));
         assert_eq!(tx(r#"{"tx_id":"b","op":"COMMIT"}"#).0, Op::Commit);
         assert_eq!(
             tx("{\"op\":\"ABORT\",\"tx_id\":\"c\",\"reason\":\"x\"}\r").0,
@@ -475,7 +458,6 @@ mod tests {
             Some(RawEntry::Tx {
                 op: Op::Prepare,
                 tx_id: Cow::Borrowed(b"a"),
-                data: Some(br#"{"v": [1]}"#)
             })
         );
     }

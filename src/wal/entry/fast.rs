@@ -257,7 +257,6 @@ pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
     let mut p = Scan { s: line, i: 0 };
     let mut op = None;
     let mut tx_id = None;
-    let mut data = None;
     p.ws();
     p.eat(b'{')?;
     p.ws();
@@ -271,11 +270,6 @@ pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
             match &p.s[ks..ke] {
                 b"op" => op = Some(p.string()?),
                 b"tx_id" => tx_id = Some(p.string()?),
-                b"data" => {
-                    let start = p.i;
-                    p.value(1)?;
-                    data = Some((start, p.i));
-                }
                 _ => p.value(1)?,
             }
             p.ws();
@@ -296,7 +290,6 @@ pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
             op,
             // UTF-8 checked by `string` already.
             tx_id: Cow::Borrowed(&line[a..b]),
-            data: data.map(|(a, b)| &line[a..b]),
         },
         _ => RawEntry::Unrecognized,
     })
