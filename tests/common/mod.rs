@@ -247,3 +247,62 @@ pub fn clean_wal(prefix: &str, n: u64) -> String {
         })
         .collect()
 }
+
+/// A script under `tests/fixtures/`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// Runs the Python fixture `tests/fixtures/<name>` with `args` (python3 is required: CI
+/// installs it). Returns its output whatever the exit status.
+pub fn run_python_fixture<S: AsRef<std::ffi::OsStr>>(
+    name: &str,
+    args: &[S],
+) -> std::process::Output {
+    std::process::Command::new("python3")
+        .arg(fixture(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("python3 is required for tests/fixtures/{name} ({e})"))
+}
+
+/// [`run_python_fixture`] that must succeed; returns its stdout.
+pub fn python_fixture<S: AsRef<std::ffi::OsStr>>(name: &str, args: &[S]) -> String {
+    let out = run_python_fixture(name, args);
+    assert!(
+        out.status.success(),
+        "tests/fixtures/{name} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("fixture output is UTF-8")
+}
+
+/// The uncompressed backups of `wal` in `dir` (`<stem>_backup_*<ext>`, as the pipeline names
+/// them), sorted.
+pub fn backups(dir: &Path, wal: &Path) -> Vec<PathBuf> {
+    let name = wal.file_name().unwrap().to_string_lossy();
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (&name[..], ""),
+    };
+    let prefix = format!("{stem}_backup_");
+    names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with(&prefix) && n.ends_with(ext) && !n.ends_with(".partial"))
+        .map(|n| dir.join(n))
+        .collect()
+}
+
+/// A command's stdout as one JSON value (commands run with `--json`).
+pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
