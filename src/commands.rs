@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::analyze::{CorruptLine, Want, analyze, analyze_file, explain};
 use crate::fsutil::FileId;
 use crate::pipeline::{PipelineError, Stage, backup, journal, lock, open_wal, rollback, verify};
+use crate::rules::CorruptLines;
 use crate::rules::{Counts, TxCounts};
 use crate::wal::SCAN_BUFFER_BYTES;
 
@@ -71,17 +72,21 @@ fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a Fi
 }
 
 /// Opens the WAL and runs pass 1 (the rules' index, no replay) over its current length.
-fn index_wal(wal: &Path) -> Result<(FileId, crate::analyze::Analysis), PipelineError> {
+fn index_wal(
+    wal: &Path,
+    corrupt_lines: CorruptLines,
+) -> Result<(FileId, crate::analyze::Analysis), PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let want = Want::index(crate::rules::CorruptLines::Keep);
+    let want = Want::index(corrupt_lines);
     let an = analyze_file(&file, id.len, want, &mut |_| {})
         .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
     Ok((id, an))
 }
 
-/// Reads the WAL once and reports its figures. Corrupt lines are reported, not fatal.
-pub fn status(wal: &Path) -> Result<Status, PipelineError> {
-    let (id, an) = index_wal(wal)?;
+/// Reads the WAL once and reports its figures; reclaimable bytes are what a compaction
+/// under `corrupt_lines` would remove. Corrupt lines are reported, not fatal.
+pub fn status(wal: &Path, corrupt_lines: CorruptLines) -> Result<Status, PipelineError> {
+    let (id, an) = index_wal(wal, corrupt_lines)?;
     let reclaimable = an.index.reclaimable_bytes();
     Ok(Status {
         wal: wal.into(),
@@ -122,9 +127,11 @@ pub struct RuleRemoval {
 }
 
 /// Plans a compaction and attributes each removed line to its rule; changes nothing.
-pub fn dry_run(wal: &Path) -> Result<DryRun, PipelineError> {
-    let (id, an) = index_wal(wal)?;
-    verify::refuse_corrupt(wal, &an)?;
+pub fn dry_run(wal: &Path, corrupt_lines: CorruptLines) -> Result<DryRun, PipelineError> {
+    let (id, an) = index_wal(wal, corrupt_lines)?;
+    if corrupt_lines == CorruptLines::Refuse {
+        verify::refuse_corrupt(wal, &an)?;
+    }
     let plan = an.index.plan();
     let (file, id2) = open_wal(wal)?;
     if id2 != id {
@@ -188,31 +195,21 @@ impl VerifyReport {
 
 fn replay_any(path: &Path, reader: impl Read) -> Result<crate::analyze::Analysis, PipelineError> {
     let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
-    analyze(
-        reader,
-        Want::replay(crate::rules::CorruptLines::Keep),
-        &mut |_| {},
-    )
-    .map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
+    analyze(reader, Want::replay(CorruptLines::Keep), &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
 }
 
 /// Parses every line and computes the replay digest; with `against`, compares with a backup.
 pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = analyze_file(
-        &file,
-        id.len,
-        Want::replay(crate::rules::CorruptLines::Keep),
-        &mut |_| {},
-    )
-    .map_err(|e| PipelineError::from_analyze(Stage::Verify, wal, e))?;
+    let an = analyze_file(&file, id.len, Want::replay(CorruptLines::Keep), &mut |_| {})
+        .map_err(|e| PipelineError::from_analyze(Stage::Verify, wal, e))?;
     let state = an.replay.clone().expect("replay requested");
     let against = match against {
         None => None,
         Some(b) => {
             let r = backup::open_reader(b).map_err(PipelineError::io(Stage::Verify, "open", b))?;
             let ban = replay_any(b, r)?;
-            verify::refuse_corrupt(b, &ban)?;
             let bd = ban.replay.expect("replay requested").digest_hex();
             Some(Against {
                 backup: b.into(),
@@ -267,7 +264,6 @@ pub fn restore(
         from,
     ))?;
     let an = replay_any(from, reader)?;
-    verify::refuse_corrupt(from, &an)?;
     let _lock = lock::acquire(wal, "walcompactd restore")?;
     journal::recover(wal)?;
     let previous_backup = match wal.exists() {

@@ -12,6 +12,7 @@ use walcompactd::daemon;
 use walcompactd::output;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
 use walcompactd::policy;
+use walcompactd::rules::CorruptLines;
 
 #[derive(Parser)]
 #[command(
@@ -53,6 +54,10 @@ enum Command {
         /// Online: give up (exit 5, nothing changed) if writers hold the lock this long.
         #[arg(long, default_value_t = 2000, requires = "online")]
         lock_timeout_ms: u64,
+        /// Corrupt complete lines: keep them in place, move them to <stem>_quarantine.log
+        /// beside the backups, or refuse the WAL (exit 3).
+        #[arg(long, value_name = "MODE", default_value_t = CorruptLines::Keep)]
+        corrupt_lines: CorruptLines,
     },
     /// Integrity check: parse every line, print the replay digest; with --against, compare.
     Verify {
@@ -259,9 +264,14 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             wal,
             dry_run: true,
             json,
+            corrupt_lines,
             ..
         } => {
-            print(json, &commands::dry_run(&wal)?, output::dry_run);
+            print(
+                json,
+                &commands::dry_run(&wal, corrupt_lines)?,
+                output::dry_run,
+            );
             Ok(exit_code::OK)
         }
         Command::Compact {
@@ -270,12 +280,13 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             backup_dir,
             online,
             lock_timeout_ms,
+            corrupt_lines,
             ..
         } => {
             let online = online.then(|| pipeline::Online {
                 lock_timeout: std::time::Duration::from_millis(lock_timeout_ms),
             });
-            compact(wal, backup_dir, online, json)
+            compact(wal, backup_dir, online, corrupt_lines, json)
         }
         Command::Verify { wal, against, json } => {
             let v = commands::verify_wal(&wal, against.as_deref())?;
@@ -343,6 +354,7 @@ fn compact(
     wal: PathBuf,
     backup_dir: Option<PathBuf>,
     online: Option<pipeline::Online>,
+    corrupt_lines: CorruptLines,
     json: bool,
 ) -> Result<i32, PipelineError> {
     let bar = progress_bar();
@@ -356,6 +368,7 @@ fn compact(
     req.backup_dir = backup_dir;
     req.progress = Some(&progress);
     req.online = online;
+    req.corrupt_lines = corrupt_lines;
     let result = pipeline::run(&req);
     if let Some(b) = &bar {
         b.finish_and_clear();

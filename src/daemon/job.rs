@@ -245,6 +245,7 @@ fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, Pipel
     let mut req = pipeline::Request::new(&policy.resolved_path, WHO);
     req.backup_dir = policy.backup_dir.clone();
     req.cancel = Some(cancel);
+    req.corrupt_lines = policy.corrupt_lines;
     if !policy.hooks.verify.is_empty() {
         req.check = Some(&check);
     }

@@ -117,7 +117,9 @@ pub fn status_with_policy(
     wal: &Path,
     policy: Option<(&Policy, &PolicySource)>,
 ) -> Result<PolicyStatus, PipelineError> {
-    let status = commands::status(wal)?;
+    let configured = policy.and_then(|(p, _)| find_wal(p, wal));
+    let corrupt_lines = configured.map(|w| w.corrupt_lines).unwrap_or_default();
+    let status = commands::status(wal, corrupt_lines)?;
     let report = policy.and_then(|(p, source)| {
         find_wal(p, wal).map(|w| wal_report(&status, p, w, source, Utc::now()))
     });

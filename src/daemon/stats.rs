@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::analyze::Tracker;
 use crate::fsutil::{FileId, free_ratio, parent_dir};
+use crate::rules::CorruptLines;
 
 /// Read buffer for appended bytes; small, since appends between looks are small.
 const READ_BUFFER_BYTES: usize = 64 << 10;
@@ -83,15 +84,23 @@ pub struct StatsTracker {
     path: PathBuf,
     tracker: Tracker,
     id: Option<FileId>,
+    /// The WAL's `corrupt_lines`: quarantined lines count as reclaimable.
+    corrupt_lines: CorruptLines,
 }
 
 impl StatsTracker {
-    pub fn new(path: impl Into<PathBuf>) -> StatsTracker {
+    pub fn new(path: impl Into<PathBuf>, corrupt_lines: CorruptLines) -> StatsTracker {
         StatsTracker {
             path: path.into(),
-            tracker: Tracker::default(),
+            tracker: Tracker::new(corrupt_lines),
             id: None,
+            corrupt_lines,
         }
+    }
+
+    /// The corrupt-lines policy its figures follow.
+    pub fn corrupt_lines(&self) -> CorruptLines {
+        self.corrupt_lines
     }
 
     pub fn path(&self) -> &Path {
@@ -105,7 +114,7 @@ impl StatsTracker {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.id = None;
-                self.tracker = Tracker::default();
+                self.tracker = Tracker::new(self.corrupt_lines);
                 return Ok(Refresh::Missing);
             }
             Err(e) => return Err(e),
@@ -113,7 +122,7 @@ impl StatsTracker {
         let now = FileId::of(&file.metadata()?);
         let rescan = rescan_reason(self.id.as_ref(), &now, self.tracker.offset(), force_rescan);
         if rescan.is_some() {
-            self.tracker = Tracker::default();
+            self.tracker = Tracker::new(self.corrupt_lines);
         }
         self.id = Some(now);
         if now.len == self.tracker.offset() + self.tracker.torn_tail_bytes() && rescan.is_none() {
@@ -192,7 +201,7 @@ mod tests {
     fn reads_only_appended_bytes_and_rescans_on_replace() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("wal.log");
-        let mut t = StatsTracker::new(&p);
+        let mut t = StatsTracker::new(&p, CorruptLines::Keep);
         assert!(matches!(t.refresh(false).unwrap(), Refresh::Missing));
         std::fs::write(&p, format!("{P}{C}")).unwrap();
         let r = t.refresh(false).unwrap();

@@ -21,6 +21,7 @@ use super::watcher::Hint;
 use crate::metrics::{self, WalFigures};
 use crate::pipeline::backup;
 use crate::policy::WalPolicy;
+use crate::rules::CorruptLines;
 
 /// Change events arrive in bursts (one per write): wait this long after the first so one
 /// refresh covers the burst. Bounds refreshes to a few per second under heavy appends.
@@ -106,7 +107,7 @@ pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> H
     let hint = Arc::new(Hint::default());
     let cancel = parent.child_token();
     let sv = Supervisor {
-        stats: StatsTracker::new(&policy.resolved_path),
+        stats: StatsTracker::new(&policy.resolved_path, policy.corrupt_lines),
         state_file: StateFile::new(&shared.state_dir, &policy.name),
         state: WalState::default(),
         policy,
@@ -197,6 +198,10 @@ impl Supervisor {
                 changed = policy_rx.changed() => {
                     if changed.is_err() { break; }
                     self.policy = policy_rx.borrow_and_update().clone();
+                    if self.policy.corrupt_lines != self.stats.corrupt_lines() {
+                        // Reclaimable bytes depend on it: count again from the start.
+                        self.stats = StatsTracker::new(&self.policy.resolved_path, self.policy.corrupt_lines);
+                    }
                     info!(event = "supervisor", wal = %name, "new policy applied");
                 }
             }
@@ -319,7 +324,8 @@ impl Supervisor {
 
     /// Brings the statistics up to date in a blocking thread (a rescan reads the whole WAL).
     async fn refresh(&mut self, rescan: bool) -> Option<WalStats> {
-        let mut tracker = std::mem::replace(&mut self.stats, StatsTracker::new(""));
+        let mut tracker =
+            std::mem::replace(&mut self.stats, StatsTracker::new("", CorruptLines::Keep));
         // Always measured (one statvfs): triggers, alerts and metrics all read it.
         let want_free = true;
         let joined = tokio::task::spawn_blocking(move || {
@@ -333,7 +339,8 @@ impl Supervisor {
             Ok(t) => t,
             Err(e) => {
                 error!(event = "stats", wal, "statistics refresh panicked: {e}");
-                self.stats = StatsTracker::new(&self.policy.resolved_path);
+                self.stats =
+                    StatsTracker::new(&self.policy.resolved_path, self.policy.corrupt_lines);
                 return None;
             }
         };

@@ -10,6 +10,11 @@
 //! - `rolling_back`: the swapped WAL failed a check and the original is being restored from
 //!   the backup. If the WAL does not begin with the backup's bytes, restore it again.
 //!
+//! A run that quarantines corrupt lines records the quarantine file's length first: a run
+//! that did not swap (writing, swapping with the temp still there, rolled back) leaves those
+//! lines in the WAL, so recovery truncates the quarantine file back to it; a swapped run's
+//! records stay (see [`super::quarantine`]).
+//!
 //! Without a journal, recovery removes leftover temp files (only this tool creates them).
 
 use std::fs;
@@ -54,6 +59,29 @@ pub struct Journal {
     /// writers since and are kept when the backup is restored.
     #[serde(default)]
     pub len_at_swap: Option<u64>,
+    /// The quarantine file this run appends to, and its length before.
+    #[serde(default)]
+    pub quarantine: Option<super::quarantine::Mark>,
+}
+
+impl Journal {
+    /// Whether the WAL at the path is still (or again) the original: the run's temp was not
+    /// renamed over it, or a rollback put the original back. Call when the run is over.
+    pub fn left_the_original(&self) -> bool {
+        match self.phase {
+            Phase::Writing | Phase::RollingBack => true,
+            // rename() is atomic: the temp still being there means it never happened.
+            Phase::Swapping => self.temp.exists(),
+        }
+    }
+
+    /// Takes back the quarantine records of a run that left the original in place.
+    pub fn undo_quarantine(&self, stage: Stage) -> Result<(), PipelineError> {
+        match (&self.quarantine, self.left_the_original()) {
+            (Some(mark), true) => mark.undo(stage),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// What recovery found and did.
@@ -134,13 +162,20 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
             }
         });
     };
+    // Quarantine records are taken back while the journal still says why: before the temp
+    // is removed (its existence is what says the swap did not happen), after a rollback.
     let done = match journal.phase {
         Phase::Writing => {
+            journal.undo_quarantine(Stage::Recover)?;
             remove_if_exists(&journal.temp)?;
             Recovered::DiscardedTemp
         }
         Phase::Swapping => recover_swap(wal, &journal)?,
-        Phase::RollingBack => recover_rollback(wal, &journal)?,
+        Phase::RollingBack => {
+            let done = recover_rollback(wal, &journal)?;
+            journal.undo_quarantine(Stage::Recover)?;
+            done
+        }
     };
     remove_leftovers(wal)?;
     clear(wal)?;
@@ -150,6 +185,7 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
 fn recover_swap(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
     if journal.temp.exists() {
         // rename() is atomic: the temp still being there means the WAL was never replaced.
+        journal.undo_quarantine(Stage::Recover)?;
         remove_if_exists(&journal.temp)?;
         return Ok(Recovered::DiscardedTemp);
     }

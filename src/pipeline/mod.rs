@@ -1,4 +1,4 @@
-//! The compaction pipeline: backup → compact → verify → swap (→ rollback), one module per
+//! The compaction pipeline: backup → compact → verify → (quarantine →) swap (→ rollback), one module per
 //! stage, sequenced by [`run`]. Knows nothing of the daemon: callers pass a [`Request`] and
 //! get a [`Report`] or a [`PipelineError`] naming the stage.
 //!
@@ -13,6 +13,7 @@ mod handoff;
 pub mod journal;
 pub mod lock;
 pub mod online;
+pub mod quarantine;
 pub mod rollback;
 mod snapshot;
 pub mod swap;
@@ -34,6 +35,7 @@ pub use snapshot::{Snapshot, open_wal};
 pub(crate) const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 use crate::fsutil::{FileId, available_bytes, parent_dir, sibling};
+use crate::rules::CorruptLines;
 
 /// A step of a run; logs and metrics name stages with these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -45,6 +47,7 @@ pub enum Stage {
     Backup,
     Compact,
     Verify,
+    Quarantine,
     Swap,
     Check,
     Rollback,
@@ -62,6 +65,7 @@ impl Stage {
             Stage::Backup => "backup",
             Stage::Compact => "compact",
             Stage::Verify => "verify",
+            Stage::Quarantine => "quarantine",
             Stage::Swap => "swap",
             Stage::Check => "check",
             Stage::Rollback => "rollback",
@@ -119,6 +123,8 @@ pub struct Request<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Online mode: writers following the lock protocol keep appending during the run.
     pub online: Option<Online>,
+    /// What happens to corrupt lines (policy `corrupt_lines`).
+    pub corrupt_lines: CorruptLines,
 }
 
 impl Request<'_> {
@@ -132,6 +138,7 @@ impl Request<'_> {
             progress: None,
             cancel: None,
             online: None,
+            corrupt_lines: CorruptLines::default(),
         }
     }
 }
@@ -164,6 +171,14 @@ pub struct Report {
     pub stages: Vec<StageTime>,
     /// Online mode: catch-up and writer-lock figures.
     pub online: Option<OnlineStats>,
+    /// Corrupt complete lines in the WAL as read (reported whatever the policy).
+    pub corrupt_lines: u64,
+    /// The policy applied to them.
+    pub corrupt_lines_policy: CorruptLines,
+    /// Corrupt lines this run moved to the quarantine file.
+    pub quarantined_lines: u64,
+    /// The quarantine file, when this run appended to it.
+    pub quarantine: Option<PathBuf>,
 }
 
 /// Timing of stages in a run.
@@ -198,9 +213,7 @@ fn ms(t: Instant) -> f64 {
 /// Runs backup → compact → verify → swap (→ rollback) on one WAL.
 pub fn run(req: &Request) -> Result<Report, PipelineError> {
     let mut clock = Clock::start();
-    let mut snap = clock.stage(Stage::Analyze, || {
-        Snapshot::take(&req.wal, req.progress, req.online.is_some())
-    })?;
+    let mut snap = clock.stage(Stage::Analyze, || Snapshot::take(req))?;
     let backup_dir = backup::backup_dir(&req.wal, req.backup_dir.as_deref());
     backup::check_dir(&backup_dir)?;
     if snap.plan.reclaimable_bytes() == 0 && !journal::journal_path(&req.wal).exists() {
@@ -210,9 +223,7 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
     let recovered = clock.stage(Stage::Recover, || journal::recover(&req.wal))?;
     if open_wal(&req.wal)?.1 != snap.id {
         // Recovery or another compaction changed the WAL since it was analyzed.
-        snap = clock.stage(Stage::Analyze, || {
-            Snapshot::take(&req.wal, req.progress, req.online.is_some())
-        })?;
+        snap = clock.stage(Stage::Analyze, || Snapshot::take(req))?;
     }
     let recovered = (recovered != journal::Recovered::Nothing).then(|| format!("{recovered:?}"));
     if snap.plan.reclaimable_bytes() == 0 {
@@ -234,6 +245,9 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
         Some(backup),
         recovered,
     );
+    if r.quarantined_lines > 0 {
+        r.quarantine = Some(quarantine::quarantine_path(&req.wal, &backup_dir));
+    }
     if let Some(o) = online {
         // Lines appended during the run are in the new WAL too.
         r.bytes_after += o.appended_bytes;
@@ -263,12 +277,22 @@ fn compact_and_swap(
         original_digest: None,
         pid: std::process::id(),
         len_at_swap: None,
+        quarantine: match snap.plan.set_aside.is_empty() {
+            true => None,
+            false => Some(quarantine::Mark::take(quarantine::quarantine_path(
+                wal, backup_dir,
+            ))?),
+        },
     };
     journal::write(wal, &entry)?;
     let result = write_verify_swap(req, snap, &temp_path, &backup, &mut entry, clock);
     if result.is_err() {
-        // The WAL is intact (or rolled back); the temp was removed by its guard.
-        let _ = journal::clear(wal);
+        // The WAL is intact (or rolled back): the corrupt lines are still in it. The temp
+        // was removed by its guard once the swap could no longer happen.
+        let undone = entry.undo_quarantine(Stage::Quarantine);
+        if undone.is_ok() {
+            let _ = journal::clear(wal);
+        }
     }
     result.map(|online| (backup, online))
 }
@@ -288,6 +312,19 @@ fn write_verify_swap(
     write_and_verify(&mut temp, wal, snap, expected_len, clock)?;
     // Verification waited for the original's replay state: this does not block.
     entry.original_digest = Some(snap.replay.get().digest_hex());
+    if let Some(mark) = &entry.quarantine {
+        // Durable and checked BEFORE the swap, or a crash after it loses the corrupt lines.
+        clock.stage(Stage::Quarantine, || {
+            quarantine::append(
+                mark,
+                wal,
+                &snap.file,
+                &snap.plan.set_aside,
+                &snap.replay.get().set_aside,
+                &snap.meta,
+            )
+        })?;
+    }
     checkpoint(req, Stage::Swap)?;
     let stats = match req.online {
         None => {
@@ -570,5 +607,13 @@ fn report(
         duration_ms: ms(clock.start),
         stages: clock.stages.clone(),
         online: None,
+        corrupt_lines: counts.corrupt,
+        corrupt_lines_policy: req.corrupt_lines,
+        quarantined_lines: if changed {
+            snap.plan.set_aside.len() as u64
+        } else {
+            0
+        },
+        quarantine: None,
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::path::Path;
 
-use super::{PipelineError, ProgressFn, Stage};
+use super::{PipelineError, Request, Stage};
 use crate::analyze::{Want, analyze_file_deferred};
 use crate::fsutil::FileId;
 use crate::replay::PendingReplay;
@@ -52,13 +52,11 @@ pub fn open_wal(wal: &Path) -> Result<(File, FileId), PipelineError> {
 }
 
 impl Snapshot {
-    /// Opens and analyzes the WAL (one streaming pass), refusing corrupt content. `online`
-    /// also collects the ids the tail check needs.
-    pub fn take(
-        wal: &Path,
-        progress: Option<ProgressFn>,
-        online: bool,
-    ) -> Result<Snapshot, PipelineError> {
+    /// Opens and analyzes the WAL (one streaming pass); corrupt lines follow the request's
+    /// policy (`refuse` refuses the WAL here). Online mode also collects the ids the tail
+    /// check needs.
+    pub fn take(req: &Request) -> Result<Snapshot, PipelineError> {
+        let (wal, progress, online) = (req.wal.as_path(), req.progress, req.online.is_some());
         let (file, id) = open_wal(wal)?;
         let meta = file
             .metadata()
@@ -68,14 +66,12 @@ impl Snapshot {
                 p(Stage::Analyze, done, id.len)
             }
         };
-        let (analysis, replayer) = analyze_file_deferred(
-            &file,
-            id.len,
-            Want::both(crate::rules::CorruptLines::Keep),
-            &mut tick,
-        )
-        .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
-        super::verify::refuse_corrupt(wal, &analysis)?;
+        let (analysis, replayer) =
+            analyze_file_deferred(&file, id.len, Want::both(req.corrupt_lines), &mut tick)
+                .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+        if req.corrupt_lines == crate::rules::CorruptLines::Refuse {
+            super::verify::refuse_corrupt(wal, &analysis)?;
+        }
         let at_risk = match online {
             true => analysis
                 .index

@@ -40,6 +40,7 @@ fn wal(w: &WalPolicy) -> RawWal {
         name: Some(w.name.clone()),
         path: Some(path_text(&w.path)),
         mode: Some(w.mode.to_string()),
+        corrupt_lines: Some(w.corrupt_lines.to_string()),
         backup_dir: Some(w.backup_dir.as_deref().map(path_text).unwrap_or_default()),
         lock_timeout_ms: Some(saturating_i64(w.lock_timeout.as_millis())),
         job_timeout_secs: Some(saturating_i64(w.job_timeout.as_secs().into())),

@@ -46,6 +46,8 @@ pub(crate) struct RawWal {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub corrupt_lines: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lock_timeout_ms: Option<i64>,

@@ -61,6 +61,8 @@ pub struct WalPolicy {
     pub resolved_path: PathBuf,
     /// Whether the writer may be running while we compact.
     pub mode: Mode,
+    /// What compaction does with corrupt complete lines (default: keep them in place).
+    pub corrupt_lines: crate::rules::CorruptLines,
     /// Absolute backup directory; `None` means the WAL's own directory.
     pub backup_dir: Option<PathBuf>,
     /// Online mode: how long to wait for the writer lock before giving up.
@@ -230,6 +232,13 @@ macro_rules! keyword_enum {
 }
 
 keyword_enum!(LogFormat { Json => "json", Pretty => "pretty" });
+
+impl KeywordList for crate::rules::CorruptLines {
+    fn expected_list() -> String {
+        let names: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+        names.join(", ")
+    }
+}
 keyword_enum!(Mode { Offline => "offline", Online => "online" });
 keyword_enum!(Severity { Warning => "warning", Critical => "critical" });
 keyword_enum!(AlertAction { Log => "log", Compact => "compact", Command => "command" });

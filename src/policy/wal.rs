@@ -8,6 +8,7 @@ use super::env::ParseEnv;
 use super::schema::{RawBackups, RawHooks, RawTriggers, RawWal};
 use super::types::{BackupPolicy, Hooks, Mode, Schedule, Triggers, WalPolicy};
 use super::validate::{BYTES_PER_MB, Section, non_empty, push, required_name};
+use crate::rules::CorruptLines;
 
 /// Default online-mode wait for the writer lock: long enough for a writer's fsync, short enough not to stall.
 const DEFAULT_LOCK_TIMEOUT_MS: u64 = 2_000;
@@ -40,6 +41,7 @@ pub(crate) fn wal(
         path,
         resolved_path,
         mode: s.keyword("mode", raw.mode, Mode::Offline),
+        corrupt_lines: s.keyword("corrupt_lines", raw.corrupt_lines, CorruptLines::Keep),
         backup_dir: non_empty(raw.backup_dir).map(|d| env.resolve(Path::new(&d))),
         lock_timeout: s.millis(
             "lock_timeout_ms",
