@@ -187,9 +187,23 @@ pub struct Against {
 }
 
 impl VerifyReport {
-    /// Whether the command succeeded: no corrupt line, and equal to the backup if compared.
+    /// Whether the command succeeded. Compared with a backup: equal replay states (corrupt
+    /// lines kept in place are part of both). Alone: no corrupt line.
     pub fn ok(&self) -> bool {
-        self.corrupt_lines == 0 && self.against.as_ref().is_none_or(|a| a.equal)
+        match &self.against {
+            Some(a) => a.equal,
+            None => self.corrupt_lines == 0,
+        }
+    }
+
+    /// `verify`'s exit code: 1 when the states differ, else 3 for corrupt lines found
+    /// without a comparison, else 0.
+    pub fn exit_code(&self) -> i32 {
+        match (&self.against, self.corrupt_lines) {
+            (Some(a), _) if !a.equal => crate::pipeline::exit_code::VERIFY_FAILED,
+            (None, n) if n > 0 => crate::pipeline::exit_code::CORRUPT,
+            _ => crate::pipeline::exit_code::OK,
+        }
     }
 }
 

@@ -291,11 +291,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
         Command::Verify { wal, against, json } => {
             let v = commands::verify_wal(&wal, against.as_deref())?;
             print(json, &v, output::verify);
-            Ok(match (v.corrupt_lines, v.ok()) {
-                (n, _) if n > 0 => exit_code::CORRUPT,
-                (_, true) => exit_code::OK,
-                _ => exit_code::VERIFY_FAILED,
-            })
+            Ok(v.exit_code())
         }
         Command::Backup {
             wal,

@@ -103,6 +103,27 @@ pub fn compact(r: &Report) -> String {
             let _ = writeln!(o, "verified: replay digest sha256:{}", r.digest);
         }
     }
+    match (&r.quarantine, r.corrupt_lines) {
+        (Some(q), _) => {
+            let _ = writeln!(
+                o,
+                "quarantined: {} corrupt lines -> {}",
+                r.quarantined_lines,
+                q.display()
+            );
+        }
+        (None, 0) => {}
+        (None, n) => {
+            let _ = writeln!(
+                o,
+                "corrupt lines: {n} ({}; see `walcompactd status`)",
+                match r.corrupt_lines_policy {
+                    crate::rules::CorruptLines::Keep => "kept in place",
+                    _ => "left in place",
+                }
+            );
+        }
+    }
     if let Some(rec) = &r.recovered {
         let _ = writeln!(o, "recovered an interrupted run first: {rec}");
     }
@@ -159,9 +180,12 @@ pub fn verify(v: &VerifyReport) -> String {
         v.torn_tail_bytes
     );
     corrupt_lines(&mut o, &v.corrupt, v.corrupt_lines);
-    if v.corrupt_lines == 0 {
-        let _ = writeln!(o, "replay digest sha256:{}", v.digest);
-    }
+    let kept = if v.corrupt_lines > 0 {
+        " (corrupt lines kept in place are part of it)"
+    } else {
+        ""
+    };
+    let _ = writeln!(o, "replay digest sha256:{}{kept}", v.digest);
     if let Some(a) = &v.against {
         let verdict = if a.equal {
             "same replay state"
