@@ -43,6 +43,7 @@ pub struct AlertValues {
     /// Reclaimable bytes / size, 0..=1.
     pub wal_reclaimable_ratio: Option<f64>,
     pub wal_torn_tail_bytes: Option<u64>,
+    pub wal_corrupt_lines: Option<u64>,
     pub wal_in_flight_transactions: Option<u64>,
     pub seconds_since_last_success: Option<f64>,
     /// See [`stalled_seconds`].
@@ -60,6 +61,7 @@ impl AlertValues {
             wal_reclaimable_bytes: Some(s.reclaimable_bytes),
             wal_reclaimable_ratio: Some(s.reclaimable_ratio),
             wal_torn_tail_bytes: Some(s.torn_tail_bytes),
+            wal_corrupt_lines: Some(s.corrupt_lines),
             wal_in_flight_transactions: Some(s.transactions.in_flight),
             ..AlertValues::default()
         }
@@ -74,6 +76,7 @@ impl AlertValues {
             AlertMetric::WalReclaimableBytes => n(self.wal_reclaimable_bytes),
             AlertMetric::WalReclaimableRatio => self.wal_reclaimable_ratio,
             AlertMetric::WalTornTailBytes => n(self.wal_torn_tail_bytes),
+            AlertMetric::WalCorruptLines => n(self.wal_corrupt_lines),
             AlertMetric::WalInFlightTransactions => n(self.wal_in_flight_transactions),
             AlertMetric::SecondsSinceLastSuccess => self.seconds_since_last_success,
             AlertMetric::CompactionStalledSeconds => self.compaction_stalled_seconds,

@@ -37,6 +37,8 @@ pub const WAL_RECLAIMABLE_BYTES: &str = "walcompactd_wal_reclaimable_bytes";
 pub const WAL_RECLAIMABLE_RATIO: &str = "walcompactd_wal_reclaimable_ratio";
 /// Bytes of an incomplete last line.
 pub const WAL_TORN_TAIL_BYTES: &str = "walcompactd_wal_torn_tail_bytes";
+/// Corrupt complete lines in the WAL now (whatever `corrupt_lines` does with them).
+pub const WAL_CORRUPT_LINES: &str = "walcompactd_wal_corrupt_lines";
 /// Unix time of the last successful compaction.
 pub const LAST_SUCCESS_TIMESTAMP_SECONDS: &str = "walcompactd_last_success_timestamp_seconds";
 /// Failed runs in a row.
@@ -323,6 +325,7 @@ pub struct WalFigures {
     pub reclaimable_bytes: u64,
     pub reclaimable_ratio: f64,
     pub torn_tail_bytes: u64,
+    pub corrupt_lines: u64,
 }
 
 impl WalFigures {
@@ -334,6 +337,7 @@ impl WalFigures {
         transactions: TxCounts,
         reclaimable_bytes: u64,
         torn_tail_bytes: u64,
+        corrupt_lines: u64,
     ) -> Self {
         WalFigures {
             size_bytes,
@@ -346,6 +350,7 @@ impl WalFigures {
             reclaimable_bytes,
             reclaimable_ratio: crate::rules::reclaimable_ratio(reclaimable_bytes, size_bytes),
             torn_tail_bytes,
+            corrupt_lines,
         }
     }
 }
@@ -358,6 +363,7 @@ impl From<&Status> for WalFigures {
             s.transactions,
             s.reclaimable_bytes,
             s.torn_tail_bytes,
+            s.corrupt_lines,
         )
     }
 }
@@ -417,6 +423,7 @@ pub fn publish_wal(name: &str, s: &WalFigures) {
     gauge!(WAL_RECLAIMABLE_BYTES, &wal).set(s.reclaimable_bytes as f64);
     gauge!(WAL_RECLAIMABLE_RATIO, &wal).set(s.reclaimable_ratio);
     gauge!(WAL_TORN_TAIL_BYTES, &wal).set(s.torn_tail_bytes as f64);
+    gauge!(WAL_CORRUPT_LINES, &wal).set(s.corrupt_lines as f64);
     for outcome in RunOutcome::ALL {
         counter!(COMPACTION_RUNS_TOTAL, "wal" => name.to_string(), "outcome" => outcome.as_str())
             .increment(0);

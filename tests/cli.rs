@@ -206,7 +206,7 @@ fn dry_run_reports_each_rule_and_changes_nothing() {
 }
 
 #[test]
-fn corrupt_input_is_refused_with_line_and_offset() {
+fn corrupt_input_is_refused_with_line_and_offset_in_refuse_mode() {
     let d = tempfile::tempdir().unwrap();
     let good = prepare("a", 1) + &prepare("a", 2);
     for (bad, what) in [
@@ -219,6 +219,7 @@ fn corrupt_input_is_refused_with_line_and_offset() {
         walcompactd()
             .arg("compact")
             .arg(&wal)
+            .args(["--corrupt-lines", "refuse"])
             .assert()
             .code(3)
             .stderr(
@@ -234,6 +235,7 @@ fn corrupt_input_is_refused_with_line_and_offset() {
     walcompactd()
         .arg("compact")
         .arg(d.path().join("wal.log"))
+        .args(["--corrupt-lines", "refuse"])
         .assert()
         .code(3)
         .stderr(predicate::str::contains("invalid UTF-8"));
@@ -243,6 +245,57 @@ fn corrupt_input_is_refused_with_line_and_offset() {
         .assert()
         .code(3)
         .stdout(predicate::str::contains("line 3"));
+}
+
+/// The default `corrupt_lines = "keep"`: every corrupt line stays verbatim where it was, its
+/// neighbours follow the rules as if it were not there, and status and the report count it.
+#[test]
+fn corrupt_lines_are_kept_in_place_by_default() {
+    let d = tempfile::tempdir().unwrap();
+    let bad = ["[1, 2]", "not json", "{\"op\": \"COMM"];
+    let content = format!(
+        "{}{}\n{}{}\n{}{}\n",
+        prepare("a", 1),
+        bad[0],
+        prepare("a", 2),
+        bad[1],
+        commit("a") + &commit("a"),
+        bad[2]
+    );
+    let wal = write_wal(d.path(), "wal.log", &content);
+    let out = walcompactd()
+        .args(["compact", "--json"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let report = json(&out);
+    assert_eq!(report["corrupt_lines"], 3);
+    assert_eq!(report["quarantined_lines"], 0);
+    let want = format!(
+        "{}\n{}{}\n{}{}\n",
+        bad[0],
+        prepare("a", 2),
+        bad[1],
+        commit("a"),
+        bad[2]
+    );
+    assert_eq!(fs::read_to_string(&wal).unwrap(), want);
+    let backup = report["backup"].as_str().unwrap();
+    walcompactd()
+        .args(["verify", "--against", backup])
+        .arg(&wal)
+        .assert()
+        .code(0);
+    let status = walcompactd()
+        .args(["status", "--json"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    let v = json(&status);
+    assert_eq!(v["corrupt_lines"], 3);
+    assert_eq!(v["corrupt"][1]["line"], 3);
+    assert_eq!(v["reclaimable_bytes"], 0, "a second run has nothing to do");
 }
 
 #[test]

@@ -118,6 +118,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
         original_digest: Some(digest(backup.unwrap_or(wal))),
         pid: 1,
         len_at_swap: None,
+        quarantine: None,
     };
     journal::write(wal, &j).unwrap();
 }

@@ -271,6 +271,15 @@ fn stage_of(e: &PipelineError) -> Option<Stage> {
     }
 }
 
+/// What the run's message says of corrupt lines, if there are any.
+fn corrupt_note(r: &Report) -> String {
+    match (r.corrupt_lines, r.quarantined_lines) {
+        (0, _) => String::new(),
+        (_, q) if q > 0 => format!("; {q} corrupt lines quarantined"),
+        (n, _) => format!("; {n} corrupt lines ({})", r.corrupt_lines_policy),
+    }
+}
+
 /// One event per stage, then one per run, with flat fields for `jq`.
 fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: Instant) {
     let wal = policy.name.as_str();
@@ -290,11 +299,9 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                     s.duration_ms
                 );
             }
-            let backup = r
-                .backup
-                .as_deref()
-                .map(|b| b.display().to_string())
-                .unwrap_or_default();
+            let path_text = |p: Option<&Path>| p.map(|b| b.display().to_string());
+            let backup = path_text(r.backup.as_deref()).unwrap_or_default();
+            let quarantine = path_text(r.quarantine.as_deref()).unwrap_or_default();
             info!(
                 event = "run",
                 wal,
@@ -306,10 +313,15 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 bytes_after = r.bytes_after,
                 reclaimed_bytes = r.reclaimed_bytes,
                 backup = backup.as_str(),
-                "{wal}: compaction {outcome}: {} → {} bytes ({} reclaimed)",
+                corrupt_lines = r.corrupt_lines,
+                corrupt_lines_policy = r.corrupt_lines_policy.as_str(),
+                quarantined_lines = r.quarantined_lines,
+                quarantine = quarantine.as_str(),
+                "{wal}: compaction {outcome}: {} → {} bytes ({} reclaimed){}",
                 r.bytes_before,
                 r.bytes_after,
-                r.reclaimed_bytes
+                r.reclaimed_bytes,
+                corrupt_note(r)
             );
         }
         JobResult::Skipped(why) => {

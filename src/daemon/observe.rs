@@ -192,6 +192,7 @@ pub fn alert_values(status: &WalStatus, now: DateTime<Utc>, min_reclaimable: u64
         wal_reclaimable_bytes: Some(s.reclaimable_bytes),
         wal_reclaimable_ratio: Some(s.reclaimable_ratio()),
         wal_torn_tail_bytes: Some(s.torn_tail_bytes),
+        wal_corrupt_lines: Some(s.corrupt_lines),
         wal_in_flight_transactions: Some(s.transactions.in_flight),
         seconds_since_last_success: since,
         compaction_stalled_seconds: alerts::stalled_seconds(

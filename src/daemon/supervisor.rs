@@ -57,6 +57,7 @@ impl WalStatus {
             s.transactions,
             s.reclaimable_bytes,
             s.torn_tail_bytes,
+            s.corrupt_lines,
         )
     }
 }

@@ -15,7 +15,7 @@ pub mod exit_code {
     pub const VERIFY_FAILED: i32 = 1;
     /// Bad command line or invalid policy.
     pub const USAGE: i32 = 2;
-    /// The WAL has a corrupt line; refused, nothing changed.
+    /// The WAL has a corrupt line and `corrupt_lines = "refuse"`; nothing changed.
     pub const CORRUPT: i32 = 3;
     /// An I/O error, missing file, no permission or no space; nothing lost.
     pub const IO: i32 = 4;
@@ -26,7 +26,10 @@ pub mod exit_code {
 /// Why a pipeline run (or a single command) did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    #[error("{path}: line {line} (byte offset {offset}) is corrupt: {reason}{}", more_note(*.more))]
+    #[error(
+        "{path}: line {line} (byte offset {offset}) is corrupt: {reason}{}; refused (corrupt_lines = \"refuse\"), nothing changed. \"keep\" compacts around corrupt lines, \"quarantine\" moves them aside",
+        more_note(*.more)
+    )]
     Corrupt {
         path: PathBuf,
         line: u64,

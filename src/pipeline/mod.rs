@@ -437,7 +437,7 @@ fn swap_online(
         temp: &mut temp_file,
         backup: backup_copy.as_mut().map(|(f, n)| (f, *n)),
     };
-    let mut check = online::TailCheck::new(wal, snap);
+    let mut check = online::TailCheck::new(wal, snap, req.corrupt_lines);
     let mut stats = OnlineStats::default();
     // The torn fragment after the last complete line was already copied; the check reads it again.
     let fragment = online::read_range(&snap.file, snap.plan.scanned_len, snap.id.len, wal)?;

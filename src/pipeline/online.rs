@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::{PipelineError, Snapshot, Stage, open_wal};
+use crate::rules::CorruptLines;
 use crate::wal::{Entry, Op, decode};
 
 /// Catch up without the lock until at most this much is left: copying and checking it under
@@ -129,6 +130,10 @@ pub(super) struct TailCheck<'a> {
     wal: &'a Path,
     at_risk: &'a HashSet<String>,
     prepared: HashSet<String>,
+    /// Appended corrupt lines: `refuse` gives the run up; otherwise they are copied in
+    /// place (the delta under the writers' lock is copied verbatim, so that the lock stays
+    /// short), and a later run quarantines them if the policy says so.
+    corrupt_lines: CorruptLines,
     carry: Vec<u8>,
     /// Offset of `carry[0]` in the WAL.
     offset: u64,
@@ -138,11 +143,12 @@ pub(super) struct TailCheck<'a> {
 
 impl<'a> TailCheck<'a> {
     /// Starts at the first byte after the snapshot's last complete line.
-    pub fn new(wal: &'a Path, snap: &'a Snapshot) -> TailCheck<'a> {
+    pub fn new(wal: &'a Path, snap: &'a Snapshot, corrupt_lines: CorruptLines) -> TailCheck<'a> {
         TailCheck {
             wal,
             at_risk: &snap.at_risk,
             prepared: HashSet::new(),
+            corrupt_lines,
             carry: Vec::new(),
             offset: snap.plan.scanned_len,
             lines: snap.counts.lines,
@@ -165,13 +171,19 @@ impl<'a> TailCheck<'a> {
     }
 
     fn check_line(&mut self, line: &[u8], offset: u64) -> Result<(), PipelineError> {
-        let entry = decode(line).map_err(|e| PipelineError::Corrupt {
-            path: self.wal.into(),
-            line: self.lines,
-            offset,
-            reason: format!("appended during online compaction: {e}"),
-            more: 0,
-        })?;
+        let entry = match decode(line) {
+            Ok(entry) => entry,
+            Err(_) if self.corrupt_lines != CorruptLines::Refuse => return Ok(()),
+            Err(e) => {
+                return Err(PipelineError::Corrupt {
+                    path: self.wal.into(),
+                    line: self.lines,
+                    offset,
+                    reason: format!("appended during online compaction: {e}"),
+                    more: 0,
+                });
+            }
+        };
         let Entry::Tx(t) = entry else { return Ok(()) };
         if !self.at_risk.contains(t.tx_id.as_ref()) {
             return Ok(());

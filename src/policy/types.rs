@@ -256,6 +256,8 @@ pub enum AlertMetric {
     WalReclaimableRatio,
     /// Bytes of an incomplete last line.
     WalTornTailBytes,
+    /// Corrupt complete lines (reported whatever `corrupt_lines` does with them).
+    WalCorruptLines,
     /// Transactions prepared but not yet committed or aborted.
     WalInFlightTransactions,
     /// Seconds since the last successful compaction.
@@ -274,6 +276,7 @@ keyword_enum!(AlertMetric {
     WalReclaimableBytes => "wal_reclaimable_bytes",
     WalReclaimableRatio => "wal_reclaimable_ratio",
     WalTornTailBytes => "wal_torn_tail_bytes",
+    WalCorruptLines => "wal_corrupt_lines",
     WalInFlightTransactions => "wal_in_flight_transactions",
     SecondsSinceLastSuccess => "seconds_since_last_success",
     CompactionStalledSeconds => "compaction_stalled_seconds",
