@@ -242,6 +242,7 @@ fn values_map_every_metric() {
         wal_reclaimable_bytes: Some(1),
         wal_reclaimable_ratio: Some(0.5),
         wal_torn_tail_bytes: Some(3),
+        wal_corrupt_lines: Some(9),
         wal_in_flight_transactions: Some(4),
         seconds_since_last_success: Some(5.0),
         compaction_stalled_seconds: Some(6.0),
@@ -249,7 +250,19 @@ fn values_map_every_metric() {
         disk_free_percent: Some(8.0),
     };
     let got: Vec<_> = AlertMetric::ALL.iter().map(|m| v.value(*m)).collect();
-    let want = [2.5, 2_500_000.0, 1.0, 0.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+    let want = [
+        2.5,
+        2_500_000.0,
+        1.0,
+        0.5,
+        3.0,
+        9.0,
+        4.0,
+        5.0,
+        6.0,
+        7.0,
+        8.0,
+    ];
     assert_eq!(got, want.map(Some));
     assert!(
         AlertMetric::ALL

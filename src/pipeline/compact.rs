@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use super::handoff::{Handoff, Publishing};
 use super::{PipelineError, Stage};
 use crate::analyze::{Want, analyze};
-use crate::rules::Plan;
+use crate::rules::{CorruptLines, Plan};
 
 /// Write buffer for the temp file: big writes, bounded memory.
 const WRITE_BUFFER_BYTES: usize = 1 << 20;
@@ -78,15 +78,22 @@ pub enum CompactBytesError {
     Analyze(#[from] crate::analyze::AnalyzeError),
 }
 
-/// Compacts a WAL held in memory with the same rules and executor as the file pipeline:
-/// the reference for property tests and benchmarks.
+/// Compacts a WAL held in memory with the same rules and executor as the file pipeline,
+/// refusing corrupt lines: the reference for property tests and benchmarks.
 pub fn compact_bytes(input: &[u8]) -> Result<Vec<u8>, CompactBytesError> {
-    let analysis = analyze(
-        input,
-        Want::index(crate::rules::CorruptLines::Keep),
-        &mut |_| {},
-    )?;
-    if let Some(c) = analysis.first_corrupt() {
+    compact_bytes_with(input, CorruptLines::Refuse).map(|(out, _)| out)
+}
+
+/// [`compact_bytes`] with corrupt lines per `corrupt_lines`; also returns the lines a
+/// quarantine would receive (without their `\n`), in order.
+pub fn compact_bytes_with(
+    input: &[u8],
+    corrupt_lines: CorruptLines,
+) -> Result<(Vec<u8>, Vec<Vec<u8>>), CompactBytesError> {
+    let analysis = analyze(input, Want::index(corrupt_lines), &mut |_| {})?;
+    if let Some(c) = analysis.first_corrupt()
+        && corrupt_lines == CorruptLines::Refuse
+    {
         return Err(CompactBytesError::Corrupt {
             line: c.line,
             offset: c.offset,
@@ -102,7 +109,15 @@ pub fn compact_bytes(input: &[u8]) -> Result<Vec<u8>, CompactBytesError> {
         &mut out,
     )
     .expect("in-memory copy");
-    Ok(out)
+    let set_aside = plan
+        .set_aside
+        .iter()
+        .map(|s| {
+            let start = s.slot.offset as usize;
+            input[start..start + s.slot.len as usize - 1].to_vec()
+        })
+        .collect();
+    Ok((out, set_aside))
 }
 
 /// The compacted WAL being written, removed on drop unless [`TempFile::keep`] was called.

@@ -92,7 +92,8 @@ fn embedded_default_parses_to_the_operations_guide() {
             "WAL Size Warning",
             "WAL Size Critical",
             "Reclaimable Ratio High",
-            "Compaction Stalled"
+            "Compaction Stalled",
+            "WAL Has Corrupt Lines"
         ]
     );
     let stalled = &policy.alerts[3];

@@ -66,7 +66,8 @@ pub fn names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// The replay digest of a file, as `walcompactd verify --json` reports it.
+/// The replay digest of a file, as `walcompactd verify --json` reports it (corrupt lines,
+/// which make `verify` exit 3, are part of it).
 pub fn digest(path: &Path) -> String {
     let out = walcompactd()
         .args(["verify", "--json"])
@@ -74,7 +75,7 @@ pub fn digest(path: &Path) -> String {
         .output()
         .unwrap();
     assert!(
-        out.status.success(),
+        matches!(out.status.code(), Some(0 | 3)),
         "verify {}: {}",
         path.display(),
         String::from_utf8_lossy(&out.stderr)
