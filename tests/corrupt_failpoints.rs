@@ -135,6 +135,7 @@ fn a_failed_run_leaves_earlier_quarantine_records_alone() {
     assert!(compact(&wal, "", "quarantine").status.success());
     let q = d.path().join("wal_quarantine.log");
     let first = fs::read(&q).unwrap();
+    // Completes the torn tail into a corrupt line.
     append(&wal, "oops\n");
     append(&wal, &redundant_wal(20));
     let out = compact(&wal, "quarantine::check::mismatch=return", "quarantine");
@@ -143,7 +144,7 @@ fn a_failed_run_leaves_earlier_quarantine_records_alone() {
     assert!(compact(&wal, "", "quarantine").status.success());
     let records = read_records(&q, 0).unwrap();
     assert_eq!(records.len(), CORRUPT.len() + 1);
-    assert_eq!(records.last().unwrap().1, b"oops");
+    assert_eq!(records.last().unwrap().1, b"{\"op\": \"COMMIT\", \"tx_oops");
 }
 
 /// Starts `compact --online` paused before its catch-up, appends `line` meanwhile (as a

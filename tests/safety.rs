@@ -119,6 +119,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
         pid: 1,
         len_at_swap: None,
         quarantine: None,
+        temp_ino: None,
     };
     journal::write(wal, &j).unwrap();
 }

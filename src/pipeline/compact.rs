@@ -151,6 +151,15 @@ impl TempFile {
         Ok(self.len)
     }
 
+    /// The temp file's inode: the journal records it (see `Journal::temp_ino`).
+    pub fn ino(&self) -> Result<u64, PipelineError> {
+        let meta =
+            self.file
+                .metadata()
+                .map_err(PipelineError::io(Stage::Compact, "stat", &self.path))?;
+        Ok(meta.ino())
+    }
+
     /// The temp file's length as the filesystem reports it.
     pub fn len_on_disk(&self) -> Result<u64, PipelineError> {
         let meta = self.file.metadata();

@@ -62,22 +62,29 @@ pub struct Journal {
     /// The quarantine file this run appends to, and its length before.
     #[serde(default)]
     pub quarantine: Option<super::quarantine::Mark>,
+    /// The temp file's inode, from the swap on: the WAL's path holding it is what says the
+    /// rename happened, even after the temp's guard removed a temp that never was renamed.
+    #[serde(default)]
+    pub temp_ino: Option<u64>,
 }
 
 impl Journal {
-    /// Whether the WAL at the path is still (or again) the original: the run's temp was not
+    /// Whether the WAL at `wal` is still (or again) the original: the run's temp was not
     /// renamed over it, or a rollback put the original back. Call when the run is over.
-    pub fn left_the_original(&self) -> bool {
-        match self.phase {
-            Phase::Writing | Phase::RollingBack => true,
+    pub fn left_the_original(&self, wal: &Path) -> bool {
+        match (self.phase, self.temp_ino) {
+            (Phase::Writing | Phase::RollingBack, _) => true,
+            (Phase::Swapping, Some(ino)) => {
+                fs::metadata(wal).map_or(true, |m| std::os::unix::fs::MetadataExt::ino(&m) != ino)
+            }
             // rename() is atomic: the temp still being there means it never happened.
-            Phase::Swapping => self.temp.exists(),
+            (Phase::Swapping, None) => self.temp.exists(),
         }
     }
 
-    /// Takes back the quarantine records of a run that left the original in place.
-    pub fn undo_quarantine(&self, stage: Stage) -> Result<(), PipelineError> {
-        match (&self.quarantine, self.left_the_original()) {
+    /// Takes back the quarantine records of a run that left the original at `wal`.
+    pub fn undo_quarantine(&self, wal: &Path, stage: Stage) -> Result<(), PipelineError> {
+        match (&self.quarantine, self.left_the_original(wal)) {
             (Some(mark), true) => mark.undo(stage),
             _ => Ok(()),
         }
@@ -166,14 +173,14 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
     // is removed (its existence is what says the swap did not happen), after a rollback.
     let done = match journal.phase {
         Phase::Writing => {
-            journal.undo_quarantine(Stage::Recover)?;
+            journal.undo_quarantine(wal, Stage::Recover)?;
             remove_if_exists(&journal.temp)?;
             Recovered::DiscardedTemp
         }
         Phase::Swapping => recover_swap(wal, &journal)?,
         Phase::RollingBack => {
             let done = recover_rollback(wal, &journal)?;
-            journal.undo_quarantine(Stage::Recover)?;
+            journal.undo_quarantine(wal, Stage::Recover)?;
             done
         }
     };
@@ -185,7 +192,7 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
 fn recover_swap(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
     if journal.temp.exists() {
         // rename() is atomic: the temp still being there means the WAL was never replaced.
-        journal.undo_quarantine(Stage::Recover)?;
+        journal.undo_quarantine(wal, Stage::Recover)?;
         remove_if_exists(&journal.temp)?;
         return Ok(Recovered::DiscardedTemp);
     }

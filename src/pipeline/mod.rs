@@ -277,6 +277,7 @@ fn compact_and_swap(
         original_digest: None,
         pid: std::process::id(),
         len_at_swap: None,
+        temp_ino: None,
         quarantine: match snap.plan.set_aside.is_empty() {
             true => None,
             false => Some(quarantine::Mark::take(quarantine::quarantine_path(
@@ -289,7 +290,7 @@ fn compact_and_swap(
     if result.is_err() {
         // The WAL is intact (or rolled back): the corrupt lines are still in it. The temp
         // was removed by its guard once the swap could no longer happen.
-        let undone = entry.undo_quarantine(Stage::Quarantine);
+        let undone = entry.undo_quarantine(wal, Stage::Quarantine);
         if undone.is_ok() {
             let _ = journal::clear(wal);
         }
@@ -308,6 +309,7 @@ fn write_verify_swap(
     let wal = req.wal.as_path();
     checkpoint(req, Stage::Compact)?;
     let mut temp = compact::create_temp(temp_path, &snap.meta)?;
+    entry.temp_ino = Some(temp.ino()?);
     let expected_len = snap.plan.survivor_bytes() + (snap.id.len - snap.plan.scanned_len);
     write_and_verify(&mut temp, wal, snap, expected_len, clock)?;
     // Verification waited for the original's replay state: this does not block.
