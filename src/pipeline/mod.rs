@@ -11,6 +11,7 @@ pub mod compact;
 mod error;
 mod handoff;
 pub mod journal;
+mod litter;
 pub mod lock;
 pub mod online;
 pub mod rollback;
@@ -264,10 +265,12 @@ fn compact_and_swap(
         pid: std::process::id(),
         len_at_swap: None,
     };
-    journal::write(wal, &entry)?;
-    let result = write_verify_swap(req, snap, &temp_path, &backup, &mut entry, clock);
+    let result = journal::write(wal, &entry)
+        .and_then(|()| write_verify_swap(req, snap, &temp_path, &backup, &mut entry, clock));
     if result.is_err() {
-        // The WAL is intact (or rolled back); the temp was removed by its guard.
+        // The WAL is intact (or rolled back); the temp was removed by its guard. A run that
+        // never swapped leaves no backup: removed BEFORE the journal naming it is cleared.
+        litter::after_failed_run(wal, &snap.id, &backup.path);
         let _ = journal::clear(wal);
     }
     result.map(|online| (backup, online))
