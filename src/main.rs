@@ -44,7 +44,7 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
-        /// Where the backup goes (default: the WAL's directory).
+        /// Where the backup goes (default: the WAL's directory; the real file's for a symlink).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
         /// Let writers that follow docs/PROTOCOL.md keep appending during the compaction.

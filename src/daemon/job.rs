@@ -365,7 +365,8 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
 /// the background: failures are logged, never counted as run failures.
 fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
     tokio::task::spawn_blocking(move || {
-        let wal = policy.resolved_path.as_path();
+        // Backups are named after and (by default) beside the real file behind a symlink.
+        let wal = &pipeline::links::real_path_or_given(&policy.resolved_path);
         let dir = backup::backup_dir(wal, policy.backup_dir.as_deref());
         let b = policy.backups;
         match backup::prune(

@@ -11,6 +11,7 @@ pub mod compact;
 mod error;
 mod handoff;
 pub mod journal;
+pub mod links;
 mod litter;
 pub mod lock;
 pub mod online;
@@ -107,6 +108,7 @@ pub type CheckFn<'a> = &'a (dyn Fn(&Path, &Path) -> Result<(), String> + Sync);
 pub type ProgressFn<'a> = &'a (dyn Fn(Stage, u64, u64) + Sync);
 
 /// What to compact and how.
+#[derive(Clone)]
 pub struct Request<'a> {
     pub wal: PathBuf,
     /// Where backups go; `None` = the WAL's directory.
@@ -147,7 +149,10 @@ pub struct StageTime {
 /// What a run did, for the CLI's output, logs and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The WAL as the caller named it.
     pub wal: PathBuf,
+    /// The file actually compacted: `wal`, or the real file when `wal` is a symlink.
+    pub compacted: PathBuf,
     pub outcome: Outcome,
     pub bytes_before: u64,
     pub bytes_after: u64,
@@ -196,8 +201,21 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Runs backup → compact → verify → swap (→ rollback) on one WAL.
+/// Runs backup → compact → verify → swap (→ rollback) on one WAL. A symlink at the WAL's
+/// path is resolved once, here: every stage works on the real file (see [`links`]).
 pub fn run(req: &Request) -> Result<Report, PipelineError> {
+    let real = links::resolve_wal(&req.wal)?;
+    if real == req.wal {
+        return run_resolved(req);
+    }
+    let mut resolved = req.clone();
+    resolved.wal = real;
+    let mut report = run_resolved(&resolved)?;
+    report.wal = req.wal.clone();
+    Ok(report)
+}
+
+fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
     let mut clock = Clock::start();
     let mut snap = clock.stage(Stage::Analyze, || {
         Snapshot::take(&req.wal, req.progress, req.online.is_some())
@@ -556,6 +574,7 @@ fn report(
     let counts = snap.counts;
     Report {
         wal: req.wal.clone(),
+        compacted: req.wal.clone(),
         outcome,
         bytes_before: snap.id.len,
         bytes_after: snap.id.len - reclaimed,
