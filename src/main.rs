@@ -53,6 +53,9 @@ enum Command {
         /// Online: give up (exit 5, nothing changed) if writers hold the lock this long.
         #[arg(long, default_value_t = 2000, requires = "online")]
         lock_timeout_ms: u64,
+        /// Compact even if the WAL has other hard links (they keep naming the old file).
+        #[arg(long)]
+        allow_hard_links: bool,
     },
     /// Integrity check: parse every line, print the replay digest; with --against, compare.
     Verify {
@@ -270,12 +273,17 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             backup_dir,
             online,
             lock_timeout_ms,
+            allow_hard_links,
             ..
         } => {
             let online = online.then(|| pipeline::Online {
                 lock_timeout: std::time::Duration::from_millis(lock_timeout_ms),
             });
-            compact(wal, backup_dir, online, json)
+            let mut req = Request::new(wal, "walcompactd compact");
+            req.backup_dir = backup_dir;
+            req.online = online;
+            req.allow_hard_links = allow_hard_links;
+            compact(req, json)
         }
         Command::Verify { wal, against, json } => {
             let v = commands::verify_wal(&wal, against.as_deref())?;
@@ -339,12 +347,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
     }
 }
 
-fn compact(
-    wal: PathBuf,
-    backup_dir: Option<PathBuf>,
-    online: Option<pipeline::Online>,
-    json: bool,
-) -> Result<i32, PipelineError> {
+fn compact(req: Request<'static>, json: bool) -> Result<i32, PipelineError> {
     let bar = progress_bar();
     let progress = |_: pipeline::Stage, done: u64, total: u64| {
         if let Some(b) = &bar {
@@ -352,10 +355,8 @@ fn compact(
             b.set_position(done);
         }
     };
-    let mut req = Request::new(wal, "walcompactd compact");
-    req.backup_dir = backup_dir;
+    let mut req: Request = req;
     req.progress = Some(&progress);
-    req.online = online;
     let result = pipeline::run(&req);
     if let Some(b) = &bar {
         b.finish_and_clear();

@@ -136,3 +136,127 @@ fn daemon_compacts_a_symlinked_wal_appended_through_its_real_path() {
         walcompactd::pipeline::compact::compact_bytes((seed + &extra).as_bytes()).unwrap();
     assert_eq!(fs::read(&real).unwrap(), expected);
 }
+
+/// Entries of `dir` a compaction would leave: backups, temp files, journals.
+fn run_litter(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.contains("_backup_") || n.ends_with(".tmp") || n.ends_with(".journal"))
+        .collect()
+}
+
+#[test]
+fn a_wal_with_another_hard_link_is_refused_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &wal_text(100));
+    let alias = d.path().join("alias.log");
+    fs::hard_link(&wal, &alias).unwrap();
+    let original = fs::read(&wal).unwrap();
+    let out = walcompactd().arg("compact").arg(&wal).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains(&wal.display().to_string())
+            && stderr.contains("has 2 hard links (st_nlink = 2)")
+            && stderr.contains("allow_hard_links = true")
+            && stderr.contains("--allow-hard-links"),
+        "{stderr}"
+    );
+    assert_eq!(fs::read(&wal).unwrap(), original, "nothing changed");
+    assert!(run_litter(d.path()).is_empty(), "{:?}", names(d.path()));
+    assert_eq!(
+        fs::metadata(&alias).unwrap().ino(),
+        fs::metadata(&wal).unwrap().ino()
+    );
+
+    let before = digest(&wal);
+    walcompactd()
+        .args(["compact", "--allow-hard-links"])
+        .arg(&wal)
+        .assert()
+        .success();
+    assert_eq!(digest(&wal), before);
+    assert!(fs::metadata(&wal).unwrap().len() < original.len() as u64);
+    assert_eq!(
+        fs::read(&alias).unwrap(),
+        original,
+        "the alias keeps the old file"
+    );
+}
+
+/// A hard-link backup left by an earlier run (killed between its backup and its swap) is
+/// this tool's own name for the inode: it does not block later runs, beside the WAL or in
+/// the backup directory. With another link as well, the message says what was not counted.
+#[test]
+fn leftover_backups_of_our_own_do_not_count_as_hard_links() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &wal_text(100));
+    let before = digest(&wal);
+    let bk = d.path().join("bk");
+    fs::create_dir(&bk).unwrap();
+    fs::hard_link(&wal, d.path().join("wal_backup_20200101_000000.log")).unwrap();
+    fs::hard_link(&wal, bk.join("wal_backup_20200101_000001.log")).unwrap();
+    assert_eq!(fs::metadata(&wal).unwrap().nlink(), 3);
+
+    let alias = d.path().join("alias.log");
+    fs::hard_link(&wal, &alias).unwrap();
+    let out = walcompactd()
+        .args(["compact", "--backup-dir"])
+        .arg(&bk)
+        .arg(&wal)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(
+        stderr.contains("has 2 hard links (st_nlink = 4, not counting 2 of walcompactd's own"),
+        "{stderr}"
+    );
+    fs::remove_file(&alias).unwrap();
+
+    walcompactd()
+        .args(["compact", "--backup-dir"])
+        .arg(&bk)
+        .arg(&wal)
+        .assert()
+        .success();
+    assert_eq!(digest(&wal), before);
+}
+
+/// The daemon refuses too, and logs why; `allow_hard_links = true` in the policy lets it
+/// compact (check-policy prints the key).
+#[test]
+fn daemon_logs_the_hard_link_refusal_and_the_policy_can_allow_it() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &wal_text(100));
+    fs::hard_link(&wal, d.path().join("alias.log")).unwrap();
+    let original = fs::read(&wal).unwrap();
+    let policy = |allow: bool| {
+        test_policy(&format!(
+            "[[wal]]\nname = \"w\"\npath = \"wal.log\"\npoll_interval_secs = 1\n\
+             allow_hard_links = {allow}\n\
+             [wal.triggers]\nmax_size_mb = 0.001\nmin_reclaimable_bytes = 1\nmin_interval_secs = 0\n"
+        ))
+    };
+    fs::write(d.path().join("policy.toml"), policy(false)).unwrap();
+    walcompactd()
+        .current_dir(d.path())
+        .args(["check-policy", "policy.toml"])
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("allow_hard_links = false"));
+    {
+        let daemon = Daemon::start(d.path(), "policy.toml");
+        let run = daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "failed");
+        let msg = run["message"].as_str().unwrap();
+        assert!(msg.contains("has 2 hard links (st_nlink = 2)"), "{msg}");
+        assert_eq!(fs::read(&wal).unwrap(), original);
+        assert!(run_litter(d.path()).is_empty(), "{:?}", names(d.path()));
+    }
+    fs::write(d.path().join("policy.toml"), policy(true)).unwrap();
+    // A fresh state: no backoff after the refused run.
+    fs::remove_dir_all(d.path().join("state")).unwrap();
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    assert!(fs::metadata(&wal).unwrap().len() < original.len() as u64);
+}

@@ -244,6 +244,7 @@ fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, Pipel
     };
     let mut req = pipeline::Request::new(&policy.resolved_path, WHO);
     req.backup_dir = policy.backup_dir.clone();
+    req.allow_hard_links = policy.allow_hard_links;
     req.cancel = Some(cancel);
     if !policy.hooks.verify.is_empty() {
         req.check = Some(&check);

@@ -5,12 +5,20 @@
 //! would link the symlink itself. So a run resolves the path once, at its start, and works
 //! on the real file in its real directory (lock, journal, temp, default backup directory,
 //! swap, recovery): the symlink stays a symlink and points at the compacted file.
+//!
+//! Hard links are another matter: a second name for the WAL's inode (`ln wal.log
+//! alias.log`) keeps the old inode after the swap, so a writer using it writes where
+//! nobody reads. A run refuses such a WAL before making its backup, unless allowed. The
+//! tool's own hard-link backups (`<stem>_backup_*` in the backup directory or beside the
+//! WAL) are not counted: one left by a run killed before its journal named it must not
+//! block every later run.
 
-use std::fs;
+use std::fs::{self, File};
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::PipelineError;
+use super::{PipelineError, Stage, backup};
 use crate::fsutil::parent_dir;
 
 /// Symlinks followed before giving up, as the kernel does (Linux's limit is 40).
@@ -67,6 +75,96 @@ pub fn resolve_wal(wal: &Path) -> Result<PathBuf, PipelineError> {
 /// the path as given when it cannot be resolved (the run itself reports why).
 pub fn real_path_or_given(wal: &Path) -> PathBuf {
     resolve_wal(wal).unwrap_or_else(|_| wal.to_path_buf())
+}
+
+/// Names of the WAL's inode: `st_nlink`, and how many of them are this tool's backups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkCount {
+    pub nlink: u64,
+    pub own_backups: u64,
+}
+
+impl LinkCount {
+    /// Names other than the WAL's own path and our backups.
+    pub fn others(&self) -> u64 {
+        self.nlink
+            .saturating_sub(self.own_backups)
+            .saturating_sub(1)
+    }
+}
+
+/// Counts the names of `file` (the WAL opened at `wal`): `st_nlink`, less the entries named
+/// like a backup of `wal` (uncompressed `<stem>_backup_*`) in `backup_dir` and in the WAL's
+/// directory that are the same inode. Reads the directories only when `st_nlink` > 1.
+pub fn count(wal: &Path, file: &File, backup_dir: &Path) -> Result<LinkCount, PipelineError> {
+    let meta = file
+        .metadata()
+        .map_err(PipelineError::io(Stage::Backup, "stat", wal))?;
+    let mut n = LinkCount {
+        nlink: meta.nlink(),
+        own_backups: 0,
+    };
+    if n.nlink <= 1 {
+        return Ok(n);
+    }
+    let wal_dir = parent_dir(wal);
+    let mut dirs = vec![wal_dir.as_path()];
+    if !same_dir(&wal_dir, backup_dir) {
+        dirs.push(backup_dir);
+    }
+    for dir in dirs {
+        let entries = fs::read_dir(dir).map_err(PipelineError::io(Stage::Backup, "list", dir))?;
+        for entry in entries {
+            let entry = entry.map_err(PipelineError::io(Stage::Backup, "list", dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if !matches!(backup::parse_backup_name(wal, name), Some((_, false))) {
+                continue;
+            }
+            // Vanished meanwhile (pruned): not a name of the WAL any more.
+            if let Ok(m) = fs::symlink_metadata(entry.path())
+                && m.dev() == meta.dev()
+                && m.ino() == meta.ino()
+            {
+                n.own_backups += 1;
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => a == b,
+    }
+}
+
+/// Refuses a WAL whose inode has names other than its path and this tool's backups: after
+/// the swap they would still name the old file.
+pub fn refuse_other_hard_links(
+    wal: &Path,
+    file: &File,
+    backup_dir: &Path,
+) -> Result<(), PipelineError> {
+    let n = count(wal, file, backup_dir)?;
+    if n.others() == 0 {
+        return Ok(());
+    }
+    let ours = match n.own_backups {
+        0 => String::new(),
+        k => format!(", not counting {k} of walcompactd's own backups"),
+    };
+    Err(PipelineError::BadInput {
+        path: wal.into(),
+        what: format!(
+            "has {} hard links (st_nlink = {}{ours}); a writer using another name would \
+             write to the old file after the swap; nothing changed. Remove the other link, \
+             or set allow_hard_links = true (compact --allow-hard-links)",
+            n.nlink - n.own_backups,
+            n.nlink
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -122,6 +122,8 @@ pub struct Request<'a> {
     pub cancel: Option<&'a AtomicBool>,
     /// Online mode: writers following the lock protocol keep appending during the run.
     pub online: Option<Online>,
+    /// Compact a WAL whose inode has other hard links too (they keep the old file).
+    pub allow_hard_links: bool,
 }
 
 impl Request<'_> {
@@ -135,6 +137,7 @@ impl Request<'_> {
             progress: None,
             cancel: None,
             online: None,
+            allow_hard_links: false,
         }
     }
 }
@@ -270,6 +273,9 @@ fn compact_and_swap(
 ) -> Result<(backup::Backup, Option<OnlineStats>), PipelineError> {
     let wal = req.wal.as_path();
     checkpoint(req, Stage::Backup)?;
+    if !req.allow_hard_links {
+        links::refuse_other_hard_links(wal, &snap.file, backup_dir)?;
+    }
     precheck_space(wal, snap, backup_dir)?;
     let backup = clock.stage(Stage::Backup, || {
         backup::create(wal, &snap.file, backup_dir, chrono::Utc::now())
