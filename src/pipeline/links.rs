@@ -18,7 +18,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::{PipelineError, Stage, backup};
+use super::{PipelineError, Report, Request, Stage, backup};
 use crate::fsutil::parent_dir;
 
 /// Symlinks followed before giving up, as the kernel does (Linux's limit is 40).
@@ -69,6 +69,23 @@ pub fn resolve_wal(wal: &Path) -> Result<PathBuf, PipelineError> {
     Err(bad(format!(
         "more than {MAX_SYMLINK_HOPS} levels of symlinks; fix the link"
     )))
+}
+
+/// Runs `run` on `req` with its WAL resolved by [`resolve_wal`]; the report's `wal` is the
+/// path as given, its `compacted` the real file.
+pub(super) fn on_real_file(
+    req: &Request,
+    run: impl FnOnce(&Request) -> Result<Report, PipelineError>,
+) -> Result<Report, PipelineError> {
+    let real = resolve_wal(&req.wal)?;
+    if real == req.wal {
+        return run(req);
+    }
+    let mut resolved = req.clone();
+    resolved.wal = real;
+    let mut report = run(&resolved)?;
+    report.wal = req.wal.clone();
+    Ok(report)
 }
 
 /// [`resolve_wal`] for callers that only locate files beside the WAL (backups, watches):

@@ -207,15 +207,7 @@ fn ms(t: Instant) -> f64 {
 /// Runs backup → compact → verify → swap (→ rollback) on one WAL. A symlink at the WAL's
 /// path is resolved once, here: every stage works on the real file (see [`links`]).
 pub fn run(req: &Request) -> Result<Report, PipelineError> {
-    let real = links::resolve_wal(&req.wal)?;
-    if real == req.wal {
-        return run_resolved(req);
-    }
-    let mut resolved = req.clone();
-    resolved.wal = real;
-    let mut report = run_resolved(&resolved)?;
-    report.wal = req.wal.clone();
-    Ok(report)
+    links::on_real_file(req, run_resolved)
 }
 
 fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
