@@ -4,7 +4,7 @@
 //!
 //! Phases and what recovery does:
 //! - `writing`: the temp file may be partial; the WAL is untouched → remove the temp, then
-//!   the run's backup (it never swapped, so the backup is litter; see [`super::litter`]).
+//!   the run's backup (it never swapped, so the backup is litter; see `litter.rs`).
 //! - `swapping`: the temp was verified and is being renamed over the WAL. If the temp still
 //!   exists the rename did not happen → remove it, then the run's backup. Otherwise the
 //!   rename happened → fsync the directory so it sticks, and keep the backup.
