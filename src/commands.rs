@@ -10,7 +10,9 @@ use serde::Serialize;
 
 use crate::analyze::{CorruptLine, Want, analyze, analyze_file, explain};
 use crate::fsutil::FileId;
-use crate::pipeline::{PipelineError, Stage, backup, journal, lock, open_wal, rollback, verify};
+use crate::pipeline::{
+    PipelineError, Stage, backup, journal, links, lock, open_wal, rollback, verify,
+};
 use crate::rules::CorruptLines;
 use crate::rules::{Counts, TxCounts};
 use crate::wal::SCAN_BUFFER_BYTES;
@@ -248,8 +250,10 @@ pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, Pi
     })
 }
 
-/// Takes a backup now (hard link or copy), as the pipeline would.
+/// Takes a backup now (hard link or copy), as the pipeline would: of the real file when
+/// `wal` is a symlink (a hard link of the path would link the symlink itself).
 pub fn backup_now(wal: &Path, backup_dir: Option<&Path>) -> Result<backup::Backup, PipelineError> {
+    let wal = &links::resolve_wal(wal)?;
     let (file, _) = open_wal(wal)?;
     let dir = backup::backup_dir(wal, backup_dir);
     backup::check_dir(&dir)?;
@@ -278,6 +282,9 @@ pub fn restore(
         from,
     ))?;
     let an = replay_any(from, reader)?;
+    // The restored bytes replace the real file, never a symlink in front of it.
+    let given = wal;
+    let wal = &links::resolve_wal(wal)?;
     let _lock = lock::acquire(wal, "walcompactd restore")?;
     journal::recover(wal)?;
     let previous_backup = match wal.exists() {
@@ -286,7 +293,7 @@ pub fn restore(
     };
     rollback::restore_copy(from, wal, Stage::Rollback)?;
     Ok(RestoreReport {
-        wal: wal.into(),
+        wal: given.into(),
         restored_from: from.into(),
         previous_backup,
         digest: an.replay.expect("replay requested").digest_hex(),
@@ -307,6 +314,7 @@ pub fn prune_backups(
     keep_days: u32,
     keep_last: u32,
 ) -> Result<PruneReport, PipelineError> {
+    let wal = &links::resolve_wal(wal)?;
     let dir = backup::backup_dir(wal, backup_dir);
     backup::check_dir(&dir)?;
     let removed = backup::prune(wal, &dir, keep_days, keep_last, None, chrono::Utc::now())?;
@@ -320,6 +328,7 @@ pub fn prune_backups(
 
 /// Finishes or undoes an interrupted compaction of `wal`.
 pub fn recover(wal: &Path) -> Result<journal::Recovered, PipelineError> {
+    let wal = &links::resolve_wal(wal)?;
     let _lock = lock::acquire(wal, "walcompactd recover")?;
     journal::recover(wal)
 }

@@ -45,7 +45,7 @@ enum Command {
         dry_run: bool,
         #[arg(long)]
         json: bool,
-        /// Where the backup goes (default: the WAL's directory).
+        /// Where the backup goes (default: the WAL's directory; the real file's for a symlink).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
         /// Let writers that follow docs/PROTOCOL.md keep appending during the compaction.
@@ -58,6 +58,9 @@ enum Command {
         /// beside the backups, or refuse the WAL (exit 3).
         #[arg(long, value_name = "MODE", default_value_t = CorruptLines::Keep)]
         corrupt_lines: CorruptLines,
+        /// Compact even if the WAL has other hard links (they keep naming the old file).
+        #[arg(long)]
+        allow_hard_links: bool,
     },
     /// Integrity check: parse every line, print the replay digest; with --against, compare.
     Verify {
@@ -281,12 +284,18 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             online,
             lock_timeout_ms,
             corrupt_lines,
+            allow_hard_links,
             ..
         } => {
             let online = online.then(|| pipeline::Online {
                 lock_timeout: std::time::Duration::from_millis(lock_timeout_ms),
             });
-            compact(wal, backup_dir, online, corrupt_lines, json)
+            let mut req = Request::new(wal, "walcompactd compact");
+            req.backup_dir = backup_dir;
+            req.online = online;
+            req.allow_hard_links = allow_hard_links;
+            req.corrupt_lines = corrupt_lines;
+            compact(req, json)
         }
         Command::Verify { wal, against, json } => {
             let v = commands::verify_wal(&wal, against.as_deref())?;
@@ -346,13 +355,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
     }
 }
 
-fn compact(
-    wal: PathBuf,
-    backup_dir: Option<PathBuf>,
-    online: Option<pipeline::Online>,
-    corrupt_lines: CorruptLines,
-    json: bool,
-) -> Result<i32, PipelineError> {
+fn compact(req: Request<'static>, json: bool) -> Result<i32, PipelineError> {
     let bar = progress_bar();
     let progress = |_: pipeline::Stage, done: u64, total: u64| {
         if let Some(b) = &bar {
@@ -360,11 +363,8 @@ fn compact(
             b.set_position(done);
         }
     };
-    let mut req = Request::new(wal, "walcompactd compact");
-    req.backup_dir = backup_dir;
+    let mut req: Request = req;
     req.progress = Some(&progress);
-    req.online = online;
-    req.corrupt_lines = corrupt_lines;
     let result = pipeline::run(&req);
     if let Some(b) = &bar {
         b.finish_and_clear();

@@ -92,6 +92,13 @@ pub fn compact(r: &Report) -> String {
                 r.lines_before,
                 r.lines_after
             );
+            if r.compacted != r.wal {
+                let _ = writeln!(
+                    o,
+                    "compacted: {} (the symlink's target)",
+                    r.compacted.display()
+                );
+            }
             if let Some(b) = &r.backup {
                 let how = if r.backup_linked == Some(true) {
                     "hard link"

@@ -36,6 +36,9 @@ fn verification_failure_rolls_back_with_exit_1() {
     let wal = write_wal(d.path(), "wal.log", &redundant_wal(100));
     let original = fs::read(&wal).unwrap();
     let before = digest(&wal);
+    // An older backup (its own inode, as a copy would be): it must stay as it is.
+    let older = d.path().join("wal_backup_20200101_000000.log");
+    fs::write(&older, &original).unwrap();
     let out = compact_with(&wal, "verify::digest::mismatch=return");
     assert_eq!(
         out.status.code(),
@@ -45,6 +48,48 @@ fn verification_failure_rolls_back_with_exit_1() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("verification failed"));
     assert_eq!(fs::read(&wal).unwrap(), original, "WAL untouched");
+    assert_eq!(
+        backup_names(d.path()),
+        ["wal_backup_20200101_000000.log"],
+        "the run did not swap, so it left no backup; the older one stays"
+    );
+    assert_eq!(
+        fs::read(&older).unwrap(),
+        original,
+        "older backup untouched"
+    );
+    assert_intact(d.path(), &wal, &before);
+}
+
+fn backup_names(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with("wal_backup_"))
+        .collect()
+}
+
+/// The unswapped run's backup is removed before its journal is cleared: killed in between,
+/// the journal still names the backup and recovery removes it.
+#[test]
+fn a_crash_while_removing_an_unswapped_backup_is_finished_by_recovery() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(100));
+    let before = digest(&wal);
+    let out = compact_with(
+        &wal,
+        "verify::digest::mismatch=return;litter::remove::crash=return",
+    );
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    assert_eq!(backup_names(d.path()).len(), 1, "killed before the unlink");
+    assert!(d.path().join("wal.log.compact.journal").exists());
+    walcompactd()
+        .arg("recover")
+        .arg(&wal)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("DiscardedTemp"));
+    assert!(backup_names(d.path()).is_empty(), "recovery removed it");
     assert_intact(d.path(), &wal, &before);
 }
 
@@ -132,9 +177,10 @@ fn assert_no_leftovers(dir: &Path) {
 }
 
 /// Injects `point`, then checks the promise: the WAL at its path replays to the original
-/// state, a restart (`recover`) leaves no temp files, every backup is intact, and the next
-/// compaction succeeds.
-fn fault_case(point: &str, effect: Effect) {
+/// state, a restart (`recover`) leaves no temp files and `backups_left` backups (1 only
+/// when the run swapped, or died before its journal could name its backup), every backup
+/// is intact, and the next compaction succeeds.
+fn fault_case(point: &str, effect: Effect, backups_left: usize) {
     use std::os::unix::process::ExitStatusExt;
     let d = tempfile::tempdir().unwrap();
     let wal = write_wal(d.path(), "wal.log", &redundant_wal(300));
@@ -162,6 +208,11 @@ fn fault_case(point: &str, effect: Effect) {
     );
     walcompactd().arg("recover").arg(&wal).assert().success();
     assert_no_leftovers(d.path());
+    assert_eq!(
+        backup_names(d.path()).len(),
+        backups_left,
+        "{point}: backups after recovery"
+    );
     assert_backups_intact(d.path(), &original);
     walcompactd().arg("compact").arg(&wal).assert().success();
     assert_eq!(digest(&wal), original, "{point}: after the next compaction");
@@ -171,27 +222,30 @@ fn fault_case(point: &str, effect: Effect) {
 
 #[test]
 fn every_pipeline_step_survives_a_crash_or_an_error() {
+    // The third column: backups left after recovery. A run that never swapped leaves none,
+    // except when it died before its first journal entry (no journal names the backup).
     let cases = [
-        ("backup::after_create::crash", Effect::Crash),
-        ("backup::after_create::error", Effect::Fails(4)),
-        ("journal::write::crash", Effect::Crash),
-        ("journal::rename::crash", Effect::Crash),
-        ("journal::write::error", Effect::Fails(4)),
-        ("precheck::no_space", Effect::Fails(4)),
-        ("compact::write::short", Effect::Fails(4)),
-        ("compact::write::enospc", Effect::Fails(4)),
-        ("compact::write::crash", Effect::Crash),
-        ("compact::before_fsync::crash", Effect::Crash),
-        ("compact::before_fsync::error", Effect::Fails(4)),
-        ("verify::read::crash", Effect::Crash),
-        ("verify::digest::mismatch", Effect::Fails(1)),
-        ("swap::before_rename::crash", Effect::Crash),
-        ("swap::before_rename::error", Effect::Fails(4)),
-        ("swap::after_rename::crash", Effect::Crash),
-        ("swap::after_rename::error", Effect::Fails(4)),
+        ("backup::after_create::crash", Effect::Crash, 1),
+        ("backup::after_create::error", Effect::Fails(4), 0),
+        ("journal::write::crash", Effect::Crash, 1),
+        ("journal::rename::crash", Effect::Crash, 1),
+        ("journal::write::error", Effect::Fails(4), 0),
+        ("precheck::no_space", Effect::Fails(4), 0),
+        ("compact::write::short", Effect::Fails(4), 0),
+        ("compact::write::enospc", Effect::Fails(4), 0),
+        ("compact::write::crash", Effect::Crash, 0),
+        ("compact::before_fsync::crash", Effect::Crash, 0),
+        ("compact::before_fsync::error", Effect::Fails(4), 0),
+        ("verify::read::crash", Effect::Crash, 0),
+        ("verify::digest::mismatch", Effect::Fails(1), 0),
+        ("swap::before_rename::crash", Effect::Crash, 0),
+        ("swap::before_rename::error", Effect::Fails(4), 0),
+        // The rename happened: the backup is the rollback path.
+        ("swap::after_rename::crash", Effect::Crash, 1),
+        ("swap::after_rename::error", Effect::Fails(4), 1),
     ];
-    for (point, effect) in cases {
-        fault_case(point, effect);
+    for (point, effect, backups_left) in cases {
+        fault_case(point, effect, backups_left);
     }
 }
 
@@ -448,6 +502,30 @@ fn daemon_crash_during_state_write_is_harmless() {
     assert!(
         wait_until(DEADLINE, || fs::read(&wal).unwrap() == expected),
         "{}",
+        daemon.dump()
+    );
+    assert_no_leftovers(d.path());
+}
+
+/// A daemon run that fails verification (so never swaps) leaves no backup behind.
+#[test]
+fn daemon_run_that_does_not_swap_leaves_no_backup() {
+    let d = tempfile::tempdir().unwrap();
+    let seed = redundant_wal(300);
+    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(d.path(), "wal.log", &seed);
+    fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
+    let daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "verify::digest::mismatch=return")],
+    );
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "failed");
+    assert_eq!(fs::read_to_string(&wal).unwrap(), seed, "WAL untouched");
+    assert!(
+        backup_names(d.path()).is_empty(),
+        "{:?}\n{}",
+        names(d.path()),
         daemon.dump()
     );
     assert_no_leftovers(d.path());

@@ -112,6 +112,13 @@ fn assert_refused(
     }
 }
 
+/// The refused run left no backup of its own: the backups in `dir` are exactly `earlier`.
+fn assert_no_new_backup(dir: &Path, earlier: &[(PathBuf, Vec<u8>)]) {
+    let now: Vec<PathBuf> = backups(dir).into_iter().map(|(p, _)| p).collect();
+    let before: Vec<PathBuf> = earlier.iter().map(|(p, _)| p.clone()).collect();
+    assert_eq!(now, before, "a run that did not swap left a backup");
+}
+
 /// After the refusal, a normal run compacts whatever is at the path now, keeping its state.
 fn next_run_works(wal: &Path) {
     let before = digest(wal);
@@ -136,7 +143,8 @@ fn offline_wal_replaced_by_another_file_is_refused() {
         replacement.as_bytes(),
         &earlier,
     );
-    // The backup this run made still holds the file it analyzed.
+    // The backup this run made still holds the file it analyzed: the original inode is
+    // gone from the path, so that backup is the only copy of it and is kept.
     let ours: Vec<_> = backups(d.path())
         .into_iter()
         .filter(|(p, _)| earlier.iter().all(|(q, _)| q != p))
@@ -162,6 +170,8 @@ fn offline_wal_truncated_by_someone_else_is_refused() {
     });
     let what = format!("truncated from {} to {keep} bytes", original.len());
     assert_refused(&out, &wal, &what, &original[..keep], &earlier);
+    // Its backup was a hard link to the truncated inode: removing it loses nothing.
+    assert_no_new_backup(d.path(), &earlier);
     next_run_works(&wal);
 }
 
@@ -180,6 +190,7 @@ fn offline_wal_appended_by_a_writer_is_refused_and_keeps_the_lines() {
     expected.extend_from_slice(extra.as_bytes());
     let what = format!("{} bytes appended", extra.len());
     assert_refused(&out, &wal, &what, &expected, &earlier);
+    assert_no_new_backup(d.path(), &earlier);
     next_run_works(&wal);
 }
 
@@ -199,6 +210,7 @@ fn online_wal_truncated_by_someone_else_is_refused() {
     });
     let what = format!("truncated to {keep} bytes");
     assert_refused(&out, &wal, &what, &original[..keep], &earlier);
+    assert_no_new_backup(d.path(), &earlier);
     next_run_works(&wal);
 }
 

@@ -181,6 +181,54 @@ fn recovery_finishes_or_undoes_each_phase() {
     assert_eq!(fs::read(&wal).unwrap(), original);
 }
 
+/// Recovery of a run that never swapped removes that run's backup (a hard link, or a copy
+/// the WAL still begins with); after a swap, or when the backup holds bytes the WAL lost,
+/// the backup stays.
+#[test]
+fn recovery_removes_the_backup_of_a_run_that_never_swapped() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    let original = fs::read(&wal).unwrap();
+    let linked = d.path().join("wal_backup_20260101_000000.log");
+    let older = d.path().join("wal_backup_20250101_000000.log");
+    fs::write(&older, &original).unwrap();
+    let backups = || {
+        names(d.path())
+            .into_iter()
+            .filter(|n| n.starts_with("wal_backup_"))
+            .collect::<Vec<_>>()
+    };
+
+    for (phase, temp_exists) in [(Phase::Writing, true), (Phase::Swapping, true)] {
+        fs::hard_link(&wal, &linked).unwrap();
+        journal(&wal, phase, temp_exists, Some(&linked));
+        assert_eq!(recover(&wal), "DiscardedTemp");
+        assert_eq!(backups(), ["wal_backup_20250101_000000.log"], "{phase:?}");
+    }
+    // A copy the WAL still begins with (writers appended since) is litter too.
+    let copy = d.path().join("wal_backup_20260101_000001.log");
+    fs::write(&copy, &original[..original.len() / 2]).unwrap();
+    journal(&wal, Phase::Writing, true, Some(&copy));
+    assert_eq!(recover(&wal), "DiscardedTemp");
+    assert_eq!(backups(), ["wal_backup_20250101_000000.log"]);
+    // A copy holding bytes the WAL no longer has is kept.
+    fs::write(&copy, b"{\"op\": \"ABORT\", \"tx_id\": \"gone\"}\n").unwrap();
+    journal(&wal, Phase::Writing, true, Some(&copy));
+    assert_eq!(recover(&wal), "DiscardedTemp");
+    assert!(copy.exists(), "the only copy of those bytes stays");
+    fs::remove_file(&copy).unwrap();
+    // The swap happened: the backup is the rollback path.
+    fs::hard_link(&wal, &linked).unwrap();
+    journal(&wal, Phase::Swapping, false, Some(&linked));
+    assert_eq!(recover(&wal), "CompletedSwap");
+    assert_eq!(fs::read(&linked).unwrap(), original);
+    assert_eq!(
+        fs::read(&older).unwrap(),
+        original,
+        "older backup untouched"
+    );
+}
+
 #[test]
 fn compaction_recovers_a_leftover_journal_first() {
     let d = tempfile::tempdir().unwrap();

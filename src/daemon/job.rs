@@ -244,6 +244,7 @@ fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, Pipel
     };
     let mut req = pipeline::Request::new(&policy.resolved_path, WHO);
     req.backup_dir = policy.backup_dir.clone();
+    req.allow_hard_links = policy.allow_hard_links;
     req.cancel = Some(cancel);
     req.corrupt_lines = policy.corrupt_lines;
     if !policy.hooks.verify.is_empty() {
@@ -378,7 +379,8 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
 /// the background: failures are logged, never counted as run failures.
 fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
     tokio::task::spawn_blocking(move || {
-        let wal = policy.resolved_path.as_path();
+        // Backups are named after and (by default) beside the real file behind a symlink.
+        let wal = &pipeline::links::real_path_or_given(&policy.resolved_path);
         let dir = backup::backup_dir(wal, policy.backup_dir.as_deref());
         let b = policy.backups;
         match backup::prune(

@@ -144,8 +144,10 @@ fn wal_report(
     };
     let disk_free_ratio = free_ratio(&parent_dir(&w.resolved_path)).ok();
     let stats = stats_of(status, disk_free_ratio);
-    let dir = backup::backup_dir(&w.resolved_path, w.backup_dir.as_deref());
-    let backups = match backup::list(&w.resolved_path, &dir) {
+    // Backups are named after and (by default) beside the real file behind a symlink.
+    let real = crate::pipeline::links::real_path_or_given(&w.resolved_path);
+    let dir = backup::backup_dir(&real, w.backup_dir.as_deref());
+    let backups = match backup::list(&real, &dir) {
         Ok(list) => Some(Backups {
             count: list.len() as u64,
             bytes: list.iter().map(|b| b.bytes).sum(),

@@ -296,7 +296,8 @@ impl Supervisor {
 
     /// Lists the WAL's backups (count, bytes) in a blocking thread and publishes them.
     async fn list_backups(&mut self) {
-        let wal = self.policy.resolved_path.clone();
+        // Backups are named after and (by default) beside the real file behind a symlink.
+        let wal = crate::pipeline::links::real_path_or_given(&self.policy.resolved_path);
         let dir = backup::backup_dir(&wal, self.policy.backup_dir.as_deref());
         let listed = tokio::task::spawn_blocking(move || backup::list(&wal, &dir)).await;
         self.backups_listed = Some(Instant::now());

@@ -1,7 +1,10 @@
 //! Change hints from the filesystem (notify 8). We watch each WAL's PARENT directory, since
-//! compaction replaces the WAL by rename and an inode watch would go deaf. Events are only
-//! hints: supervisors re-read from their stored offset, and a fallback poll covers
-//! filesystems without events.
+//! compaction replaces the WAL by rename and an inode watch would go deaf. A WAL configured
+//! through a symlink is watched in both directories: the symlink's, and the real file's
+//! (where the application appends and compaction renames); the link is re-resolved on every
+//! retry tick, so a link created or repointed later is followed. Events are only hints:
+//! supervisors re-read from their stored offset, and a fallback poll covers filesystems
+//! without events.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -55,8 +58,30 @@ impl Hint {
 /// Which hint a changed path pokes.
 #[derive(Default)]
 struct Routes {
+    /// Every path whose events poke a WAL's hint: the configured paths and the real files
+    /// behind those that are symlinks.
     wals: HashMap<PathBuf, Arc<Hint>>,
+    /// The WALs as configured.
+    configured: Vec<(PathBuf, Arc<Hint>)>,
     policy: Option<PathBuf>,
+}
+
+impl Routes {
+    /// Recomputes `wals` from `configured`; true when the set of paths changed.
+    fn resolve(&mut self) -> bool {
+        let mut wals = HashMap::new();
+        for (path, hint) in &self.configured {
+            let real = crate::pipeline::links::real_path_or_given(path);
+            if real != *path {
+                wals.insert(real, Arc::clone(hint));
+            }
+            wals.insert(path.clone(), Arc::clone(hint));
+        }
+        let changed =
+            wals.len() != self.wals.len() || wals.keys().any(|k| !self.wals.contains_key(k));
+        self.wals = wals;
+        changed
+    }
 }
 
 /// Owns the notify watcher and the path → hint routes.
@@ -96,7 +121,8 @@ impl Watcher {
     /// released). A directory that cannot be watched yet is retried by [`Watcher::ensure`].
     pub fn set_wals(&mut self, wals: Vec<(PathBuf, Arc<Hint>)>) {
         let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
-        routes.wals = wals.into_iter().collect();
+        routes.configured = wals;
+        routes.resolve();
         let mut dirs: HashSet<PathBuf> = routes.wals.keys().map(|p| parent_dir(p)).collect();
         dirs.extend(routes.policy.as_deref().map(parent_dir));
         drop(routes);
@@ -113,7 +139,12 @@ impl Watcher {
     /// The WALs of a directory watched only now are poked: their file may have appeared
     /// before the watch did, with no event left to announce it.
     pub fn retry(&mut self) -> bool {
-        let routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        // One lstat per WAL: follows a symlink created or repointed since the last look.
+        if routes.resolve() {
+            // The supervisor re-reads through the new link at once.
+            routes.configured.iter().for_each(|(_, h)| h.poke(true));
+        }
         let mut dirs: HashSet<PathBuf> = routes.wals.keys().map(|p| parent_dir(p)).collect();
         dirs.extend(routes.policy.as_deref().map(parent_dir));
         dirs.retain(|d| !self.watched.contains(d));

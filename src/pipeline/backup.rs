@@ -122,8 +122,17 @@ fn link_unsupported(e: &io::Error) -> bool {
     )
 }
 
-/// The link or copy only counts once its directory entry is durable.
+/// The link or copy only counts once its directory entry is durable; if that fails, the
+/// new name is removed again (no journal names it yet, so nothing else would).
 fn finish(backup: Backup, dir: &Path) -> Result<Backup, PipelineError> {
+    let made = durable(dir);
+    if made.is_err() {
+        let _ = fs::remove_file(&backup.path);
+    }
+    made.map(|()| backup)
+}
+
+fn durable(dir: &Path) -> Result<(), PipelineError> {
     crate::crash_point!("backup::after_create::crash");
     fail::fail_point!("backup::after_create::error", |_| Err(PipelineError::io(
         Stage::Backup,
@@ -132,8 +141,7 @@ fn finish(backup: Backup, dir: &Path) -> Result<Backup, PipelineError> {
     )(
         io::Error::other("injected failure after backup")
     )));
-    fsync_dir(dir).map_err(PipelineError::io(Stage::Backup, "fsync dir", dir))?;
-    Ok(backup)
+    fsync_dir(dir).map_err(PipelineError::io(Stage::Backup, "fsync dir", dir))
 }
 
 /// Suffix of a copied backup while it is written. It never parses as a backup, so a crash

@@ -3,10 +3,11 @@
 //! undo it. Recovery runs only under the compaction lock.
 //!
 //! Phases and what recovery does:
-//! - `writing`: the temp file may be partial; the WAL is untouched → remove the temp.
+//! - `writing`: the temp file may be partial; the WAL is untouched → remove the temp, then
+//!   the run's backup (it never swapped, so the backup is litter; see `litter.rs`).
 //! - `swapping`: the temp was verified and is being renamed over the WAL. If the temp still
-//!   exists the rename did not happen → remove it. Otherwise the rename happened → fsync the
-//!   directory so it sticks.
+//!   exists the rename did not happen → remove it, then the run's backup. Otherwise the
+//!   rename happened → fsync the directory so it sticks, and keep the backup.
 //! - `rolling_back`: the swapped WAL failed a check and the original is being restored from
 //!   the backup. If the WAL does not begin with the backup's bytes, restore it again.
 //!
@@ -175,6 +176,7 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
         Phase::Writing => {
             journal.undo_quarantine(wal, Stage::Recover)?;
             remove_if_exists(&journal.temp)?;
+            discard_backup(wal, &journal)?;
             Recovered::DiscardedTemp
         }
         Phase::Swapping => recover_swap(wal, &journal)?,
@@ -190,14 +192,25 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
 }
 
 fn recover_swap(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
-    if journal.temp.exists() {
-        // rename() is atomic: the temp still being there means the WAL was never replaced.
+    if journal.left_the_original(wal) {
+        // rename() is atomic: the temp still there (or, once its inode is journaled, the
+        // WAL's path not holding it) means the WAL was never replaced.
         journal.undo_quarantine(wal, Stage::Recover)?;
         remove_if_exists(&journal.temp)?;
+        discard_backup(wal, journal)?;
         return Ok(Recovered::DiscardedTemp);
     }
     fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(Stage::Recover, "fsync dir of", wal))?;
     Ok(Recovered::CompletedSwap)
+}
+
+/// The interrupted run never swapped: its backup is litter. Removed before the journal is
+/// cleared (the journal is what names it), and only if that loses no byte.
+fn discard_backup(wal: &Path, journal: &Journal) -> Result<(), PipelineError> {
+    if let Some(backup) = &journal.backup {
+        super::litter::discard_unswapped(wal, backup, Stage::Recover)?;
+    }
+    Ok(())
 }
 
 fn recover_rollback(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
@@ -229,7 +242,7 @@ fn recover_rollback(wal: &Path, journal: &Journal) -> Result<Recovered, Pipeline
 }
 
 /// True if the file at `path` begins with every byte of `prefix`.
-fn starts_with(path: &Path, prefix: &Path) -> io::Result<bool> {
+pub(crate) fn starts_with(path: &Path, prefix: &Path) -> io::Result<bool> {
     let mut a = io::BufReader::new(fs::File::open(path)?);
     let mut b = io::BufReader::new(fs::File::open(prefix)?);
     loop {

@@ -11,6 +11,8 @@ pub mod compact;
 mod error;
 mod handoff;
 pub mod journal;
+pub mod links;
+mod litter;
 pub mod lock;
 pub mod online;
 pub mod quarantine;
@@ -110,6 +112,7 @@ pub type CheckFn<'a> = &'a (dyn Fn(&Path, &Path) -> Result<(), String> + Sync);
 pub type ProgressFn<'a> = &'a (dyn Fn(Stage, u64, u64) + Sync);
 
 /// What to compact and how.
+#[derive(Clone)]
 pub struct Request<'a> {
     pub wal: PathBuf,
     /// Where backups go; `None` = the WAL's directory.
@@ -125,6 +128,8 @@ pub struct Request<'a> {
     pub online: Option<Online>,
     /// What happens to corrupt lines (policy `corrupt_lines`).
     pub corrupt_lines: CorruptLines,
+    /// Compact a WAL whose inode has other hard links too (they keep the old file).
+    pub allow_hard_links: bool,
 }
 
 impl Request<'_> {
@@ -139,6 +144,7 @@ impl Request<'_> {
             cancel: None,
             online: None,
             corrupt_lines: CorruptLines::default(),
+            allow_hard_links: false,
         }
     }
 }
@@ -153,7 +159,10 @@ pub struct StageTime {
 /// What a run did, for the CLI's output, logs and metrics.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The WAL as the caller named it.
     pub wal: PathBuf,
+    /// The file actually compacted: `wal`, or the real file when `wal` is a symlink.
+    pub compacted: PathBuf,
     pub outcome: Outcome,
     pub bytes_before: u64,
     pub bytes_after: u64,
@@ -210,8 +219,13 @@ fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Runs backup → compact → verify → swap (→ rollback) on one WAL.
+/// Runs backup → compact → verify → swap (→ rollback) on one WAL. A symlink at the WAL's
+/// path is resolved once, here: every stage works on the real file (see [`links`]).
 pub fn run(req: &Request) -> Result<Report, PipelineError> {
+    links::on_real_file(req, run_resolved)
+}
+
+fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
     let mut clock = Clock::start();
     let mut snap = clock.stage(Stage::Analyze, || Snapshot::take(req))?;
     let backup_dir = backup::backup_dir(&req.wal, req.backup_dir.as_deref());
@@ -265,6 +279,9 @@ fn compact_and_swap(
 ) -> Result<(backup::Backup, Option<OnlineStats>), PipelineError> {
     let wal = req.wal.as_path();
     checkpoint(req, Stage::Backup)?;
+    if !req.allow_hard_links {
+        links::refuse_other_hard_links(wal, &snap.file, backup_dir)?;
+    }
     precheck_space(wal, snap, backup_dir)?;
     let backup = clock.stage(Stage::Backup, || {
         backup::create(wal, &snap.file, backup_dir, chrono::Utc::now())
@@ -285,12 +302,14 @@ fn compact_and_swap(
             ))?),
         },
     };
-    journal::write(wal, &entry)?;
-    let result = write_verify_swap(req, snap, &temp_path, &backup, &mut entry, clock);
+    let result = journal::write(wal, &entry)
+        .and_then(|()| write_verify_swap(req, snap, &temp_path, &backup, &mut entry, clock));
     if result.is_err() {
-        // The WAL is intact (or rolled back): the corrupt lines are still in it. The temp
-        // was removed by its guard once the swap could no longer happen.
+        // The WAL is intact (or rolled back): the corrupt lines are still in it, and a run
+        // that never swapped leaves no backup. Both are undone BEFORE the journal naming
+        // them is cleared; the temp was removed by its guard.
         let undone = entry.undo_quarantine(wal, Stage::Quarantine);
+        litter::after_failed_run(wal, &snap.id, &backup.path);
         if undone.is_ok() {
             let _ = journal::clear(wal);
         }
@@ -592,6 +611,7 @@ fn report(
     let counts = snap.counts;
     Report {
         wal: req.wal.clone(),
+        compacted: req.wal.clone(),
         outcome,
         bytes_before: snap.id.len,
         bytes_after: snap.id.len - reclaimed,

@@ -45,6 +45,7 @@ fn wal(w: &WalPolicy) -> RawWal {
         lock_timeout_ms: Some(saturating_i64(w.lock_timeout.as_millis())),
         job_timeout_secs: Some(saturating_i64(w.job_timeout.as_secs().into())),
         poll_interval_secs: Some(saturating_i64(w.poll_interval.as_secs().into())),
+        allow_hard_links: Some(w.allow_hard_links),
         triggers: triggers(&w.triggers),
         backups: RawBackups {
             keep_days: Some(w.backups.keep_days.into()),

@@ -55,6 +55,8 @@ pub(crate) struct RawWal {
     pub job_timeout_secs: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub poll_interval_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_hard_links: Option<bool>,
     #[serde(default)]
     pub triggers: RawTriggers,
     #[serde(default)]

@@ -71,6 +71,9 @@ pub struct WalPolicy {
     pub job_timeout: Duration,
     /// Fallback stat poll for filesystems without change events.
     pub poll_interval: Duration,
+    /// Compact a WAL whose inode has other hard links (they keep naming the old file after
+    /// the swap); false refuses such a WAL before its backup is made.
+    pub allow_hard_links: bool,
     /// When to compact.
     pub triggers: Triggers,
     /// How many backups to keep.

@@ -60,6 +60,7 @@ pub(crate) fn wal(
             DEFAULT_POLL_INTERVAL_SECS,
             1,
         ),
+        allow_hard_links: raw.allow_hard_links.unwrap_or(false),
         triggers: triggers(
             raw.triggers,
             &mut Section::new(s.key("triggers"), s.errors),
