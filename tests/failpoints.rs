@@ -530,3 +530,27 @@ fn daemon_run_that_does_not_swap_leaves_no_backup() {
     );
     assert_no_leftovers(d.path());
 }
+
+/// Verification counts every payload byte: a compacted file whose first PREPARE has one
+/// digit changed (a `changes` value, as the Diotec360 application writes) never replaces
+/// the WAL; the run exits 1 and leaves the WAL as it was.
+#[test]
+fn a_changed_payload_digit_in_the_compacted_file_is_never_swapped_in() {
+    let d = tempfile::tempdir().unwrap();
+    let mut content = String::new();
+    for i in 0..50 {
+        let tx = format!("tx{i}");
+        let prepare = format!(
+            "{{\"op\": \"PREPARE\", \"tx_id\": \"{tx}\", \"changes\": {{\"acct\": {{\"balance\": {i}}}}}, \"timestamp\": 1796029100.5}}\n"
+        );
+        content += &(prepare.clone() + &prepare + &commit(&tx));
+    }
+    let wal = write_wal(d.path(), "wal.log", &content);
+    let out = compact_with(&wal, "compact::write::tamper_payload=return");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("replay digest differs"), "{stderr}");
+    assert_eq!(fs::read_to_string(&wal).unwrap(), content, "WAL untouched");
+    let before = digest(&wal);
+    assert_intact(d.path(), &wal, &before);
+}

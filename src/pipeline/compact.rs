@@ -224,6 +224,15 @@ fn fill(src: &File, plan: &Plan, end: u64, sink: Publishing<'_>) -> io::Result<u
         out.flush()?;
         Err(io::Error::from(io::ErrorKind::WriteZero))
     });
+    fail::fail_point!("compact::write::tamper_payload", |_| {
+        // A planner or executor bug that changes one payload digit: verification must see it.
+        let mut bytes = Vec::new();
+        let n = write_plan(src, plan, end, &mut bytes)?;
+        tamper_first_prepare_digit(&mut bytes);
+        out.write_all(&bytes)?;
+        out.flush()?;
+        Ok(n)
+    });
     let n = write_plan(src, plan, end, &mut out)?;
     if n > 0 {
         // Half of the temp file on disk, then death.
@@ -264,5 +273,16 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+}
+
+/// Changes the first digit after the first `PREPARE` (test builds only, see `fill`).
+#[cfg(feature = "failpoints")]
+fn tamper_first_prepare_digit(bytes: &mut [u8]) {
+    let Some(at) = memchr::memmem::find(bytes, b"PREPARE") else {
+        return;
+    };
+    if let Some(d) = bytes[at..].iter_mut().find(|b| b.is_ascii_digit()) {
+        *d = if *d == b'9' { b'8' } else { *d + 1 };
     }
 }
