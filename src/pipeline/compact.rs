@@ -245,6 +245,17 @@ fn fill(src: &File, plan: &Plan, end: u64, sink: Publishing<'_>) -> io::Result<u
     Ok(n)
 }
 
+/// Changes the first digit after the first `PREPARE` (test builds only, see `fill`).
+#[cfg(feature = "failpoints")]
+fn tamper_first_prepare_digit(bytes: &mut [u8]) {
+    let Some(at) = memchr::memmem::find(bytes, b"PREPARE") else {
+        return;
+    };
+    if let Some(d) = bytes[at..].iter_mut().find(|b| b.is_ascii_digit()) {
+        *d = if *d == b'9' { b'8' } else { *d + 1 };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,16 +284,5 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-    }
-}
-
-/// Changes the first digit after the first `PREPARE` (test builds only, see `fill`).
-#[cfg(feature = "failpoints")]
-fn tamper_first_prepare_digit(bytes: &mut [u8]) {
-    let Some(at) = memchr::memmem::find(bytes, b"PREPARE") else {
-        return;
-    };
-    if let Some(d) = bytes[at..].iter_mut().find(|b| b.is_ascii_digit()) {
-        *d = if *d == b'9' { b'8' } else { *d + 1 };
     }
 }
