@@ -65,17 +65,7 @@ fn compact_keeps_the_replay_state_and_makes_a_linked_backup() {
     let original = fs::read(&wal).unwrap();
     let ino = fs::metadata(&wal).unwrap().ino();
     let before = digest(&wal);
-    let out = walcompactd()
-        .args(["compact", "--json"])
-        .arg(&wal)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = json(&out);
+    let v = compact_json(&wal, &[]);
     assert_eq!(v["outcome"], "success");
     assert_eq!(v["digest"], before.as_str());
     let backup = std::path::PathBuf::from(v["backup"].as_str().unwrap());
@@ -263,13 +253,7 @@ fn corrupt_lines_are_kept_in_place_by_default() {
         bad[2]
     );
     let wal = write_wal(d.path(), "wal.log", &content);
-    let out = walcompactd()
-        .args(["compact", "--json"])
-        .arg(&wal)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    let report = json(&out);
+    let report = compact_json(&wal, &[]);
     assert_eq!(report["corrupt_lines"], 3);
     assert_eq!(report["quarantined_lines"], 0);
     let want = format!(

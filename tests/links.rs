@@ -43,17 +43,7 @@ fn compact_through_a_symlink_compacts_the_real_file_and_keeps_the_link() {
     let original = fs::read(&real).unwrap();
     let ino = fs::metadata(&real).unwrap().ino();
     let before = digest(&link);
-    let out = walcompactd()
-        .args(["compact", "--json"])
-        .arg(&link)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = json(&out);
+    let v = compact_json(&link, &[]);
     assert_eq!(v["wal"], link.to_str().unwrap(), "the path as given");
     assert_eq!(v["compacted"], real.to_str().unwrap(), "the file compacted");
     assert!(

@@ -307,3 +307,20 @@ pub fn stdout_json(out: &std::process::Output) -> serde_json::Value {
         )
     })
 }
+
+/// Runs `walcompactd compact --json ARGS WAL`, asserts it exited 0, returns its report.
+pub fn compact_json(wal: &Path, args: &[&str]) -> serde_json::Value {
+    let out = walcompactd()
+        .args(["compact", "--json"])
+        .args(args)
+        .arg(wal)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "compact {}: {}",
+        wal.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_json(&out)
+}
