@@ -1,5 +1,5 @@
-//! The compaction pipeline: backup → compact → verify → (quarantine →) swap (→ rollback), one module per
-//! stage, sequenced by [`run`]. Knows nothing of the daemon: callers pass a [`Request`] and
+//! The compaction pipeline: backup → compact → verify → (quarantine →) swap (→ rollback),
+//! one module per stage, sequenced by [`run`]. Knows nothing of the daemon: callers pass a [`Request`] and
 //! get a [`Report`] or a [`PipelineError`] naming the stage.
 //!
 //! At every moment the WAL's path holds a complete WAL that replays to the original state:
@@ -16,20 +16,20 @@ mod litter;
 pub mod lock;
 pub mod online;
 pub mod quarantine;
+mod report;
 pub mod rollback;
 mod snapshot;
 pub mod swap;
 pub mod verify;
 
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use serde::Serialize;
-
 pub use error::{PipelineError, exit_code};
 pub use online::{Online, OnlineStats};
+use report::{Clock, ms, report};
+pub use report::{Outcome, Report, Stage, StageTime};
 pub use snapshot::{Snapshot, open_wal};
 
 /// A rollback must not give up on the writer lock as quickly as a compaction: it is putting
@@ -38,73 +38,6 @@ pub(crate) const ROLLBACK_LOCK_TIMEOUT: std::time::Duration = std::time::Duratio
 
 use crate::fsutil::{FileId, available_bytes, parent_dir, sibling};
 use crate::rules::CorruptLines;
-
-/// A step of a run; logs and metrics name stages with these.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Stage {
-    Analyze,
-    Lock,
-    Recover,
-    Backup,
-    Compact,
-    Verify,
-    Quarantine,
-    Swap,
-    Check,
-    Rollback,
-    Journal,
-    Prune,
-}
-
-impl Stage {
-    /// Lowercase name for logs and metric labels.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stage::Analyze => "analyze",
-            Stage::Lock => "lock",
-            Stage::Recover => "recover",
-            Stage::Backup => "backup",
-            Stage::Compact => "compact",
-            Stage::Verify => "verify",
-            Stage::Quarantine => "quarantine",
-            Stage::Swap => "swap",
-            Stage::Check => "check",
-            Stage::Rollback => "rollback",
-            Stage::Journal => "journal",
-            Stage::Prune => "prune",
-        }
-    }
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// How a run ended; the metric label `outcome` uses [`Outcome::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The WAL was replaced by its verified compaction.
-    Success,
-    /// Nothing to reclaim: nothing was touched.
-    Skipped,
-    /// `--dry-run`: reported, nothing touched.
-    DryRun,
-}
-
-impl Outcome {
-    /// Label for logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Success => "success",
-            Outcome::Skipped => "skipped",
-            Outcome::DryRun => "dry_run",
-        }
-    }
-}
 
 /// A post-swap check of the new WAL (the application's own verify hook): `Err` rolls back.
 pub type CheckFn<'a> = &'a (dyn Fn(&Path, &Path) -> Result<(), String> + Sync);
@@ -147,76 +80,6 @@ impl Request<'_> {
             allow_hard_links: false,
         }
     }
-}
-
-/// Time spent in one stage.
-#[derive(Debug, Clone, Serialize)]
-pub struct StageTime {
-    pub stage: Stage,
-    pub duration_ms: f64,
-}
-
-/// What a run did, for the CLI's output, logs and metrics.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// The WAL as the caller named it.
-    pub wal: PathBuf,
-    /// The file actually compacted: `wal`, or the real file when `wal` is a symlink.
-    pub compacted: PathBuf,
-    pub outcome: Outcome,
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-    pub reclaimed_bytes: u64,
-    pub lines_before: u64,
-    pub lines_after: u64,
-    pub backup: Option<PathBuf>,
-    /// True when the backup is a hard link to the original inode.
-    pub backup_linked: Option<bool>,
-    /// Replay digest shared by the original and the compacted WAL.
-    pub digest: String,
-    /// What recovery of an earlier interrupted run did, if anything.
-    pub recovered: Option<String>,
-    pub duration_ms: f64,
-    pub stages: Vec<StageTime>,
-    /// Online mode: catch-up and writer-lock figures.
-    pub online: Option<OnlineStats>,
-    /// Corrupt complete lines in the WAL as read (reported whatever the policy).
-    pub corrupt_lines: u64,
-    /// The policy applied to them.
-    pub corrupt_lines_policy: CorruptLines,
-    /// Corrupt lines this run moved to the quarantine file.
-    pub quarantined_lines: u64,
-    /// The quarantine file, when this run appended to it.
-    pub quarantine: Option<PathBuf>,
-}
-
-/// Timing of stages in a run.
-struct Clock {
-    start: Instant,
-    stages: Vec<StageTime>,
-}
-
-impl Clock {
-    fn start() -> Clock {
-        Clock {
-            start: Instant::now(),
-            stages: Vec::new(),
-        }
-    }
-
-    fn stage<T>(&mut self, stage: Stage, f: impl FnOnce() -> T) -> T {
-        let t = Instant::now();
-        let out = f();
-        self.stages.push(StageTime {
-            stage,
-            duration_ms: ms(t),
-        });
-        out
-    }
-}
-
-fn ms(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Runs backup → compact → verify → swap (→ rollback) on one WAL. A symlink at the WAL's
@@ -592,50 +455,4 @@ fn precheck_space(wal: &Path, snap: &Snapshot, backup_dir: &Path) -> Result<(), 
         }
     }
     Ok(())
-}
-
-fn report(
-    req: &Request,
-    snap: &Snapshot,
-    clock: &Clock,
-    outcome: Outcome,
-    backup: Option<backup::Backup>,
-    recovered: Option<String>,
-) -> Report {
-    let changed = outcome == Outcome::Success;
-    let reclaimed = if changed {
-        snap.plan.reclaimable_bytes()
-    } else {
-        0
-    };
-    let counts = snap.counts;
-    Report {
-        wal: req.wal.clone(),
-        compacted: req.wal.clone(),
-        outcome,
-        bytes_before: snap.id.len,
-        bytes_after: snap.id.len - reclaimed,
-        reclaimed_bytes: reclaimed,
-        lines_before: counts.lines,
-        lines_after: if changed {
-            snap.plan.survivor_lines
-        } else {
-            counts.lines
-        },
-        backup_linked: backup.as_ref().map(|b| b.linked),
-        backup: backup.map(|b| b.path),
-        digest: snap.replay.get().digest_hex(),
-        recovered,
-        duration_ms: ms(clock.start),
-        stages: clock.stages.clone(),
-        online: None,
-        corrupt_lines: counts.corrupt,
-        corrupt_lines_policy: req.corrupt_lines,
-        quarantined_lines: if changed {
-            snap.plan.set_aside.len() as u64
-        } else {
-            0
-        },
-        quarantine: None,
-    }
 }
