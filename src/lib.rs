@@ -4,15 +4,18 @@
 //! Modules, in data-flow order:
 //! - [`policy`]: the TOML policy — serde schema (`deny_unknown_fields`), validation with key
 //!   paths (every error collected), the embedded default. Reads the policy file, nothing else.
-//! - [`wal`]: reading a WAL — line scanning (offsets, torn tail), decoding `op`/`tx_id`/`data`,
-//!   interning transaction ids. Never writes.
+//! - [`wal`]: reading a WAL — line scanning (offsets, torn tail), decoding `op`/`tx_id` (or
+//!   finding a line corrupt), interning transaction ids. Never writes.
 //! - [`rules`]: the compaction rules as a pure index (16 bytes per transaction) →
-//!   [`rules::Plan`] of surviving lines.
+//!   [`rules::Plan`] of surviving lines; corrupt lines per [`rules::CorruptLines`] (kept in
+//!   place, or set aside in the plan for quarantine).
 //! - [`replay`]: the replay state and its SHA-256 digest, computed independently of the rules
-//!   (it shares nothing with their index; a verification pass builds none).
+//!   (it shares nothing with their index; a verification pass builds none). A PREPARE's
+//!   payload is its whole line.
 //! - [`analyze`]: one streaming pass feeding the scanner's lines to the rules and the replay.
-//! - [`pipeline`]: backup → compact → verify → swap (→ rollback), the journal and the lock;
-//!   one module per stage, sequenced by `pipeline::run`.
+//! - [`pipeline`]: backup → compact → verify → (quarantine →) swap (→ rollback), the journal
+//!   and the lock; a symlinked WAL resolved to its real file, other hard links refused; one
+//!   module per stage, sequenced by `pipeline::run`.
 //! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
 //! - [`output`]: human-readable renderings of the commands' reports.
 //! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,

@@ -148,6 +148,7 @@ pub(super) fn ms(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
 }
 
+/// The report of a run that ended with `outcome` (nothing reclaimed unless it succeeded).
 pub(super) fn report(
     req: &Request,
     snap: &Snapshot,
