@@ -231,3 +231,26 @@ fn online_quarantine_mode_quarantines_an_appended_corrupt_line_next_run() {
     assert_eq!(q.len(), 1);
     assert_eq!(q[0].1, b"not json");
 }
+
+/// A symlink planted at the quarantine file's name is never written through: the run fails
+/// before the swap, the WAL keeps its corrupt lines, and the symlink's target is untouched.
+#[test]
+fn a_symlink_at_the_quarantine_name_is_not_followed() {
+    let d = tempfile::tempdir().unwrap();
+    let content = wal_with_corrupt_lines();
+    let wal = write_wal(d.path(), "wal.log", &content);
+    let victim = d.path().join("victim");
+    fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, d.path().join("wal_quarantine.log")).unwrap();
+    let out = compact(&wal, "", "quarantine");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("wal_quarantine.log"), "{stderr}");
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(
+        fs::read_to_string(&wal).unwrap(),
+        content,
+        "nothing replaced"
+    );
+    no_leftovers(d.path());
+}

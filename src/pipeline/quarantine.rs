@@ -17,7 +17,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,7 @@ pub struct Mark {
 impl Mark {
     /// The file's current length (0 when it does not exist yet).
     pub fn take(path: PathBuf) -> Result<Mark, PipelineError> {
-        let len_before = match fs::metadata(&path) {
+        let len_before = match fs::symlink_metadata(&path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(PipelineError::io(Stage::Quarantine, "stat", &path)(e)),
@@ -60,9 +60,15 @@ impl Mark {
     /// Idempotent, so recovery may repeat it after a crash part-way.
     pub fn undo(&self, stage: Stage) -> Result<(), PipelineError> {
         let io_err = |op| PipelineError::io(stage, op, &self.path);
-        let file = match OpenOptions::new().write(true).open(&self.path) {
+        let file = match OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&self.path)
+        {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            // A symlink at our name: `append` refused it too, so nothing of ours is there.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(()),
             Err(e) => return Err(io_err("open")(e)),
         };
         let len = file.metadata().map_err(io_err("stat"))?.len();
@@ -118,11 +124,13 @@ pub fn append(
     let path = &mark.path;
     let io_err = |op| PipelineError::io(Stage::Quarantine, op, path);
     let created = !path.exists();
+    // Never through a symlink planted at our name: the lines would land in its target.
     let mut file = OpenOptions::new()
         .append(true)
         .create(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(io_err("open"))?;
+        .map_err(io_err("open (not following a symlink)"))?;
     if created {
         let _ = std::os::unix::fs::fchown(&file, Some(wal_meta.uid()), Some(wal_meta.gid()));
         file.set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))
