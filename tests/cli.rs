@@ -503,3 +503,39 @@ fn usage_errors_exit_2() {
     walcompactd().arg("compact").assert().code(2);
     walcompactd().arg("frobnicate").assert().code(2);
 }
+
+/// Every member of a deciding PREPARE counts: a copy of the compacted WAL with one digit
+/// changed in `changes`, `data`, `timestamp` or a member this version does not know replays
+/// to another state than the backup (`verify --against` exits 1); the copy as compacted
+/// replays to the same (exit 0).
+#[test]
+fn verify_against_sees_a_changed_digit_in_any_member_of_a_deciding_prepare() {
+    let d = tempfile::tempdir().unwrap();
+    let prepare = r#"{"op": "PREPARE", "tx_id": "a", "changes": {"acct0": {"balance": 200}}, "data": {"amount": 7}, "timestamp": 1796029100.5, "extra": [3]}"#;
+    let content = format!("{prepare}\n{prepare}\n{}", commit("a"));
+    let wal = write_wal(d.path(), "wal.log", &content);
+    let report = compact_json(&wal, &[]);
+    let backup = report["backup"].as_str().unwrap();
+    let compacted = fs::read_to_string(&wal).unwrap();
+    let verify = |text: &str| {
+        let copy = write_wal(d.path(), "copy.log", text);
+        walcompactd()
+            .args(["verify", "--against", backup])
+            .arg(&copy)
+            .output()
+            .unwrap()
+            .status
+            .code()
+    };
+    assert_eq!(verify(&compacted), Some(0));
+    for (from, to) in [
+        ("200", "999"),
+        ("7}", "8}"),
+        ("100.5", "100.6"),
+        ("[3]", "[4]"),
+    ] {
+        let changed = compacted.replacen(from, to, 1);
+        assert_ne!(changed, compacted, "{from}");
+        assert_eq!(verify(&changed), Some(1), "{from} -> {to}");
+    }
+}
