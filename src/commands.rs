@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::analyze::{CorruptLine, Want, analyze, analyze_file, explain};
 use crate::fsutil::FileId;
 use crate::pipeline::{
-    PipelineError, Stage, backup, journal, links, lock, open_wal, rollback, verify,
+    Guard, PipelineError, Stage, backup, journal, links, lock, open_wal, verify,
 };
 use crate::rules::CorruptLines;
 use crate::rules::{Counts, TxCounts};
@@ -270,11 +270,13 @@ pub struct RestoreReport {
     pub digest: String,
 }
 
-/// Replaces the WAL with a backup's content, crash-safely, after backing up the current WAL.
+/// Replaces the WAL with a backup's content, crash-safely, after backing up the current WAL;
+/// `guard` keeps writers out while it does (online: under the writers' lock).
 pub fn restore(
     wal: &Path,
     from: &Path,
     backup_dir: Option<&Path>,
+    guard: Guard,
 ) -> Result<RestoreReport, PipelineError> {
     let reader = backup::open_reader(from).map_err(PipelineError::io(
         Stage::Rollback,
@@ -291,7 +293,8 @@ pub fn restore(
         true => Some(backup_now(wal, backup_dir)?.path),
         false => None,
     };
-    rollback::restore_copy(from, wal, Stage::Rollback)?;
+    // Writers are kept out by the guard (online: the writers' lock) while the copy is renamed.
+    guard.restore(from, wal, Stage::Rollback, None)?;
     Ok(RestoreReport {
         wal: given.into(),
         restored_from: from.into(),

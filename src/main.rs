@@ -4,6 +4,7 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use serde::Serialize;
@@ -11,7 +12,7 @@ use walcompactd::commands;
 use walcompactd::daemon;
 use walcompactd::output;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
-use walcompactd::policy;
+use walcompactd::policy::{self, Mode};
 use walcompactd::rules::CorruptLines;
 
 #[derive(Parser)]
@@ -48,12 +49,17 @@ enum Command {
         /// Where the backup goes (default: the WAL's directory; the real file's for a symlink).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
-        /// Let writers that follow docs/PROTOCOL.md keep appending during the compaction.
+        /// How writers are kept out: offline (none runs; a WAL that changes is refused) or
+        /// online (writers that follow docs/PROTOCOL.md keep appending).
+        #[arg(long, value_name = "MODE", value_parser = parse_mode, conflicts_with = "online")]
+        mode: Option<Mode>,
+        /// The same as --mode online.
         #[arg(long)]
         online: bool,
-        /// Online: give up (exit 5, nothing changed) if writers hold the lock this long.
-        #[arg(long, default_value_t = 2000, requires = "online")]
-        lock_timeout_ms: u64,
+        /// Online: give up (exit 5, nothing changed) if writers hold the lock this long
+        /// (default 2000).
+        #[arg(long)]
+        lock_timeout_ms: Option<u64>,
         /// Corrupt complete lines: keep them in place, move them to <stem>_quarantine.log
         /// beside the backups, or refuse the WAL (exit 3).
         #[arg(long, value_name = "MODE", default_value_t = CorruptLines::Keep)]
@@ -85,6 +91,13 @@ enum Command {
         backup: PathBuf,
         #[arg(long)]
         backup_dir: Option<PathBuf>,
+        /// How writers are kept out while the backup is put back: offline (none runs) or
+        /// online (the writers' lock of docs/PROTOCOL.md is held for the rename).
+        #[arg(long, value_name = "MODE", value_parser = parse_mode, default_value = "offline")]
+        mode: Mode,
+        /// Online: give up (exit 5, nothing changed) if writers hold the lock this long.
+        #[arg(long)]
+        lock_timeout_ms: Option<u64>,
         #[arg(long)]
         json: bool,
     },
@@ -195,7 +208,7 @@ fn start_daemon(
 }
 
 /// After the daemon's own bounded shutdown, how long blocking work may still delay exit.
-const DAEMON_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+const DAEMON_EXIT_GRACE: Duration = Duration::from_secs(5);
 
 /// `check-policy`: the effective policy as TOML plus notes; every error with its key path.
 fn check_policy(path: Option<&Path>) -> ExitCode {
@@ -281,18 +294,23 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             wal,
             json,
             backup_dir,
+            mode,
             online,
             lock_timeout_ms,
             corrupt_lines,
             allow_hard_links,
             ..
         } => {
-            let online = online.then(|| pipeline::Online {
-                lock_timeout: std::time::Duration::from_millis(lock_timeout_ms),
-            });
+            let mode = mode.unwrap_or(if online { Mode::Online } else { Mode::Offline });
+            let Some(guard) = guard_of(mode, lock_timeout_ms) else {
+                eprintln!(
+                    "walcompactd: --lock-timeout-ms applies to online mode only (--mode online)"
+                );
+                return Ok(exit_code::USAGE);
+            };
             let mut req = Request::new(wal, "walcompactd compact");
             req.backup_dir = backup_dir;
-            req.online = online;
+            req.guard = guard;
             req.allow_hard_links = allow_hard_links;
             req.corrupt_lines = corrupt_lines;
             compact(req, json)
@@ -322,11 +340,19 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             wal,
             backup,
             backup_dir,
+            mode,
+            lock_timeout_ms,
             json,
         } => {
+            let Some(guard) = guard_of(mode, lock_timeout_ms) else {
+                eprintln!(
+                    "walcompactd: --lock-timeout-ms applies to online mode only (--mode online)"
+                );
+                return Ok(exit_code::USAGE);
+            };
             print(
                 json,
-                &commands::restore(&wal, &backup, backup_dir.as_deref())?,
+                &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
                 output::restore,
             );
             Ok(exit_code::OK)
@@ -348,12 +374,31 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
         Command::Run { .. } | Command::CheckPolicy { .. } => unreachable!("handled in main"),
         Command::Recover { wal, json } => {
             let r = commands::recover(&wal)?;
-            let report = serde_json::json!({"wal": wal, "recovered": format!("{r:?}")});
-            print(json, &report, |_| format!("{}: {r:?}\n", wal.display()));
+            let report = serde_json::json!({"wal": wal, "recovered": r, "removed": r.removed()});
+            print(json, &report, |_| format!("{}: {r}\n", wal.display()));
             Ok(exit_code::OK)
         }
     }
 }
+
+/// `--mode` as the policy spells it.
+fn parse_mode(text: &str) -> Result<Mode, String> {
+    text.parse()
+        .map_err(|()| format!("expected one of {}", Mode::expected()))
+}
+
+/// The guard of `mode`; `None` when a lock timeout is given for a mode that takes no lock.
+fn guard_of(mode: Mode, lock_timeout_ms: Option<u64>) -> Option<pipeline::Guard> {
+    if mode == Mode::Offline && lock_timeout_ms.is_some() {
+        return None;
+    }
+    let timeout = Duration::from_millis(lock_timeout_ms.unwrap_or(DEFAULT_LOCK_TIMEOUT_MS));
+    Some(pipeline::Guard::new(mode, timeout))
+}
+
+/// Online mode's wait for the writers' lock when `--lock-timeout-ms` is not given: the
+/// policy's default.
+const DEFAULT_LOCK_TIMEOUT_MS: u64 = 2_000;
 
 fn compact(req: Request<'static>, json: bool) -> Result<i32, PipelineError> {
     let bar = progress_bar();

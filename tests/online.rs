@@ -7,7 +7,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::*;
-use walcompactd::pipeline::{self, Online, PipelineError, Request};
+use walcompactd::pipeline::{self, Guard, Online, PipelineError, Request};
 use walcompactd::writer::{Durability, WalWriter};
 
 #[test]
@@ -62,7 +62,7 @@ fn rollback_after_an_online_swap_keeps_lines_appended_since() {
         Err("application check says no".into())
     };
     let mut req = Request::new(&wal, "test");
-    req.online = Some(Online {
+    req.guard = Guard::Online(Online {
         lock_timeout: Duration::from_secs(5),
     });
     req.check = Some(&check);
@@ -83,4 +83,75 @@ fn rollback_after_an_online_swap_keeps_lines_appended_since() {
             .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
         "{left:?}"
     );
+}
+
+/// Holds the writers' lock of `wal` (as a protocol writer mid-append) until dropped.
+fn hold_writer_lock(wal: &std::path::Path) -> fs::File {
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(walcompactd::writer::lock_path(wal))
+        .unwrap();
+    lock.lock().unwrap();
+    lock
+}
+
+/// `--mode online` is `--online`; a lock timeout means nothing offline and is refused.
+#[test]
+fn mode_online_is_the_online_flag_and_offline_takes_no_lock_timeout() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(100));
+    let lock = hold_writer_lock(&wal);
+    walcompactd()
+        .args(["compact", "--mode", "online", "--lock-timeout-ms", "300"])
+        .arg(&wal)
+        .assert()
+        .code(5);
+    walcompactd()
+        .args(["compact", "--mode", "offline", "--lock-timeout-ms", "300"])
+        .arg(&wal)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("online mode only"));
+    walcompactd()
+        .args(["compact", "--mode", "sideways"])
+        .arg(&wal)
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("offline, online"));
+    drop(lock);
+    walcompactd()
+        .args(["compact", "--mode", "online"])
+        .arg(&wal)
+        .assert()
+        .success();
+}
+
+/// `restore --mode online` keeps protocol writers out through the same guard: it waits for
+/// their lock and gives up cleanly (exit 5, nothing replaced) when they hold it too long.
+#[test]
+fn restore_in_online_mode_waits_for_the_writers_lock() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    let backup = d.path().join("old.log");
+    fs::write(&backup, clean_wal("old", 5)).unwrap();
+    let before = fs::read(&wal).unwrap();
+    let lock = hold_writer_lock(&wal);
+    walcompactd()
+        .args(["restore", "--mode", "online", "--lock-timeout-ms", "300"])
+        .arg(&wal)
+        .arg(&backup)
+        .assert()
+        .code(5);
+    assert_eq!(fs::read(&wal).unwrap(), before, "nothing replaced");
+    drop(lock);
+    walcompactd()
+        .args(["restore", "--mode", "online"])
+        .arg(&wal)
+        .arg(&backup)
+        .assert()
+        .success();
+    assert_eq!(fs::read(&wal).unwrap(), fs::read(&backup).unwrap());
 }

@@ -113,6 +113,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
     }
     let j = Journal {
         phase,
+        mode: Some(walcompactd::pipeline::Mode::Offline),
         temp,
         backup: backup.map(Path::to_path_buf),
         original_digest: Some(digest(backup.unwrap_or(wal))),
@@ -263,4 +264,38 @@ fn a_cancelled_run_changes_nothing() {
     }
     assert_eq!(fs::read(&wal).unwrap(), original);
     assert_eq!(names(d.path()), ["wal.log", "wal.log.compact.lock"]);
+}
+
+/// Recovery restores through the guard of the mode the journal records: an interrupted
+/// online rollback keeps the lines writers appended after the swap; a journal from before
+/// the mode was recorded is online exactly when it has `len_at_swap`.
+#[test]
+fn recovery_of_an_online_rollback_keeps_lines_appended_after_the_swap() {
+    use walcompactd::pipeline::Mode;
+    for mode in [Some(Mode::Online), None] {
+        let d = tempfile::tempdir().unwrap();
+        let original = redundant_wal(30);
+        let backup = write_wal(d.path(), "wal_backup_20260101_000000.log", &original);
+        let compacted = clean_wal("c", 3);
+        let appended = prepare("late", 1) + &commit("late");
+        let wal = write_wal(d.path(), "wal.log", &(compacted.clone() + &appended));
+        let j = Journal {
+            phase: Phase::RollingBack,
+            mode,
+            temp: walcompactd::fsutil::sibling(&wal, journal::TEMP_SUFFIX),
+            backup: Some(backup.clone()),
+            original_digest: None,
+            pid: 1,
+            len_at_swap: Some(compacted.len() as u64),
+            quarantine: None,
+            temp_ino: None,
+        };
+        journal::write(&wal, &j).unwrap();
+        assert_eq!(recover(&wal), "FinishedRollback");
+        assert_eq!(
+            fs::read_to_string(&wal).unwrap(),
+            original.clone() + &appended,
+            "{mode:?}: the backup's bytes, then what writers appended"
+        );
+    }
 }

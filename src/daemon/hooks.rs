@@ -1,11 +1,10 @@
-//! External commands around a compaction (argv arrays, no shell) and the offline-mode check
-//! that no other process holds the WAL open.
+//! External commands around a compaction (argv arrays, no shell). The offline-mode check
+//! that no other process holds the WAL open is the offline guard's admission
+//! (`pipeline::guard::offline`).
 
-use std::fs;
 use std::io;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -80,104 +79,10 @@ pub fn run_checked(argv: &[String], env: &HookEnv, timeout: Duration) -> Result<
     }
 }
 
-/// Who else has the WAL open, as far as /proc lets us see.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Holders {
-    /// Nobody else among the processes we could inspect; `uninspected` processes hid their
-    /// descriptors from us (another user's, without privilege).
-    None { uninspected: usize },
-    /// These pids hold it open.
-    Found(Vec<u32>),
-    /// /proc itself could not be read: we could not check at all.
-    Unknown(String),
-}
-
-/// Scans `/proc/*/fd` for descriptors on the WAL (by device and inode, so a renamed path
-/// still matches), ignoring this process.
-pub fn holders(wal: &Path) -> Holders {
-    holders_in(Path::new("/proc"), wal, std::process::id())
-}
-
-/// [`holders`] with the /proc root and own pid injected, for tests.
-pub fn holders_in(proc_root: &Path, wal: &Path, own_pid: u32) -> Holders {
-    let target = match fs::metadata(wal) {
-        Ok(m) => (m.dev(), m.ino()),
-        Err(_) => return Holders::None { uninspected: 0 },
-    };
-    let entries = match fs::read_dir(proc_root) {
-        Ok(e) => e,
-        Err(e) => return Holders::Unknown(format!("cannot read {}: {e}", proc_root.display())),
-    };
-    let mut found = Vec::new();
-    let mut uninspected = 0;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == own_pid {
-            continue;
-        }
-        match holds(&entry.path().join("fd"), target) {
-            Ok(true) => found.push(pid),
-            Ok(false) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {} // exited meanwhile
-            Err(_) => uninspected += 1,
-        }
-    }
-    if found.is_empty() {
-        Holders::None { uninspected }
-    } else {
-        found.sort_unstable();
-        Holders::Found(found)
-    }
-}
-
-fn holds(fd_dir: &Path, target: (u64, u64)) -> io::Result<bool> {
-    for fd in fs::read_dir(fd_dir)?.flatten() {
-        // metadata() follows the magic link to the open file itself, even if renamed.
-        if let Ok(m) = fs::metadata(fd.path())
-            && (m.dev(), m.ino()) == target
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_a_process_holding_the_file_and_not_ourselves() {
-        let d = tempfile::tempdir().unwrap();
-        let wal = d.path().join("wal.log");
-        fs::write(&wal, b"x\n").unwrap();
-        let _ours = fs::File::open(&wal).unwrap();
-        assert!(matches!(holders(&wal), Holders::None { .. }));
-        let mut child = Command::new("sleep")
-            .arg("30")
-            .stdin(fs::File::open(&wal).unwrap())
-            .spawn()
-            .unwrap();
-        let found = holders(&wal);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(found, Holders::Found(vec![child.id()]));
-    }
-
-    #[test]
-    fn unreadable_proc_is_reported_not_assumed() {
-        let d = tempfile::tempdir().unwrap();
-        let wal = d.path().join("wal.log");
-        fs::write(&wal, b"x\n").unwrap();
-        let h = holders_in(&d.path().join("no-proc"), &wal, 1);
-        assert!(matches!(h, Holders::Unknown(_)), "{h:?}");
-    }
+    use std::fs;
 
     #[test]
     fn hook_gets_env_and_times_out() {

@@ -10,17 +10,49 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::hooks::{self, HOOK_TIMEOUT, Holders, HookEnv};
+use super::hooks::{self, HOOK_TIMEOUT, HookEnv};
 use super::state::LastOutcome;
 use crate::metrics::RunOutcome;
+use crate::pipeline::guard::Admission;
 use crate::pipeline::{self, PipelineError, Report, Stage, backup};
-use crate::policy::{Mode, WalPolicy};
+use crate::policy::WalPolicy;
 
 /// Once shutdown is requested, wait this long for a running step to reach a safe point
 /// (or finish) before giving up on it; the journal makes an interrupted run recoverable.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Who the pipeline's lock file names.
 const WHO: &str = "walcompactd daemon";
+
+/// Why an attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// `job_timeout` passed: the run was cancelled at its next safe point.
+    #[error("timed out after {secs} s: {error}")]
+    TimedOut { secs: u64, error: PipelineError },
+    #[error("pipeline panicked: {0}")]
+    Panicked(String),
+}
+
+impl JobError {
+    /// The pipeline's error, if the pipeline returned one.
+    pub fn pipeline(&self) -> Option<&PipelineError> {
+        match self {
+            JobError::Pipeline(e) | JobError::TimedOut { error: e, .. } => Some(e),
+            JobError::Panicked(_) => None,
+        }
+    }
+
+    /// For the log line's `error_kind` field: the pipeline error's kind, or what happened.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            JobError::Pipeline(e) => e.kind(),
+            JobError::TimedOut { .. } => "timeout",
+            JobError::Panicked(_) => "panic",
+        }
+    }
+}
 
 /// How an attempt ended.
 #[derive(Debug)]
@@ -29,11 +61,11 @@ pub enum JobResult {
     NothingToDo(Report),
     /// Not attempted, and why.
     Skipped(String),
-    /// Failed in `stage` (if known), with the error text.
-    Failed(Option<Stage>, String),
+    /// Failed, with the error's structure (stage, kind, file) kept for the log line.
+    Failed(JobError),
     /// Verification or the application's check failed: the WAL was left as it was or rolled
     /// back to its backup. Counts as a failure for backoff.
-    RolledBack(Stage, String),
+    RolledBack(PipelineError),
     Cancelled,
 }
 
@@ -141,36 +173,22 @@ async fn hook(argv: Vec<String>, env: HookEnv) -> Result<(), String> {
         .unwrap_or_else(|e| Err(format!("hook runner panicked: {e}")))
 }
 
-/// The offline holder check, then the pipeline.
+/// The guard's admission (offline: nobody holds the WAL open), then the pipeline.
 async fn guarded_pipeline(
     policy: &WalPolicy,
     trigger: &str,
     cancel: &CancellationToken,
 ) -> JobResult {
-    if policy.mode == Mode::Offline {
-        let wal = policy.resolved_path.clone();
-        let holders = tokio::task::spawn_blocking(move || hooks::holders(&wal))
-            .await
-            .unwrap_or_else(|e| Holders::Unknown(format!("holder scan panicked: {e}")));
-        match holders {
-            Holders::Found(pids) => {
-                return JobResult::Skipped(format!(
-                    "offline mode: WAL is held open by pid(s) {pids:?}; not compacting under a running writer"
-                ));
-            }
-            Holders::Unknown(why) => {
-                // Offline mode promises never to compact under a writer: without /proc we
-                // cannot keep that promise, so we refuse rather than guess.
-                return JobResult::Skipped(format!(
-                    "offline mode: could not check for processes holding the WAL ({why}); not compacting"
-                ));
-            }
-            Holders::None { uninspected } if uninspected > 0 => {
-                info!(event = "holders", wal = %policy.name, uninspected,
-                    "checked /proc for holders; {uninspected} processes could not be inspected (permission)");
-            }
-            Holders::None { .. } => {}
+    let (guard, wal) = (policy.guard(), policy.resolved_path.clone());
+    let admission = tokio::task::spawn_blocking(move || guard.admit(&wal))
+        .await
+        .unwrap_or_else(|e| Admission::Refused(format!("admission check panicked: {e}")));
+    match admission {
+        Admission::Refused(why) => return JobResult::Skipped(why),
+        Admission::Admitted { note: Some(note) } => {
+            info!(event = "holders", wal = %policy.name, "{note}");
         }
+        Admission::Admitted { note: None } => {}
     }
     let _ = trigger;
     pipeline_with_timeout(policy, cancel).await
@@ -214,16 +232,18 @@ async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -
         Ok(Err(PipelineError::LockTimeout { waited_ms, .. })) => JobResult::Skipped(format!(
             "online mode: the writer lock was not free within {waited_ms} ms; retrying later"
         )),
-        Ok(Err(e @ PipelineError::Cancelled { .. })) if timed_out => JobResult::Failed(
-            stage_of(&e),
-            format!("timed out after {} s: {e}", policy.job_timeout.as_secs()),
-        ),
+        Ok(Err(e @ PipelineError::Cancelled { .. })) if timed_out => {
+            JobResult::Failed(JobError::TimedOut {
+                secs: policy.job_timeout.as_secs(),
+                error: e,
+            })
+        }
         Ok(Err(PipelineError::Cancelled { .. })) => JobResult::Cancelled,
         Ok(Err(e @ (PipelineError::VerifyFailed { .. } | PipelineError::CheckFailed { .. }))) => {
-            JobResult::RolledBack(stage_of(&e).unwrap_or(Stage::Verify), e.to_string())
+            JobResult::RolledBack(e)
         }
-        Ok(Err(e)) => JobResult::Failed(stage_of(&e), e.to_string()),
-        Err(join) => JobResult::Failed(None, format!("pipeline panicked: {join}")),
+        Ok(Err(e)) => JobResult::Failed(e.into()),
+        Err(join) => JobResult::Failed(JobError::Panicked(join.to_string())),
     }
 }
 
@@ -250,26 +270,8 @@ fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, Pipel
     if !policy.hooks.verify.is_empty() {
         req.check = Some(&check);
     }
-    if policy.mode == Mode::Online {
-        req.online = Some(pipeline::Online {
-            lock_timeout: policy.lock_timeout,
-        });
-    }
+    req.guard = policy.guard();
     pipeline::run(&req)
-}
-
-/// The stage an error happened in, when it says.
-fn stage_of(e: &PipelineError) -> Option<Stage> {
-    match e {
-        PipelineError::Io { stage, .. }
-        | PipelineError::NoSpace { stage, .. }
-        | PipelineError::Cancelled { stage, .. } => Some(*stage),
-        PipelineError::Corrupt { .. } | PipelineError::BadInput { .. } => Some(Stage::Analyze),
-        PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => Some(Stage::Lock),
-        PipelineError::Changed { .. } => Some(Stage::Swap),
-        PipelineError::VerifyFailed { .. } => Some(Stage::Verify),
-        PipelineError::CheckFailed { .. } => Some(Stage::Check),
-    }
 }
 
 /// What the run's message says of corrupt lines, if there are any.
@@ -336,8 +338,15 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 "{wal}: compaction skipped: {why}"
             );
         }
-        JobResult::Failed(stage, why) => {
-            let stage = stage.map_or("run", Stage::as_str);
+        JobResult::Failed(why) => {
+            let e = why.pipeline();
+            let stage = e
+                .and_then(PipelineError::stage)
+                .map_or("run", Stage::as_str);
+            let path = e
+                .map(|e| e.path().display().to_string())
+                .unwrap_or_default();
+            let exit_code = e.map(PipelineError::exit_code);
             error!(
                 event = "run",
                 wal,
@@ -345,11 +354,15 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 trigger,
                 outcome,
                 duration_ms,
+                error_kind = why.kind(),
+                path = path.as_str(),
+                exit_code,
                 "{wal}: compaction failed in the {stage} stage: {why}"
             );
         }
-        JobResult::RolledBack(stage, why) => {
-            let stage = stage.as_str();
+        JobResult::RolledBack(why) => {
+            let stage = why.stage().unwrap_or(Stage::Verify).as_str();
+            let path = why.path().display().to_string();
             error!(
                 event = "run",
                 wal,
@@ -358,6 +371,9 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 outcome,
                 rolled_back = true,
                 duration_ms,
+                error_kind = why.kind(),
+                path = path.as_str(),
+                exit_code = why.exit_code(),
                 "{wal}: compaction failed in the {stage} stage and was rolled back: {why}"
             );
         }

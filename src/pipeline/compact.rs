@@ -8,8 +8,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use super::handoff::{Handoff, Publishing};
-use super::{PipelineError, Stage};
+use super::{PipelineError, Snapshot, Stage};
 use crate::analyze::{Want, analyze};
+use crate::fsutil::{available_bytes, parent_dir};
 use crate::rules::{CorruptLines, Plan};
 
 /// Write buffer for the temp file: big writes, bounded memory.
@@ -63,6 +64,49 @@ fn copy_exact<R: BufRead, W: Write>(
         left -= n as u64;
     }
     Ok(len)
+}
+
+/// Refuses to start when the new file (and a copied backup) cannot fit.
+pub fn precheck_space(wal: &Path, snap: &Snapshot, backup_dir: &Path) -> Result<(), PipelineError> {
+    let dir = parent_dir(wal);
+    let needed =
+        snap.plan.survivor_bytes() + (snap.id.len - snap.plan.scanned_len) + SPACE_MARGIN_BYTES;
+    let available =
+        available_bytes(&dir).map_err(PipelineError::io(Stage::Compact, "statvfs", &dir))?;
+    fail::fail_point!("precheck::no_space", |_| Err(PipelineError::NoSpace {
+        stage: Stage::Compact,
+        path: dir.clone(),
+        needed,
+        available: 0
+    }));
+    if available < needed {
+        return Err(PipelineError::NoSpace {
+            stage: Stage::Compact,
+            path: dir,
+            needed,
+            available,
+        });
+    }
+    let same_fs = std::fs::metadata(backup_dir)
+        .map(|m| std::os::unix::fs::MetadataExt::dev(&m) == snap.id.dev)
+        .unwrap_or(true);
+    if !same_fs {
+        let available = available_bytes(backup_dir).map_err(PipelineError::io(
+            Stage::Backup,
+            "statvfs",
+            backup_dir,
+        ))?;
+        let needed = snap.id.len + SPACE_MARGIN_BYTES;
+        if available < needed {
+            return Err(PipelineError::NoSpace {
+                stage: Stage::Backup,
+                path: backup_dir.into(),
+                needed,
+                available,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Why an in-memory compaction failed.

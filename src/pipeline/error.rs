@@ -68,7 +68,7 @@ pub enum PipelineError {
     LockTimeout { path: PathBuf, waited_ms: u64 },
 
     #[error(
-        "{path}: changed during compaction ({what}); nothing replaced. Stop the writer or use --online"
+        "{path}: changed during compaction ({what}); nothing replaced. Stop the writer, or use --mode online if it follows docs/PROTOCOL.md"
     )]
     Changed { path: PathBuf, what: String },
 
@@ -106,6 +106,52 @@ impl PipelineError {
             }
             PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => exit_code::BUSY,
             _ => exit_code::IO,
+        }
+    }
+
+    /// The stage the error happened in, when it says (or implies) one.
+    pub fn stage(&self) -> Option<Stage> {
+        match self {
+            PipelineError::Io { stage, .. }
+            | PipelineError::NoSpace { stage, .. }
+            | PipelineError::Cancelled { stage, .. } => Some(*stage),
+            PipelineError::Corrupt { .. } | PipelineError::BadInput { .. } => Some(Stage::Analyze),
+            PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => Some(Stage::Lock),
+            PipelineError::Changed { .. } => Some(Stage::Swap),
+            PipelineError::VerifyFailed { .. } => Some(Stage::Verify),
+            PipelineError::CheckFailed { .. } => Some(Stage::Check),
+        }
+    }
+
+    /// The variant's name, for log fields and scripts (`io`, `corrupt`, `changed`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PipelineError::Corrupt { .. } => "corrupt",
+            PipelineError::BadInput { .. } => "bad_input",
+            PipelineError::Io { .. } => "io",
+            PipelineError::NoSpace { .. } => "no_space",
+            PipelineError::Busy { .. } => "busy",
+            PipelineError::LockTimeout { .. } => "lock_timeout",
+            PipelineError::Changed { .. } => "changed",
+            PipelineError::VerifyFailed { .. } => "verify_failed",
+            PipelineError::Cancelled { .. } => "cancelled",
+            PipelineError::CheckFailed { .. } => "check_failed",
+        }
+    }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &std::path::Path {
+        match self {
+            PipelineError::Corrupt { path, .. }
+            | PipelineError::BadInput { path, .. }
+            | PipelineError::Io { path, .. }
+            | PipelineError::NoSpace { path, .. }
+            | PipelineError::Busy { path, .. }
+            | PipelineError::LockTimeout { path, .. }
+            | PipelineError::Changed { path, .. }
+            | PipelineError::VerifyFailed { path, .. }
+            | PipelineError::Cancelled { path, .. }
+            | PipelineError::CheckFailed { path, .. } => path,
         }
     }
 

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{PipelineError, Stage, rollback};
+use super::guard::{Guard, Mode};
+use super::{PipelineError, Stage};
 use crate::fsutil::{atomic_write_then, fsync_dir, parent_dir, sibling};
 
 /// Suffix of the journal file.
@@ -48,6 +49,10 @@ pub enum Phase {
 #[serde(deny_unknown_fields)]
 pub struct Journal {
     pub phase: Phase,
+    /// How the run keeps writers out: recovery restores through the same guard. Absent in
+    /// journals of versions that did not record it (see [`Journal::mode`]).
+    #[serde(default)]
+    pub mode: Option<Mode>,
     pub temp: PathBuf,
     pub backup: Option<PathBuf>,
     /// Replay digest of the WAL before compaction, from the swap on (it is still being
@@ -56,8 +61,8 @@ pub struct Journal {
     #[serde(default)]
     pub original_digest: Option<String>,
     pub pid: u32,
-    /// Online rollback: length of the new WAL at the swap; bytes after it were appended by
-    /// writers since and are kept when the backup is restored.
+    /// Length of the new WAL at the swap, from the rollback on: online, bytes after it were
+    /// appended by writers since and are kept when the backup is restored.
     #[serde(default)]
     pub len_at_swap: Option<u64>,
     /// The quarantine file this run appends to, and its length before.
@@ -70,6 +75,36 @@ pub struct Journal {
 }
 
 impl Journal {
+    /// The first entry of a run (`writing`): its mode, temp file, backup and quarantine mark.
+    pub fn start(
+        mode: Mode,
+        wal: &Path,
+        backup: &super::backup::Backup,
+        quarantine: Option<super::quarantine::Mark>,
+    ) -> Journal {
+        Journal {
+            phase: Phase::Writing,
+            mode: Some(mode),
+            temp: sibling(wal, TEMP_SUFFIX),
+            backup: Some(backup.path.clone()),
+            original_digest: None,
+            pid: std::process::id(),
+            len_at_swap: None,
+            quarantine,
+            temp_ino: None,
+        }
+    }
+
+    /// The run's mode. A journal from a version that did not record it was online exactly
+    /// when it recorded a rollback's `len_at_swap` (only online rollbacks did).
+    pub fn mode(&self) -> Mode {
+        match (self.mode, self.len_at_swap) {
+            (Some(mode), _) => mode,
+            (None, Some(_)) => Mode::Online,
+            (None, None) => Mode::Offline,
+        }
+    }
+
     /// Whether the WAL at `wal` is still (or again) the original: the run's temp was not
     /// renamed over it, or a rollback put the original back. Call when the run is over.
     pub fn left_the_original(&self, wal: &Path) -> bool {
@@ -92,7 +127,8 @@ impl Journal {
     }
 }
 
-/// What recovery found and did.
+/// What recovery found and did. Serialized (JSON) as the variant's name; `Display` adds
+/// the removed files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recovered {
     Nothing,
@@ -104,6 +140,48 @@ pub enum Recovered {
     CompletedSwap,
     /// An interrupted rollback was finished; the WAL is the original again.
     FinishedRollback,
+}
+
+impl Recovered {
+    /// The variant's name, as JSON output and logs give it.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Recovered::Nothing => "Nothing",
+            Recovered::RemovedLeftovers(_) => "RemovedLeftovers",
+            Recovered::DiscardedTemp => "DiscardedTemp",
+            Recovered::CompletedSwap => "CompletedSwap",
+            Recovered::FinishedRollback => "FinishedRollback",
+        }
+    }
+
+    /// The leftover files removed, if that is what recovery did.
+    pub fn removed(&self) -> &[PathBuf] {
+        match self {
+            Recovered::RemovedLeftovers(v) => v,
+            _ => &[],
+        }
+    }
+}
+
+impl Serialize for Recovered {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Recovered {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str(self.as_str())?;
+        let removed: Vec<String> = self
+            .removed()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        match removed.is_empty() {
+            true => Ok(()),
+            false => write!(f, " ({})", removed.join(", ")),
+        }
+    }
 }
 
 /// The journal's path for `wal`.
@@ -230,14 +308,16 @@ fn recover_rollback(wal: &Path, journal: &Journal) -> Result<Recovered, Pipeline
     ))? {
         return Ok(Recovered::FinishedRollback);
     }
-    match journal.len_at_swap {
-        None => rollback::restore_copy(backup, wal, Stage::Recover)?,
-        Some(len) => {
-            // Online writers may be appending: restore under their lock, keeping their lines.
-            let _lock = super::online::acquire_writer_lock(wal, super::ROLLBACK_LOCK_TIMEOUT)?;
-            rollback::restore_keeping(backup, wal, Stage::Recover, Some(len))?;
-        }
+    let mode = journal.mode();
+    if mode == Mode::Online && journal.len_at_swap.is_none() {
+        // Restoring without it would drop what writers appended since the swap.
+        return Err(PipelineError::BadInput {
+            path: journal_path(wal),
+            what: "an online rollback without the WAL's length at the swap; inspect the journal, then remove it to continue".into(),
+        });
     }
+    // Writers may be appending (online): the guard restores under their lock, keeping their lines.
+    Guard::for_rollback(mode).restore(backup, wal, Stage::Recover, journal.len_at_swap)?;
     Ok(Recovered::FinishedRollback)
 }
 

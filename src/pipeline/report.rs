@@ -103,7 +103,7 @@ pub struct Report {
     /// Replay digest shared by the original and the compacted WAL.
     pub digest: String,
     /// What recovery of an earlier interrupted run did, if anything.
-    pub recovered: Option<String>,
+    pub recovered: Option<super::journal::Recovered>,
     pub duration_ms: f64,
     pub stages: Vec<StageTime>,
     /// Online mode: catch-up and writer-lock figures.
@@ -155,7 +155,7 @@ pub(super) fn report(
     clock: &Clock,
     outcome: Outcome,
     backup: Option<backup::Backup>,
-    recovered: Option<String>,
+    recovered: Option<super::journal::Recovered>,
 ) -> Report {
     let changed = outcome == Outcome::Success;
     let reclaimed = if changed {

@@ -56,7 +56,7 @@ impl Snapshot {
     /// policy (`refuse` refuses the WAL here). Online mode also collects the ids the tail
     /// check needs.
     pub fn take(req: &Request) -> Result<Snapshot, PipelineError> {
-        let (wal, progress, online) = (req.wal.as_path(), req.progress, req.online.is_some());
+        let (wal, progress, online) = (req.wal.as_path(), req.progress, req.guard.admits_appends());
         let (file, id) = open_wal(wal)?;
         let meta = file
             .metadata()

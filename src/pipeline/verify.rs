@@ -66,3 +66,14 @@ pub fn verify_temp(
     }
     Ok(got)
 }
+
+/// The compacted file must be exactly as long as the plan says, as written and on disk.
+pub(super) fn check_len(wal: &Path, len: u64, expected: u64) -> Result<(), PipelineError> {
+    match len == expected {
+        true => Ok(()),
+        false => Err(PipelineError::VerifyFailed {
+            path: wal.to_path_buf(),
+            detail: format!("the compacted file has {len} bytes, the plan expects {expected}"),
+        }),
+    }
+}

@@ -82,13 +82,15 @@ pub struct WalPolicy {
     pub hooks: Hooks,
 }
 
-/// Whether the WAL's writer may be running during compaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The writer is stopped; no lock is taken.
-    Offline,
-    /// The writer is running; the writer lock is taken with `lock_timeout`.
-    Online,
+/// How writers are kept out during compaction: the pipeline's own mode (one type from the
+/// policy to the journal), spelled here as the policy's keyword.
+pub use crate::pipeline::guard::Mode;
+
+impl WalPolicy {
+    /// The guard a run of this WAL holds: its mode with its settings.
+    pub fn guard(&self) -> crate::pipeline::Guard {
+        crate::pipeline::Guard::new(self.mode, self.lock_timeout)
+    }
 }
 
 /// Compaction triggers; `None` / empty means that trigger is disabled.

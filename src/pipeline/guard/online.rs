@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use super::{PipelineError, Snapshot, Stage, open_wal};
+use super::super::{PipelineError, Run, Snapshot, Stage, backup, journal, open_wal, swap};
+use super::Swapped;
 use crate::rules::CorruptLines;
 use crate::wal::{Entry, Op, decode};
 
@@ -33,7 +34,7 @@ const LOCK_POLL: Duration = Duration::from_millis(1);
 const COPY_CHUNK_BYTES: usize = 256 << 10;
 
 /// Online-mode settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Online {
     /// Give up (cleanly) if the writer lock is not acquired within this time.
     pub lock_timeout: Duration,
@@ -58,7 +59,9 @@ pub struct OnlineStats {
 /// backup is the original inode and needs nothing).
 pub(super) struct Sinks<'a> {
     pub temp: &'a mut File,
-    pub backup: Option<(&'a mut File, u64)>,
+    pub temp_path: &'a Path,
+    /// A copied backup, the length it has, and its path.
+    pub backup: Option<(&'a mut File, u64, &'a Path)>,
 }
 
 /// Reads `[from, to)` of `src` in chunks and hands each to `f`: one positioned-read loop for
@@ -96,13 +99,12 @@ fn copy_tail(
     let read_err = |e| PipelineError::io(Stage::Compact, "read appended bytes of", wal)(e);
     for_each_chunk(src, from, to, read_err, |chunk| {
         check.feed(chunk)?;
-        let write_err = PipelineError::io(Stage::Compact, "append to", "the temp file");
+        let write_err = PipelineError::io(Stage::Compact, "append to", sinks.temp_path);
         sinks.temp.write_all(chunk).map_err(write_err)
     })?;
-    if let Some((backup, backup_len)) = sinks.backup.as_mut() {
-        for_each_chunk(src, *backup_len, to, |e| e, |chunk| backup.write_all(chunk)).map_err(
-            PipelineError::io(Stage::Backup, "append to", "the backup copy"),
-        )?;
+    if let Some((backup, backup_len, path)) = sinks.backup.as_mut() {
+        for_each_chunk(src, *backup_len, to, |e| e, |chunk| backup.write_all(chunk))
+            .map_err(PipelineError::io(Stage::Backup, "append to", *path))?;
         *backup_len = to.max(*backup_len);
     }
     Ok(())
@@ -310,11 +312,100 @@ pub(super) fn final_delta(
     sinks
         .temp
         .sync_all()
-        .map_err(PipelineError::io(Stage::Compact, "fsync", "the temp file"))?;
-    if let Some((backup, _)) = sinks.backup.as_mut() {
+        .map_err(PipelineError::io(Stage::Compact, "fsync", sinks.temp_path))?;
+    if let Some((backup, _, path)) = sinks.backup.as_mut() {
         backup
             .sync_all()
-            .map_err(PipelineError::io(Stage::Backup, "fsync", "the backup copy"))?;
+            .map_err(PipelineError::io(Stage::Backup, "fsync", *path))?;
     }
     Ok(now.len)
+}
+
+/// Catches up on appended bytes without the lock, then copies the last delta and swaps
+/// under the writers' lock: writers wait for that alone.
+pub(in crate::pipeline) fn swap(
+    run: &mut Run,
+    temp: &Path,
+    online: &Online,
+) -> Result<Swapped, PipelineError> {
+    let wal = run.req.wal.clone();
+    let io_err = |what| PipelineError::io(Stage::Compact, what, temp);
+    let mut temp_file = OpenOptions::new()
+        .append(true)
+        .open(temp)
+        .map_err(io_err("open"))?;
+    let mut backup_copy = open_copied_backup(&run.backup)?;
+    let backup_path = run.backup.path.clone();
+    let mut sinks = Sinks {
+        temp: &mut temp_file,
+        temp_path: temp,
+        backup: backup_copy
+            .as_mut()
+            .map(|(f, n)| (f, *n, backup_path.as_path())),
+    };
+    let mut check = TailCheck::new(&wal, &run.snap, run.req.corrupt_lines);
+    let mut stats = OnlineStats::default();
+    let snap = &run.snap;
+    // The torn fragment after the last complete line was already copied; the check reads it again.
+    let fragment = read_range(&snap.file, snap.plan.scanned_len, snap.id.len, &wal)?;
+    check.feed(&fragment)?;
+    fail::fail_point!("online::catch_up::delay");
+    let copied = run.clock.stage(Stage::Compact, || {
+        catch_up(&snap.file, snap.id.len, &mut sinks, &mut check, &mut stats)
+    })?;
+    // Flush the catch-up before locking, so the fsync under the lock covers only the last delta.
+    sinks.temp.sync_data().map_err(io_err("fsync"))?;
+    // Journal the swap before locking too: recovery decides by whether the WAL's path holds
+    // the temp's inode, which holds whether or not the rename below happens. Writers wait
+    // for none of this.
+    run.journal.phase = journal::Phase::Swapping;
+    journal::write(&wal, &run.journal)?;
+    let wait = Instant::now();
+    let lock = acquire_writer_lock(&wal, online.lock_timeout)?;
+    stats.lock_wait_ms = ms(wait);
+    let end = final_delta(&wal, &run.snap, copied, &mut sinks, &mut check, &mut stats)?;
+    crate::crash_point!("online::under_lock::crash");
+    run.clock.stage(Stage::Swap, || swap::swap(temp, &wal))?;
+    stats.lock_held_ms = ms(lock.acquired);
+    drop(lock);
+    stats.appended_bytes = end - run.snap.id.len;
+    stats.len_at_swap = temp_file.metadata().map_err(io_err("stat"))?.len();
+    Ok(Swapped {
+        len_at_swap: stats.len_at_swap,
+        online: Some(stats),
+    })
+}
+
+/// A copied backup (another filesystem) open for appending, with its length: the lines
+/// appended during the run go there too. A hard-linked backup is the original inode.
+fn open_copied_backup(b: &backup::Backup) -> Result<Option<(File, u64)>, PipelineError> {
+    if b.linked {
+        return Ok(None);
+    }
+    let f = OpenOptions::new()
+        .append(true)
+        .open(&b.path)
+        .map_err(PipelineError::io(Stage::Backup, "open", &b.path))?;
+    let len = f
+        .metadata()
+        .map_err(PipelineError::io(Stage::Backup, "stat", &b.path))?
+        .len();
+    Ok(Some((f, len)))
+}
+
+/// Restores `backup` at `wal` under the writers' lock; after a swap (`len_at_swap`), the
+/// bytes writers appended since are kept.
+pub(super) fn restore(
+    backup: &Path,
+    wal: &Path,
+    stage: Stage,
+    online: &Online,
+    len_at_swap: Option<u64>,
+) -> Result<(), PipelineError> {
+    let _lock = acquire_writer_lock(wal, online.lock_timeout)?;
+    super::super::rollback::restore_keeping(backup, wal, stage, len_at_swap)
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
