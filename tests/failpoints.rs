@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -553,4 +553,176 @@ fn a_changed_payload_digit_in_the_compacted_file_is_never_swapped_in() {
     assert_eq!(fs::read_to_string(&wal).unwrap(), content, "WAL untouched");
     let before = digest(&wal);
     assert_intact(d.path(), &wal, &before);
+}
+
+/// Pruning fails on its second removal: the command exits 4 naming the backup it could not
+/// remove, the backups it did not get to are intact, the WAL is untouched, and the next
+/// `prune-backups` finishes the job.
+#[test]
+fn a_failed_prune_removal_is_reported_and_the_next_prune_finishes() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+    let original = fs::read(&wal).unwrap();
+    for day in 1..=4 {
+        fs::write(
+            d.path().join(format!("wal_backup_2020010{day}_000000.log")),
+            &original,
+        )
+        .unwrap();
+    }
+    let out = walcompactd()
+        .env("FAILPOINTS", "prune::remove::error=1*off->return")
+        .args(["prune-backups", "--keep-days", "1", "--keep-last", "1"])
+        .arg(&wal)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let left = backup_names(d.path());
+    assert_eq!(left.len(), 3, "one removed, then the error: {left:?}");
+    assert!(
+        stderr.contains("remove") && left.iter().any(|n| stderr.contains(n.as_str())),
+        "names the backup it could not remove: {stderr}"
+    );
+    for n in &left {
+        assert_eq!(fs::read(d.path().join(n)).unwrap(), original, "{n} intact");
+    }
+    assert_eq!(fs::read(&wal).unwrap(), original, "WAL untouched");
+    walcompactd()
+        .args(["prune-backups", "--keep-days", "1", "--keep-last", "1"])
+        .arg(&wal)
+        .assert()
+        .success();
+    assert_eq!(backup_names(d.path()).len(), 1);
+    assert_eq!(fs::read(&wal).unwrap(), original);
+}
+
+/// Runs an eager daemon whose verify hook rejects every compaction, with the rollback
+/// failing before its rename, until the run fails; asserts the run failed in the rollback
+/// stage naming the rename and the WAL. Returns the WAL, its original bytes and digest.
+fn daemon_with_a_failed_rollback(dir: &Path) -> (PathBuf, String, String) {
+    let seed = redundant_wal(300);
+    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(dir, "wal.log", &seed);
+    let original = digest(&wal);
+    fs::write(dir.join("policy.toml"), eager_policy(r#"["false"]"#)).unwrap();
+    let daemon = Daemon::start_with_env(
+        dir,
+        "policy.toml",
+        &[("FAILPOINTS", "rollback::before_rename::error=return")],
+    );
+    let run = daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "failed");
+    let message = run["message"].as_str().unwrap_or("");
+    assert_eq!(run["stage"], "rollback", "{}", daemon.dump());
+    assert!(
+        message.contains("rename to") && message.contains("wal.log"),
+        "{message}"
+    );
+    (wal, seed, original)
+}
+
+/// The daemon's rollback (the application's check rejected the new WAL) fails before its
+/// rename: a clear error in the rollback stage, nothing lost (the WAL's path holds a WAL
+/// with the original state, the backup the original bytes), `recover` leaves no temp file,
+/// and the next compaction succeeds.
+#[test]
+fn daemon_rollback_that_fails_before_its_rename_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, seed, original) = daemon_with_a_failed_rollback(d.path());
+    assert_eq!(
+        digest(&wal),
+        original,
+        "the path always holds a WAL with the original state"
+    );
+    let backups = backup_names(d.path());
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(
+        fs::read_to_string(d.path().join(&backups[0])).unwrap(),
+        seed,
+        "the backup holds the original bytes"
+    );
+    walcompactd().arg("recover").arg(&wal).assert().success();
+    assert_no_leftovers(d.path());
+    assert_eq!(digest(&wal), original);
+    append(&wal, &(prepare("more", 1) + &prepare("more", 2)));
+    let before = digest(&wal);
+    walcompactd().arg("compact").arg(&wal).assert().success();
+    assert_eq!(digest(&wal), before);
+    assert_no_leftovers(d.path());
+}
+
+/// The promise of the journal's `rolling_back` entry: a rollback that did not happen is
+/// finished by recovery, so the WAL the application's check rejected does not stay. Broken
+/// today: after a rollback error, `pipeline::run`'s error path clears the journal (and would
+/// take back quarantine records) as if the WAL were intact, so `recover` has nothing to finish.
+#[test]
+#[ignore = "known bug: a failed in-process rollback clears its rolling_back journal (src/pipeline/mod.rs)"]
+fn daemon_rollback_that_fails_before_its_rename_is_finished_by_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, seed, original) = daemon_with_a_failed_rollback(d.path());
+    assert!(d.path().join("wal.log.compact.journal").exists());
+    walcompactd()
+        .arg("recover")
+        .arg(&wal)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("FinishedRollback"));
+    assert_eq!(
+        fs::read_to_string(&wal).unwrap(),
+        seed,
+        "rolled back to the original bytes"
+    );
+    assert_no_leftovers(d.path());
+    assert_backups_intact(d.path(), &original);
+}
+
+/// The daemon cannot write its state file: it says so (naming the file) and goes on; the
+/// compaction it made stands, the next one succeeds, and a restarted daemon starts.
+#[test]
+fn daemon_that_cannot_save_its_state_reports_it_and_goes_on() {
+    let d = tempfile::tempdir().unwrap();
+    let seed = redundant_wal(300);
+    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(d.path(), "wal.log", &seed);
+    let original = digest(&wal);
+    fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
+    let daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "state::write::error=return")],
+    );
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    let err = daemon.wait_for_log(|v| v["event"] == "state" && v["level"] == "ERROR");
+    let message = err["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("cannot save state")
+            && err["path"].as_str().unwrap_or("").contains("w.json"),
+        "{err}"
+    );
+    assert_eq!(digest(&wal), original);
+    append(&wal, &(prepare("more", 1) + &prepare("more", 2)));
+    daemon.wait_for_nth(2, |v| v["event"] == "run" && v["outcome"] == "success");
+    let expected = walcompactd::pipeline::compact::compact_bytes(
+        (seed + &prepare("more", 1) + &prepare("more", 2)).as_bytes(),
+    )
+    .unwrap();
+    assert!(
+        wait_until(DEADLINE, || fs::read(&wal).unwrap() == expected),
+        "{}",
+        daemon.dump()
+    );
+    assert!(
+        !d.path().join("state/w.json").exists(),
+        "no state file was written"
+    );
+    drop(daemon);
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    append(&wal, &(prepare("again", 1) + &prepare("again", 2)));
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    assert!(
+        wait_until(DEADLINE, || d.path().join("state/w.json").exists()),
+        "the state is saved again: {}",
+        daemon.dump()
+    );
+    assert_no_leftovers(d.path());
 }
