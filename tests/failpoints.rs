@@ -20,12 +20,7 @@ fn compact_with(wal: &Path, failpoints: &str) -> std::process::Output {
 
 fn assert_intact(dir: &Path, wal: &Path, original_digest: &str) {
     assert_eq!(digest(wal), original_digest);
-    let left = names(dir);
-    assert!(
-        left.iter()
-            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
-        "{left:?}"
-    );
+    assert_no_leftovers(dir);
     walcompactd().arg("compact").arg(wal).assert().success();
     assert_eq!(digest(wal), original_digest);
 }
@@ -59,13 +54,6 @@ fn verification_failure_rolls_back_with_exit_1() {
         "older backup untouched"
     );
     assert_intact(d.path(), &wal, &before);
-}
-
-fn backup_names(dir: &Path) -> Vec<String> {
-    names(dir)
-        .into_iter()
-        .filter(|n| n.starts_with("wal_backup_"))
-        .collect()
 }
 
 /// The unswapped run's backup is removed before its journal is cleared: killed in between,
@@ -165,15 +153,6 @@ fn assert_backups_intact(dir: &Path, original: &str) {
     for name in names(dir).iter().filter(|n| n.starts_with("wal_backup_")) {
         assert_eq!(digest(&dir.join(name)), original, "backup {name} changed");
     }
-}
-
-fn assert_no_leftovers(dir: &Path) {
-    let left = names(dir);
-    assert!(
-        left.iter()
-            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
-        "{left:?}"
-    );
 }
 
 /// Injects `point`, then checks the promise: the WAL at its path replays to the original
@@ -315,8 +294,7 @@ fn same_filesystem(a: &Path, b: &Path) -> bool {
 fn online_crash_under_the_writer_lock_loses_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let original = digest(&wal);
     let out = walcompactd()
@@ -423,8 +401,7 @@ fn eager_policy(verify_hook: &str) -> String {
 #[test]
 fn daemon_crash_during_rollback_is_finished_by_recovery() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let original = digest(&wal);
     fs::write(d.path().join("policy.toml"), eager_policy(r#"["false"]"#)).unwrap();
@@ -472,8 +449,7 @@ fn daemon_crash_during_rollback_is_finished_by_recovery() {
 #[test]
 fn daemon_crash_during_state_write_is_harmless() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let original = digest(&wal);
     fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
@@ -511,8 +487,7 @@ fn daemon_crash_during_state_write_is_harmless() {
 #[test]
 fn daemon_run_that_does_not_swap_leaves_no_backup() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &seed);
     fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
     let daemon = Daemon::start_with_env(
@@ -601,8 +576,7 @@ fn a_failed_prune_removal_is_reported_and_the_next_prune_finishes() {
 /// failing before its rename, until the run fails; asserts the run failed in the rollback
 /// stage naming the rename and the WAL. Returns the WAL, its original bytes and digest.
 fn daemon_with_a_failed_rollback(dir: &Path) -> (PathBuf, String, String) {
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(dir, "wal.log", &seed);
     let original = digest(&wal);
     fs::write(dir.join("policy.toml"), eager_policy(r#"["false"]"#)).unwrap();
@@ -681,8 +655,7 @@ fn daemon_rollback_that_fails_before_its_rename_is_finished_by_recovery() {
 #[test]
 fn daemon_that_cannot_save_its_state_reports_it_and_goes_on() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let original = digest(&wal);
     fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
