@@ -79,7 +79,14 @@ fn main() {
             let wall = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default();
-            w.append_json(&line).expect("append");
+            if let Err(e) = w.append_json(&line) {
+                // Never retried: a failed audit-mirror write leaves the line in the WAL.
+                let state = match e.is_retry_safe() {
+                    true => "not appended",
+                    false => "the line is in the WAL",
+                };
+                panic!("append ({state}): {e}");
+            }
             latencies.push((wall.as_nanos(), t.elapsed().as_micros() as u64));
             lines += 1;
         }

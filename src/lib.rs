@@ -35,12 +35,45 @@
 /// nothing without the `failpoints` feature. Names follow `stage::op::crash`.
 #[macro_export]
 macro_rules! crash_point {
-    ($name:literal) => {{
+    ($name:expr) => {{
         #[cfg(feature = "failpoints")]
         if fail::eval($name, |_| ()).is_some() {
             // SAFETY: kill(2) on our own pid has no memory-safety preconditions.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
+    }};
+}
+
+/// The fault-injection point in front of a real I/O call, as an `io::Result<()>` to chain
+/// the call after: `io_fault!("swap::before_rename").and_then(|()| fs::rename(..)).map_err(..)`.
+/// An injected error then goes through the real call's own `map_err`, so it reports the same
+/// stage, operation and path as a real failure there, stated once.
+///
+/// `io_fault!("stage::op")` is two points: `stage::op::crash` kills the process as
+/// [`crash_point!`] does, then `stage::op::error` makes it an injected `io::Error` (each with
+/// `FAILPOINTS="<name>=return"`). `io_fault!(error "stage::op")` is only `stage::op::error`,
+/// for a step whose crash point is elsewhere or absent. Without the `failpoints` feature it is
+/// `Ok(())`: nothing is evaluated and nothing is compiled in.
+#[macro_export]
+macro_rules! io_fault {
+    (error $name:literal) => {{
+        #[cfg(feature = "failpoints")]
+        let injected: ::std::io::Result<()> =
+            match fail::eval(concat!($name, "::error"), |_| ()) {
+                Some(()) => Err(::std::io::Error::other(concat!(
+                    "injected fault ",
+                    $name,
+                    "::error"
+                ))),
+                None => Ok(()),
+            };
+        #[cfg(not(feature = "failpoints"))]
+        let injected: ::std::io::Result<()> = Ok(());
+        injected
+    }};
+    ($name:literal) => {{
+        $crate::crash_point!(concat!($name, "::crash"));
+        $crate::io_fault!(error $name)
     }};
 }
 

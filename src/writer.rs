@@ -64,7 +64,8 @@ pub enum Operation {
     OpenLockFile,
     /// `flock(LOCK_EX)` on the lock file.
     Lock,
-    /// `flock(LOCK_UN)` on the lock file.
+    /// `flock(LOCK_UN)` on the lock file. In [`WalWriter::append`] it comes after the
+    /// append succeeded: the line is in the WAL, so the append must not be retried.
     Unlock,
     /// `stat(<wal>)` or `fstat` of the open handle.
     Stat,
@@ -72,7 +73,8 @@ pub enum Operation {
     Open,
     /// Reopening the WAL after a swap or after it went missing.
     Reopen,
-    /// `fdatasync` of the WAL.
+    /// `fdatasync` of the WAL, after the line was written: the line is in the WAL (maybe
+    /// not durably), so the append must not be retried.
     Fsync,
 }
 
@@ -122,6 +124,42 @@ pub enum WriterError {
     /// `append_json` could not serialize the value.
     #[error("serialize: {0}")]
     Serialize(#[from] serde_json::Error),
+    /// The line is in the WAL; do not retry. The whole line reached the WAL (and was synced
+    /// if the durability policy says so), then appending it to the audit mirror
+    /// ([`WalWriter::mirror_to`]) failed. Appending it again would put it in the WAL twice; the
+    /// mirror now lacks the line (or ends with a torn part of it) and no longer matches the WAL.
+    #[error(
+        "appended to {} but not to its mirror {}: {source} (the line is in the WAL; do not retry)",
+        wal.display(),
+        mirror.display()
+    )]
+    AppendedButMirrorFailed {
+        wal: PathBuf,
+        mirror: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl WriterError {
+    /// Whether appending the same line again after this error cannot put it in the WAL twice
+    /// or glue it onto a fragment: true when the failed call wrote nothing to the WAL.
+    ///
+    /// False when the line is already in the WAL ([`WriterError::AppendedButMirrorFailed`];
+    /// a failed `fsync` or unlock, which come after the write) and when a failed write left a
+    /// torn fragment (`written > 0`: the next line would be glued to it, see
+    /// `docs/PROTOCOL.md`, "Failed writes"). A caller that retries on errors must check this,
+    /// or an error after a successful write makes it append the line twice.
+    pub fn is_retry_safe(&self) -> bool {
+        match self {
+            WriterError::Io { op, .. } => !matches!(op, Operation::Fsync | Operation::Unlock),
+            WriterError::Write { written, .. } => *written == 0,
+            WriterError::EmbeddedNewline { .. }
+            | WriterError::EmptyLine
+            | WriterError::Serialize(_) => true,
+            WriterError::AppendedButMirrorFailed { .. } => false,
+        }
+    }
 }
 
 /// What one append cost, for latency benchmarks and diagnostics.
@@ -168,8 +206,8 @@ pub struct WalWriter {
     durability: Durability,
     mode: u32,
     unsynced: u32,
-    /// An audit copy: every line also appended here under the same lock hold.
-    mirror: Option<File>,
+    /// An audit copy and its path: every line also appended there under the same lock hold.
+    mirror: Option<(PathBuf, File)>,
 }
 
 impl WalWriter {
@@ -265,6 +303,9 @@ impl WalWriter {
     /// Also appends every line to `path` (created if missing), under the same lock hold, so
     /// the audit file has exactly the WAL's order of appends — the uncompacted stream, for
     /// auditing or for checking a compactor against it.
+    ///
+    /// The WAL comes first: a line is written to the mirror only after it is in the WAL, so a
+    /// failed mirror write is [`WriterError::AppendedButMirrorFailed`] (do not retry it).
     pub fn mirror_to(&mut self, path: impl AsRef<Path>) -> Result<(), WriterError> {
         let path = path.as_ref();
         let file = OpenOptions::new()
@@ -273,7 +314,7 @@ impl WalWriter {
             .mode(self.mode)
             .open(path)
             .map_err(io_err(Operation::Open, path))?;
-        self.mirror = Some(file);
+        self.mirror = Some((path.to_path_buf(), file));
         Ok(())
     }
 
@@ -330,11 +371,19 @@ impl WalWriter {
                 Err(e) => return Err(self.write_error(written, line.len(), e)),
             }
         }
-        if let Some(mirror) = self.mirror.as_mut() {
-            mirror
-                .write_all(line)
-                .map_err(io_err(Operation::Open, &self.path))?;
-        }
+        // From here on the line is in the WAL: a failure must not read as "nothing appended".
+        // A failed mirror write still lets the WAL be synced per its policy, then is reported.
+        let mirrored = match self.mirror.as_mut() {
+            Some((mirror, file)) => {
+                file.write_all(line)
+                    .map_err(|source| WriterError::AppendedButMirrorFailed {
+                        wal: self.path.clone(),
+                        mirror: mirror.clone(),
+                        source,
+                    })
+            }
+            None => Ok(()),
+        };
         // fsync before unlocking: the line is durable before any compactor can copy it, and
         // the sync covers the inode the path names, not one swapped away after we unlock.
         let synced = match self.durability {
@@ -351,6 +400,7 @@ impl WalWriter {
                 .map_err(io_err(Operation::Fsync, &self.path))?;
             self.unsynced = 0;
         }
+        mirrored?;
         Ok((reopened, offset, synced))
     }
 
@@ -529,6 +579,92 @@ mod tests {
         assert!(stats.reopened);
         assert_eq!(stats.offset, 0);
         assert_eq!(read(&p), "{\"n\":2}\n");
+    }
+
+    /// The audit mirror fails after the WAL write (`/dev/full` accepts the open, then fails
+    /// every write with ENOSPC): the error says the line is in the WAL and is not retry-safe,
+    /// and a caller that retries only on retry-safe errors leaves the line there exactly once.
+    #[test]
+    fn a_failed_mirror_write_says_the_line_is_in_the_wal() {
+        let full = Path::new("/dev/full");
+        if !full.exists() {
+            eprintln!("SKIPPED: no /dev/full");
+            return;
+        }
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("wal.log");
+        let mut w = WalWriter::open(&p, Durability::Fsync).unwrap();
+        w.mirror_to(full).unwrap();
+        let line = b"{\"op\": \"COMMIT\", \"tx_id\": \"t1\"}";
+        let mut attempts = 0;
+        let err = loop {
+            attempts += 1;
+            match w.append(line) {
+                Err(e) if e.is_retry_safe() && attempts < 3 => continue,
+                Err(e) => break e,
+                Ok(stats) => panic!("the mirror write cannot succeed: {stats:?}"),
+            }
+        };
+        assert_eq!(attempts, 1, "not retried: {err}");
+        assert!(!err.is_retry_safe());
+        match &err {
+            WriterError::AppendedButMirrorFailed {
+                wal,
+                mirror,
+                source,
+            } => {
+                assert_eq!(wal, &p);
+                assert_eq!(mirror, full);
+                assert_eq!(source.raw_os_error(), Some(libc::ENOSPC));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(err.to_string().contains("do not retry"), "{err}");
+        assert_eq!(
+            read(&p),
+            "{\"op\": \"COMMIT\", \"tx_id\": \"t1\"}\n",
+            "the line is in the WAL exactly once"
+        );
+        // The lock was released: another writer appends.
+        let mut other = WalWriter::open(&p, Durability::None).unwrap();
+        other.append(b"{\"n\":2}").unwrap();
+        assert_eq!(read(&p).lines().count(), 2);
+    }
+
+    #[test]
+    fn errors_before_the_write_are_retry_safe() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("wal.log");
+        let mut w = WalWriter::open(&p, Durability::None).unwrap();
+        assert!(w.append(b"").unwrap_err().is_retry_safe());
+        assert!(w.append(b"a\nb").unwrap_err().is_retry_safe());
+        let torn = WriterError::Write {
+            path: p.clone(),
+            written: 3,
+            len: 9,
+            source: io::ErrorKind::WriteZero.into(),
+        };
+        assert!(
+            !torn.is_retry_safe(),
+            "a torn fragment: the next line would be glued to it"
+        );
+        let nothing = WriterError::Write {
+            path: p.clone(),
+            written: 0,
+            len: 9,
+            source: io::ErrorKind::WriteZero.into(),
+        };
+        assert!(nothing.is_retry_safe());
+        let fsync = WriterError::Io {
+            op: Operation::Fsync,
+            path: p.clone(),
+            source: io::Error::other("x"),
+        };
+        assert!(
+            !fsync.is_retry_safe(),
+            "the line was written before the fsync"
+        );
+        assert_eq!(read(&p), "");
     }
 
     #[test]

@@ -7,12 +7,6 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
 use common::*;
 use predicates::prelude::*;
-use serde_json::Value;
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 #[test]
 fn status_reports_the_real_figures() {
@@ -29,7 +23,7 @@ fn status_reports_the_real_figures() {
         Some(3),
         "a corrupt line makes status exit 3"
     );
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["corrupt_lines"], 1);
     assert_eq!(v["corrupt"][0]["line"], 25);
 
@@ -40,7 +34,7 @@ fn status_reports_the_real_figures() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["size_bytes"], fs::metadata(&wal).unwrap().len());
     assert_eq!(v["lines"], 24);
     assert_eq!(v["entries"]["PREPARE"], 14);
@@ -132,7 +126,7 @@ fn backup_dir_on_another_filesystem_is_a_copy() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["backup_linked"], false);
     assert_eq!(fs::read(v["backup"].as_str().unwrap()).unwrap(), original);
 }
@@ -167,7 +161,7 @@ fn dry_run_reports_each_rule_and_changes_nothing() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let v = json(&out);
+    let v = stdout_json(&out);
     let rules: Vec<&str> = v["removed"]
         .as_array()
         .unwrap()
@@ -276,7 +270,7 @@ fn corrupt_lines_are_kept_in_place_by_default() {
         .arg(&wal)
         .output()
         .unwrap();
-    let v = json(&status);
+    let v = stdout_json(&status);
     assert_eq!(v["corrupt_lines"], 3);
     assert_eq!(v["corrupt"][1]["line"], 3);
     assert_eq!(v["reclaimable_bytes"], 0, "a second run has nothing to do");
@@ -315,18 +309,6 @@ fn missing_directory_and_unreadable_wal_are_clear_errors() {
         .code(4)
         .stderr(predicate::str::contains("backup directory does not exist"));
     assert_eq!(names(d.path()), ["wal.log"]);
-}
-
-/// Permission checks do not apply to root, so these run the binary as `nobody`.
-fn as_nobody(cmd: &mut assert_cmd::Command) -> bool {
-    use std::os::unix::process::CommandExt;
-    if unsafe { libc::geteuid() } != 0 {
-        return false;
-    }
-    let mut std_cmd = std::process::Command::new(bin());
-    std_cmd.uid(65534).gid(65534);
-    *cmd = assert_cmd::Command::from_std(std_cmd);
-    true
 }
 
 #[test]
@@ -393,10 +375,10 @@ fn backup_restore_and_prune() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let first = json(&out)["backup"].as_str().unwrap().to_string();
+    let first = stdout_json(&out)["backup"].as_str().unwrap().to_string();
     assert_eq!(fs::read(&first).unwrap(), original);
     // A second backup in the same second gets a suffix instead of overwriting.
-    let second = json(
+    let second = stdout_json(
         &walcompactd()
             .args(["backup", "--json", "--backup-dir"])
             .arg(&bdir)
@@ -431,7 +413,10 @@ fn backup_restore_and_prune() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(fs::read(&wal).unwrap(), original, "restored byte for byte");
-    let prev = json(&out)["previous_backup"].as_str().unwrap().to_string();
+    let prev = stdout_json(&out)["previous_backup"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(
         fs::read(&prev).unwrap(),
         compacted,
@@ -471,7 +456,7 @@ fn backup_restore_and_prune() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let v = json(&out);
+    let v = stdout_json(&out);
     assert_eq!(v["removed"].as_array().unwrap().len(), 3);
     assert_eq!(v["kept"].as_array().unwrap().len(), 4);
 }

@@ -60,15 +60,6 @@ fn corrupt_lines_anywhere(dir: &Path, wal: &Path) -> Vec<Vec<u8>> {
     found
 }
 
-fn no_leftovers(dir: &Path) {
-    let left = names(dir);
-    assert!(
-        left.iter()
-            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
-        "{left:?}"
-    );
-}
-
 /// Injects `point` into a quarantine run, recovers, runs again: at every moment each
 /// corrupt line is in the WAL or in the quarantine file, exactly once; in the end the WAL
 /// is exactly what an undisturbed run makes, and the quarantine holds each line once.
@@ -89,7 +80,7 @@ fn fault_case(point: &str, crash: bool, code: i32) {
         false => assert_eq!(out.status.code(), Some(code), "{point}: {stderr}"),
     }
     walcompactd().arg("recover").arg(&wal).assert().success();
-    no_leftovers(d.path());
+    assert_no_leftovers(d.path());
     let mut now = corrupt_lines_anywhere(d.path(), &wal);
     now.sort();
     let mut sorted = want.clone();
@@ -169,15 +160,10 @@ fn online_with_appended(wal: &Path, mode: &str, line: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn clean_prefix() -> String {
-    let s = redundant_wal(300);
-    s[..s.rfind('\n').unwrap() + 1].to_string()
-}
-
 #[test]
 fn online_keeps_a_corrupt_line_appended_during_the_run() {
     let d = tempfile::tempdir().unwrap();
-    let wal = write_wal(d.path(), "wal.log", &clean_prefix());
+    let wal = write_wal(d.path(), "wal.log", &wal_text(300));
     let out = online_with_appended(&wal, "keep", "{\"op\": \"COMMIT\", \"tx_\n");
     assert!(
         out.status.success(),
@@ -191,7 +177,7 @@ fn online_keeps_a_corrupt_line_appended_during_the_run() {
 #[test]
 fn online_refuse_mode_gives_up_on_a_corrupt_appended_line() {
     let d = tempfile::tempdir().unwrap();
-    let content = clean_prefix();
+    let content = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &content);
     let out = online_with_appended(&wal, "refuse", "not json\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -205,7 +191,7 @@ fn online_refuse_mode_gives_up_on_a_corrupt_appended_line() {
         content + "not json\n",
         "nothing replaced"
     );
-    no_leftovers(d.path());
+    assert_no_leftovers(d.path());
 }
 
 /// Quarantine mode copies an appended corrupt line in place (the delta under the writers'
@@ -213,7 +199,7 @@ fn online_refuse_mode_gives_up_on_a_corrupt_appended_line() {
 #[test]
 fn online_quarantine_mode_quarantines_an_appended_corrupt_line_next_run() {
     let d = tempfile::tempdir().unwrap();
-    let wal = write_wal(d.path(), "wal.log", &clean_prefix());
+    let wal = write_wal(d.path(), "wal.log", &wal_text(300));
     let out = online_with_appended(&wal, "quarantine", "not json\n");
     assert!(
         out.status.success(),
@@ -252,5 +238,5 @@ fn a_symlink_at_the_quarantine_name_is_not_followed() {
         content,
         "nothing replaced"
     );
-    no_leftovers(d.path());
+    assert_no_leftovers(d.path());
 }

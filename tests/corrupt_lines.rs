@@ -9,7 +9,6 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
-use serde_json::Value;
 
 /// Corrupt lines of the kind a torn write followed by later appends leaves.
 const TORN: [&str; 2] = [
@@ -37,10 +36,6 @@ fn policy(dir: &Path, corrupt_lines: &str) {
     fs::write(dir.join("policy.toml"), text).unwrap();
 }
 
-fn is_run(v: &Value, outcome: &str) -> bool {
-    v["event"] == "run" && v["wal"] == "w1" && v["outcome"] == outcome
-}
-
 /// Lines of a file, without their `\n`.
 fn lines(path: &Path) -> Vec<Vec<u8>> {
     let bytes = fs::read(path).unwrap();
@@ -64,7 +59,7 @@ fn daemon_keeps_corrupt_lines_in_place_and_reports_them() {
     let before = digest(&wal);
     policy(d.path(), "keep");
     let daemon = Daemon::start(d.path(), "policy.toml");
-    let run = daemon.wait_for_log(|v| is_run(v, "success"));
+    let run = daemon.wait_for_log(|v| is_run(v, "w1", "success"));
     assert_eq!(run["corrupt_lines"], 2, "{run}");
     assert_eq!(run["corrupt_lines_policy"], "keep", "{run}");
     assert_eq!(run["quarantined_lines"], 0, "{run}");
@@ -100,7 +95,7 @@ fn daemon_quarantines_corrupt_lines_and_the_alert_resolves() {
     let wal = write_wal(d.path(), "wal.log", &wal_with_torn_lines());
     policy(d.path(), "quarantine");
     let daemon = Daemon::start(d.path(), "policy.toml");
-    let run = daemon.wait_for_log(|v| is_run(v, "success"));
+    let run = daemon.wait_for_log(|v| is_run(v, "w1", "success"));
     assert_eq!(run["quarantined_lines"], 2, "{run}");
     let q = d.path().join("wal_quarantine.log");
     assert_eq!(run["quarantine"], q.display().to_string(), "{run}");
@@ -127,7 +122,7 @@ fn daemon_refuses_a_wal_with_corrupt_lines_in_refuse_mode() {
     let wal = write_wal(d.path(), "wal.log", &content);
     policy(d.path(), "refuse");
     let daemon = Daemon::start(d.path(), "policy.toml");
-    let run = daemon.wait_for_log(|v| is_run(v, "failed"));
+    let run = daemon.wait_for_log(|v| is_run(v, "w1", "failed"));
     let msg = run["message"].as_str().unwrap();
     assert!(
         msg.contains("is corrupt") && msg.contains("refuse"),

@@ -4,36 +4,11 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
 use std::time::Duration;
 
 use common::*;
 use nix::sys::signal::Signal;
 use serde_json::Value;
-
-/// A redundant WAL without its torn tail, so appends start on a fresh line.
-fn wal_text(n: u64) -> String {
-    let s = redundant_wal(n);
-    s[..s.rfind('\n').unwrap() + 1].to_string()
-}
-
-/// One `[[wal]]` table; `extra` goes into `[wal.triggers]`, `tail` after it.
-fn wal_table(name: &str, path: &str, triggers: &str, tail: &str) -> String {
-    format!(
-        "[[wal]]\nname = \"{name}\"\npath = \"{path}\"\npoll_interval_secs = 1\n\n[wal.triggers]\nmin_interval_secs = 0\n{triggers}\n{tail}\n"
-    )
-}
-
-fn write_policy(dir: &Path, text: &str) {
-    // Atomic replace, as editors do, so the daemon never reads a half-written file.
-    let tmp = dir.join("policy.toml.tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, dir.join("policy.toml")).unwrap();
-}
-
-fn is_run(v: &Value, wal: &str, outcome: &str) -> bool {
-    v["event"] == "run" && v["wal"] == wal && v["outcome"] == outcome
-}
 
 fn sleep(secs: u64) {
     std::thread::sleep(Duration::from_secs(secs));

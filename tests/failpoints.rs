@@ -5,7 +5,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -20,12 +20,7 @@ fn compact_with(wal: &Path, failpoints: &str) -> std::process::Output {
 
 fn assert_intact(dir: &Path, wal: &Path, original_digest: &str) {
     assert_eq!(digest(wal), original_digest);
-    let left = names(dir);
-    assert!(
-        left.iter()
-            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
-        "{left:?}"
-    );
+    assert_no_leftovers(dir);
     walcompactd().arg("compact").arg(wal).assert().success();
     assert_eq!(digest(wal), original_digest);
 }
@@ -59,13 +54,6 @@ fn verification_failure_rolls_back_with_exit_1() {
         "older backup untouched"
     );
     assert_intact(d.path(), &wal, &before);
-}
-
-fn backup_names(dir: &Path) -> Vec<String> {
-    names(dir)
-        .into_iter()
-        .filter(|n| n.starts_with("wal_backup_"))
-        .collect()
 }
 
 /// The unswapped run's backup is removed before its journal is cleared: killed in between,
@@ -165,15 +153,6 @@ fn assert_backups_intact(dir: &Path, original: &str) {
     for name in names(dir).iter().filter(|n| n.starts_with("wal_backup_")) {
         assert_eq!(digest(&dir.join(name)), original, "backup {name} changed");
     }
-}
-
-fn assert_no_leftovers(dir: &Path) {
-    let left = names(dir);
-    assert!(
-        left.iter()
-            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
-        "{left:?}"
-    );
 }
 
 /// Injects `point`, then checks the promise: the WAL at its path replays to the original
@@ -315,8 +294,7 @@ fn same_filesystem(a: &Path, b: &Path) -> bool {
 fn online_crash_under_the_writer_lock_loses_nothing() {
     use std::os::unix::process::ExitStatusExt;
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(300);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let original = digest(&wal);
     let out = walcompactd()
@@ -362,51 +340,62 @@ fn online_crash_under_the_writer_lock_loses_nothing() {
     );
 }
 
-#[test]
-fn pruning_interrupted_by_a_crash_keeps_the_rest_intact() {
-    use std::os::unix::process::ExitStatusExt;
-    let d = tempfile::tempdir().unwrap();
-    let wal = write_wal(d.path(), "wal.log", &redundant_wal(50));
+/// `dir/wal.log` and four old backups of it, copies of its bytes. Returns the WAL and its
+/// bytes.
+fn wal_with_four_old_backups(dir: &Path) -> (PathBuf, Vec<u8>) {
+    let wal = write_wal(dir, "wal.log", &redundant_wal(50));
     let original = fs::read(&wal).unwrap();
     for day in 1..=4 {
         fs::write(
-            d.path().join(format!("wal_backup_2020010{day}_000000.log")),
+            dir.join(format!("wal_backup_2020010{day}_000000.log")),
             &original,
         )
         .unwrap();
     }
-    let out = walcompactd()
-        .env("FAILPOINTS", "prune::remove::crash=1*off->return")
+    (wal, original)
+}
+
+/// `walcompactd prune-backups --keep-days 1 --keep-last 1 WAL` with `FAILPOINTS`.
+fn prune_keeping_one(wal: &Path, failpoints: &str) -> std::process::Output {
+    walcompactd()
+        .env("FAILPOINTS", failpoints)
         .args(["prune-backups", "--keep-days", "1", "--keep-last", "1"])
-        .arg(&wal)
+        .arg(wal)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+/// A prune stopped after its first removal: three backups left, each intact. Returns them.
+fn three_intact_backups_left(dir: &Path, original: &[u8]) -> Vec<String> {
+    let left = backup_names(dir);
+    assert_eq!(left.len(), 3, "one removed, then it stopped: {left:?}");
+    for n in &left {
+        assert_eq!(fs::read(dir.join(n)).unwrap(), original, "{n} intact");
+    }
+    left
+}
+
+/// The next prune finishes the job: one backup left, the WAL untouched.
+fn next_prune_finishes(dir: &Path, wal: &Path, original: &[u8]) {
+    let out = prune_keeping_one(wal, "");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(backup_names(dir).len(), 1);
+    assert_eq!(fs::read(wal).unwrap(), original);
+}
+
+#[test]
+fn pruning_interrupted_by_a_crash_keeps_the_rest_intact() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let (wal, original) = wal_with_four_old_backups(d.path());
+    let out = prune_keeping_one(&wal, "prune::remove::crash=1*off->return");
     assert_eq!(
         out.status.signal(),
         Some(9),
         "dies before the second removal"
     );
-    let left: Vec<_> = names(d.path())
-        .into_iter()
-        .filter(|n| n.starts_with("wal_backup_"))
-        .collect();
-    assert_eq!(left.len(), 3, "one removed, then death: {left:?}");
-    for n in &left {
-        assert_eq!(fs::read(d.path().join(n)).unwrap(), original, "{n} intact");
-    }
-    walcompactd()
-        .args(["prune-backups", "--keep-days", "1", "--keep-last", "1"])
-        .arg(&wal)
-        .assert()
-        .success();
-    assert_eq!(
-        names(d.path())
-            .iter()
-            .filter(|n| n.starts_with("wal_backup_"))
-            .count(),
-        1
-    );
-    assert_eq!(fs::read(&wal).unwrap(), original);
+    three_intact_backups_left(d.path(), &original);
+    next_prune_finishes(d.path(), &wal, &original);
 }
 
 /// A daemon policy for one WAL that compacts as soon as anything is reclaimable.
@@ -418,21 +407,18 @@ fn eager_policy(verify_hook: &str) -> String {
     ))
 }
 
-/// The daemon dies in the middle of a rollback (the application's check rejected the new
-/// WAL): `recover` puts the original bytes back, and a restarted daemon compacts normally.
-#[test]
-fn daemon_crash_during_rollback_is_finished_by_recovery() {
-    let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
-    let wal = write_wal(d.path(), "wal.log", &seed);
+/// `dir/wal.log` (complete lines) and `dir/policy.toml`, an [`eager_policy`] with
+/// `verify_hook`. Returns the WAL, its text and its digest.
+fn eager_daemon_wal(dir: &Path, verify_hook: &str) -> (PathBuf, String, String) {
+    let seed = wal_text(300);
+    let wal = write_wal(dir, "wal.log", &seed);
     let original = digest(&wal);
-    fs::write(d.path().join("policy.toml"), eager_policy(r#"["false"]"#)).unwrap();
-    let mut daemon = Daemon::start_with_env(
-        d.path(),
-        "policy.toml",
-        &[("FAILPOINTS", "rollback::copy::crash=return")],
-    );
+    fs::write(dir.join("policy.toml"), eager_policy(verify_hook)).unwrap();
+    (wal, seed, original)
+}
+
+/// Waits for the daemon to die by SIGKILL at its crash point.
+fn dies_at_the_crash_point(daemon: &mut Daemon) {
     let status = daemon
         .wait_exit()
         .expect("the daemon dies at the crash point");
@@ -442,24 +428,60 @@ fn daemon_crash_during_rollback_is_finished_by_recovery() {
         "{}",
         daemon.dump()
     );
+}
+
+/// `recover` finishes an interrupted rollback: the original bytes are back, nothing is left
+/// over, every backup is intact.
+fn recover_finishes_the_rollback(dir: &Path, wal: &Path, seed: &str, original: &str) {
+    walcompactd()
+        .arg("recover")
+        .arg(wal)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("FinishedRollback"));
+    assert_eq!(
+        fs::read_to_string(wal).unwrap(),
+        seed,
+        "rolled back to the original bytes"
+    );
+    assert_no_leftovers(dir);
+    assert_backups_intact(dir, original);
+}
+
+/// Appends two PREPAREs of one transaction (the first reclaimable), waits for the daemon's
+/// `nth` successful run and for the WAL to be exactly the compaction of `seed` plus them.
+fn appended_lines_are_compacted(daemon: &Daemon, nth: usize, wal: &Path, seed: &str) {
+    let more = prepare("more", 1) + &prepare("more", 2);
+    append(wal, &more);
+    daemon.wait_for_nth(nth, |v| v["event"] == "run" && v["outcome"] == "success");
+    let expected =
+        walcompactd::pipeline::compact::compact_bytes((seed.to_string() + &more).as_bytes())
+            .unwrap();
+    assert!(
+        wait_until(DEADLINE, || fs::read(wal).unwrap() == expected),
+        "{}",
+        daemon.dump()
+    );
+}
+
+/// The daemon dies in the middle of a rollback (the application's check rejected the new
+/// WAL): `recover` puts the original bytes back, and a restarted daemon compacts normally.
+#[test]
+fn daemon_crash_during_rollback_is_finished_by_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, seed, original) = eager_daemon_wal(d.path(), r#"["false"]"#);
+    let mut daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "rollback::copy::crash=return")],
+    );
+    dies_at_the_crash_point(&mut daemon);
     assert_eq!(
         digest(&wal),
         original,
         "the path always holds a WAL with the original state"
     );
-    walcompactd()
-        .arg("recover")
-        .arg(&wal)
-        .assert()
-        .success()
-        .stdout(predicates::str::contains("FinishedRollback"));
-    assert_eq!(
-        fs::read_to_string(&wal).unwrap(),
-        seed,
-        "rolled back to the original bytes"
-    );
-    assert_no_leftovers(d.path());
-    assert_backups_intact(d.path(), &original);
+    recover_finishes_the_rollback(d.path(), &wal, &seed, &original);
     fs::write(d.path().join("policy.toml"), eager_policy(r#"["true"]"#)).unwrap();
     let daemon = Daemon::start(d.path(), "policy.toml");
     daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
@@ -472,38 +494,16 @@ fn daemon_crash_during_rollback_is_finished_by_recovery() {
 #[test]
 fn daemon_crash_during_state_write_is_harmless() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
-    let wal = write_wal(d.path(), "wal.log", &seed);
-    let original = digest(&wal);
-    fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
+    let (wal, seed, original) = eager_daemon_wal(d.path(), "[]");
     let mut daemon = Daemon::start_with_env(
         d.path(),
         "policy.toml",
         &[("FAILPOINTS", "state::rename::crash=return")],
     );
-    let status = daemon
-        .wait_exit()
-        .expect("the daemon dies at the crash point");
-    assert_eq!(
-        std::os::unix::process::ExitStatusExt::signal(&status),
-        Some(9),
-        "{}",
-        daemon.dump()
-    );
+    dies_at_the_crash_point(&mut daemon);
     assert_eq!(digest(&wal), original);
     let daemon = Daemon::start(d.path(), "policy.toml");
-    append(&wal, &(prepare("more", 1) + &prepare("more", 2)));
-    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
-    let expected = walcompactd::pipeline::compact::compact_bytes(
-        (seed + &prepare("more", 1) + &prepare("more", 2)).as_bytes(),
-    )
-    .unwrap();
-    assert!(
-        wait_until(DEADLINE, || fs::read(&wal).unwrap() == expected),
-        "{}",
-        daemon.dump()
-    );
+    appended_lines_are_compacted(&daemon, 1, &wal, &seed);
     assert_no_leftovers(d.path());
 }
 
@@ -511,10 +511,7 @@ fn daemon_crash_during_state_write_is_harmless() {
 #[test]
 fn daemon_run_that_does_not_swap_leaves_no_backup() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(300);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
-    let wal = write_wal(d.path(), "wal.log", &seed);
-    fs::write(d.path().join("policy.toml"), eager_policy("[]")).unwrap();
+    let (wal, seed, _) = eager_daemon_wal(d.path(), "[]");
     let daemon = Daemon::start_with_env(
         d.path(),
         "policy.toml",
@@ -553,4 +550,123 @@ fn a_changed_payload_digit_in_the_compacted_file_is_never_swapped_in() {
     assert_eq!(fs::read_to_string(&wal).unwrap(), content, "WAL untouched");
     let before = digest(&wal);
     assert_intact(d.path(), &wal, &before);
+}
+
+/// Pruning fails on its second removal: the command exits 4 naming the backup it could not
+/// remove, the backups it did not get to are intact, the WAL is untouched, and the next
+/// `prune-backups` finishes the job.
+#[test]
+fn a_failed_prune_removal_is_reported_and_the_next_prune_finishes() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, original) = wal_with_four_old_backups(d.path());
+    let out = prune_keeping_one(&wal, "prune::remove::error=1*off->return");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    let left = three_intact_backups_left(d.path(), &original);
+    assert!(
+        stderr.contains("remove") && left.iter().any(|n| stderr.contains(n.as_str())),
+        "names the backup it could not remove: {stderr}"
+    );
+    assert_eq!(fs::read(&wal).unwrap(), original, "WAL untouched");
+    next_prune_finishes(d.path(), &wal, &original);
+}
+
+/// Runs an eager daemon whose verify hook rejects every compaction, with the rollback
+/// failing before its rename, until the run fails; asserts the run failed in the rollback
+/// stage naming the rename and the WAL. Returns the WAL, its original bytes and digest.
+fn daemon_with_a_failed_rollback(dir: &Path) -> (PathBuf, String, String) {
+    let (wal, seed, original) = eager_daemon_wal(dir, r#"["false"]"#);
+    let daemon = Daemon::start_with_env(
+        dir,
+        "policy.toml",
+        &[("FAILPOINTS", "rollback::before_rename::error=return")],
+    );
+    let run = daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "failed");
+    let message = run["message"].as_str().unwrap_or("");
+    assert_eq!(run["stage"], "rollback", "{}", daemon.dump());
+    assert!(
+        message.contains("rename to") && message.contains("wal.log"),
+        "{message}"
+    );
+    (wal, seed, original)
+}
+
+/// The daemon's rollback (the application's check rejected the new WAL) fails before its
+/// rename: a clear error in the rollback stage, nothing lost (the WAL's path holds a WAL
+/// with the original state, the backup the original bytes), `recover` leaves no temp file,
+/// and the next compaction succeeds.
+#[test]
+fn daemon_rollback_that_fails_before_its_rename_loses_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, seed, original) = daemon_with_a_failed_rollback(d.path());
+    assert_eq!(
+        digest(&wal),
+        original,
+        "the path always holds a WAL with the original state"
+    );
+    let backups = backup_names(d.path());
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    assert_eq!(
+        fs::read_to_string(d.path().join(&backups[0])).unwrap(),
+        seed,
+        "the backup holds the original bytes"
+    );
+    walcompactd().arg("recover").arg(&wal).assert().success();
+    assert_no_leftovers(d.path());
+    assert_eq!(digest(&wal), original);
+    append(&wal, &(prepare("more", 1) + &prepare("more", 2)));
+    let before = digest(&wal);
+    walcompactd().arg("compact").arg(&wal).assert().success();
+    assert_eq!(digest(&wal), before);
+    assert_no_leftovers(d.path());
+}
+
+/// The promise of the journal's `rolling_back` entry: a rollback that did not happen is
+/// finished by recovery, so the WAL the application's check rejected does not stay. Broken
+/// today: after a rollback error, `pipeline::run`'s error path clears the journal (and would
+/// take back quarantine records) as if the WAL were intact, so `recover` has nothing to finish.
+#[test]
+#[ignore = "known bug: a failed in-process rollback clears its rolling_back journal (src/pipeline/mod.rs)"]
+fn daemon_rollback_that_fails_before_its_rename_is_finished_by_recovery() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, seed, original) = daemon_with_a_failed_rollback(d.path());
+    assert!(d.path().join("wal.log.compact.journal").exists());
+    recover_finishes_the_rollback(d.path(), &wal, &seed, &original);
+}
+
+/// The daemon cannot write its state file: it says so (naming the file) and goes on; the
+/// compaction it made stands, the next one succeeds, and a restarted daemon starts.
+#[test]
+fn daemon_that_cannot_save_its_state_reports_it_and_goes_on() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, seed, original) = eager_daemon_wal(d.path(), "[]");
+    let daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "state::write::error=return")],
+    );
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    let err = daemon.wait_for_log(|v| v["event"] == "state" && v["level"] == "ERROR");
+    let message = err["message"].as_str().unwrap_or("");
+    assert!(
+        message.contains("cannot save state")
+            && err["path"].as_str().unwrap_or("").contains("w.json"),
+        "{err}"
+    );
+    assert_eq!(digest(&wal), original);
+    appended_lines_are_compacted(&daemon, 2, &wal, &seed);
+    assert!(
+        !d.path().join("state/w.json").exists(),
+        "no state file was written"
+    );
+    drop(daemon);
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    append(&wal, &(prepare("again", 1) + &prepare("again", 2)));
+    daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
+    assert!(
+        wait_until(DEADLINE, || d.path().join("state/w.json").exists()),
+        "the state is saved again: {}",
+        daemon.dump()
+    );
+    assert_no_leftovers(d.path());
 }

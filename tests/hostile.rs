@@ -16,27 +16,8 @@ use std::path::Path;
 use common::*;
 use serde_json::Value;
 
-/// Complete lines only, so appends start on a fresh line.
-fn wal_text(n: u64) -> String {
-    let s = redundant_wal(n);
-    s[..s.rfind('\n').unwrap() + 1].to_string()
-}
-
-fn write_policy(dir: &Path, text: &str) {
-    let tmp = dir.join("policy.toml.tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, dir.join("policy.toml")).unwrap();
-}
-
-fn wal_table(name: &str, path: &str) -> String {
-    format!(
-        "[[wal]]\nname = \"{name}\"\npath = \"{path}\"\npoll_interval_secs = 1\n\n[wal.triggers]\nmin_interval_secs = 0\nmax_size_mb = 0.1\nmin_reclaimable_bytes = 1\n\n"
-    )
-}
-
-fn is_run(v: &Value, wal: &str, outcome: &str) -> bool {
-    v["event"] == "run" && v["wal"] == wal && v["outcome"] == outcome
-}
+/// Triggers on anything reclaimable in a WAL over 0.1 MB.
+const TRIGGERS: &str = "max_size_mb = 0.1\nmin_reclaimable_bytes = 1";
 
 fn message(v: &Value) -> &str {
     v["message"].as_str().unwrap_or("")
@@ -48,7 +29,10 @@ fn message(v: &Value) -> &str {
 fn deleted_policy_file_keeps_the_running_policy_until_it_is_recreated() {
     let d = tempfile::tempdir().unwrap();
     let wal = write_wal(d.path(), "wal.log", &clean_wal("a", 10));
-    write_policy(d.path(), &test_policy(&wal_table("w1", "wal.log")));
+    write_policy(
+        d.path(),
+        &test_policy(&wal_table("w1", "wal.log", TRIGGERS, "")),
+    );
     let daemon = Daemon::start(d.path(), "policy.toml");
     fs::remove_file(d.path().join("policy.toml")).unwrap();
     let err = daemon.wait_for_log(|v| {
@@ -72,7 +56,8 @@ fn deleted_policy_file_keeps_the_running_policy_until_it_is_recreated() {
     assert_ne!(before, after_append);
     // Re-created (with a second WAL): reloaded and applied.
     write_wal(d.path(), "other.log", &clean_wal("b", 3));
-    let policy = wal_table("w1", "wal.log") + &wal_table("w2", "other.log");
+    let policy =
+        wal_table("w1", "wal.log", TRIGGERS, "") + &wal_table("w2", "other.log", TRIGGERS, "");
     write_policy(d.path(), &test_policy(&policy));
     daemon.wait_for_log(|v| v["event"] == "policy" && message(v).contains("reloaded"));
     daemon.wait_for_log(|v| v["event"] == "supervisor" && v["wal"] == "w2");
@@ -84,18 +69,6 @@ fn deleted_policy_file_keeps_the_running_policy_until_it_is_recreated() {
         "{}",
         daemon.dump()
     );
-}
-
-/// Runs `cmd` as `nobody` when we are root (root ignores permission bits); false otherwise.
-fn as_nobody(cmd: &mut assert_cmd::Command) -> bool {
-    use std::os::unix::process::CommandExt;
-    if unsafe { libc::geteuid() } != 0 {
-        return false;
-    }
-    let mut std_cmd = std::process::Command::new(bin());
-    std_cmd.uid(65534).gid(65534).env_remove("RUST_LOG");
-    *cmd = assert_cmd::Command::from_std(std_cmd);
-    true
 }
 
 fn chown_nobody(path: &Path) {

@@ -9,12 +9,6 @@ use std::os::unix::fs::{MetadataExt, symlink};
 use std::path::{Path, PathBuf};
 
 use common::*;
-use serde_json::Value;
-
-fn json(out: &std::process::Output) -> Value {
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 /// `dir/wal.log -> data/wal.log` holding `content`; returns (symlink, real file).
 fn symlinked_wal(dir: &Path, content: &str) -> (PathBuf, PathBuf) {
@@ -23,12 +17,6 @@ fn symlinked_wal(dir: &Path, content: &str) -> (PathBuf, PathBuf) {
     let link = dir.join("wal.log");
     symlink("data/wal.log", &link).unwrap();
     (link, fs::canonicalize(&real).unwrap())
-}
-
-/// A redundant WAL without its torn tail, so appends start on a fresh line.
-fn wal_text(n: u64) -> String {
-    let s = redundant_wal(n);
-    s[..s.rfind('\n').unwrap() + 1].to_string()
 }
 
 fn is_symlink_to(link: &Path, target: &str) -> bool {
@@ -90,7 +78,7 @@ fn backup_and_recover_through_a_symlink_use_the_real_file() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    let backup = PathBuf::from(json(&out)["backup"].as_str().unwrap());
+    let backup = PathBuf::from(stdout_json(&out)["backup"].as_str().unwrap());
     let meta = fs::symlink_metadata(&backup).unwrap();
     assert!(meta.file_type().is_file());
     assert_eq!(meta.ino(), fs::metadata(&real).unwrap().ino());

@@ -8,23 +8,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::BufRead;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use prometheus_parse::{Sample, Scrape, Value};
 use walcompactd::metrics::{self, Metrics, MetricsError, RunOutcome, WalFigures};
 
-use common::{abort, commit, prepare, write_wal};
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn parse(text: &str) -> Scrape {
-    Scrape::parse(text.as_bytes().lines()).expect("valid exposition text")
-}
+use common::{abort, commit, free_port, parse_scrape, prepare, write_wal};
 
 /// GETs `/metrics`, retrying until the listener (spawned on the runtime) answers.
 fn scrape(addr: SocketAddr) -> String {
@@ -112,7 +102,7 @@ async fn scrape_and_textfile_match_a_real_wal_status() {
     let body = tokio::task::spawn_blocking(move || scrape(addr))
         .await
         .unwrap();
-    let s = parse(&body);
+    let s = parse_scrape(&body);
     let w = ("wal", "orders");
 
     assert_eq!(
@@ -235,7 +225,7 @@ async fn scrape_and_textfile_match_a_real_wal_status() {
     m.write_textfile().unwrap();
     let written = std::fs::read_to_string(&textfile).unwrap();
     assert_eq!(sorted_lines(&written), sorted_lines(&m.render()));
-    let t = parse(&written);
+    let t = parse_scrape(&written);
     assert_eq!(
         scalar(&t, metrics::WAL_SIZE_BYTES, &[w]),
         status.size_bytes as f64

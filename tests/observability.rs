@@ -6,8 +6,7 @@
 mod common;
 
 use std::fs;
-use std::io::BufRead;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,19 +14,10 @@ use common::*;
 use prometheus_parse::{Scrape, Value as PValue};
 use serde_json::Value;
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-fn parse(text: &str) -> Scrape {
-    Scrape::parse(text.as_bytes().lines()).expect("valid exposition text")
-}
-
 /// One GET of `/metrics`; `None` while the listener does not answer yet.
 fn try_scrape(addr: SocketAddr) -> Option<Scrape> {
     let mut resp = ureq::get(&format!("http://{addr}/metrics")).call().ok()?;
-    Some(parse(&resp.body_mut().read_to_string().ok()?))
+    Some(parse_scrape(&resp.body_mut().read_to_string().ok()?))
 }
 
 /// The scalar value of the one sample named `metric` carrying all of `labels`.
@@ -136,16 +126,14 @@ fn daemon_section(addr: SocketAddr, textfile: &Path) -> String {
     )
 }
 
-fn wal_table(triggers: &str) -> String {
-    format!(
-        "[[wal]]\nname = \"w1\"\npath = \"wal.log\"\npoll_interval_secs = 1\n\n[wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\n{triggers}\n"
+/// The `[[wal]]` table of the WAL `w1` at `wal.log`: anything reclaimable, plus `triggers`.
+fn w1_table(triggers: &str) -> String {
+    wal_table(
+        "w1",
+        "wal.log",
+        &format!("min_reclaimable_bytes = 1\n{triggers}"),
+        "",
     )
-}
-
-fn write_policy(dir: &Path, text: &str) {
-    let tmp = dir.join("policy.toml.tmp");
-    fs::write(&tmp, text).unwrap();
-    fs::rename(&tmp, dir.join("policy.toml")).unwrap();
 }
 
 /// `n` transactions of `prefix`, each prepared `retries` times before its commit: all but
@@ -169,7 +157,7 @@ fn scrape_and_textfile_match_status_and_a_compaction_is_counted() {
     let addr = free_port();
     let textfile = d.path().join("walcompactd.prom");
     let head = daemon_section(addr, &textfile);
-    write_policy(d.path(), &(head.clone() + &wal_table("max_size_mb = 1000")));
+    write_policy(d.path(), &(head.clone() + &w1_table("max_size_mb = 1000")));
     let daemon = Daemon::start(d.path(), "policy.toml");
 
     let st = status_json(d.path(), "wal.log", None);
@@ -213,13 +201,13 @@ fn scrape_and_textfile_match_status_and_a_compaction_is_counted() {
         let Ok(text) = fs::read_to_string(&textfile) else {
             return false;
         };
-        bad = mismatches(&parse(&text), "w1", &st);
+        bad = mismatches(&parse_scrape(&text), "w1", &st);
         bad.is_empty()
     });
     assert!(ok, "textfile: {bad:?}");
 
     // Lower the threshold: the reload is counted and the compaction runs.
-    write_policy(d.path(), &(head + &wal_table("max_size_mb = 0.001")));
+    write_policy(d.path(), &(head + &w1_table("max_size_mb = 0.001")));
     daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "success");
     let after = status_json(d.path(), "wal.log", None);
     assert_eq!(after["reclaimable_bytes"], 0);
@@ -249,7 +237,7 @@ fn scrape_and_textfile_match_status_and_a_compaction_is_counted() {
     );
     let ok = wait_until(DEADLINE, || {
         fs::read_to_string(&textfile).is_ok_and(|t| {
-            let t = parse(&t);
+            let t = parse_scrape(&t);
             mismatches(&t, "w1", &after).is_empty()
                 && value(
                     &t,
@@ -280,7 +268,7 @@ fn alerts_fire_once_run_their_actions_and_resolve() {
         "[[alert]]\nname = \"Size High\"\nmetric = \"wal_size_bytes\"\nabove = {size_limit}\nseverity = \"critical\"\nactions = [\"log\", \"command\"]\ncommand = [\"sh\", \"-c\", {cmd:?}]\n\n\
          [[alert]]\nname = \"Reclaim\"\nmetric = \"wal_reclaimable_bytes\"\nabove = {reclaim_limit}\nactions = [\"compact\"]\n"
     );
-    let policy = daemon_section(addr, &textfile) + &wal_table("") + "\n" + &alerts;
+    let policy = daemon_section(addr, &textfile) + &w1_table("") + "\n" + &alerts;
     write_policy(d.path(), &policy);
     let daemon = Daemon::start(d.path(), "policy.toml");
     let active = |s: &Scrape, alert: &str| {
@@ -346,10 +334,7 @@ fn alerts_fire_once_run_their_actions_and_resolve() {
     assert_eq!(fs::read_to_string(&out).unwrap(), "Size High critical w1\n");
 
     // Reload without the rules: nothing stays active.
-    write_policy(
-        d.path(),
-        &(daemon_section(addr, &textfile) + &wal_table("")),
-    );
+    write_policy(d.path(), &(daemon_section(addr, &textfile) + &w1_table("")));
     daemon.wait_for_log(|v| {
         v["event"] == "policy" && v["message"].as_str().unwrap().contains("reloaded")
     });
@@ -366,7 +351,7 @@ fn status_with_policy_shows_state_backups_decision_and_alerts() {
                   [[alert]]\nname = \"Big For A While\"\nmetric = \"wal_size_bytes\"\nabove = 100\nfor_secs = 60\n\n\
                   [[alert]]\nname = \"Failing\"\nmetric = \"consecutive_failures\"\nabove = 0\n";
     let policy = test_policy(
-        &wal_table("max_size_mb = 0.001")
+        &w1_table("max_size_mb = 0.001")
             .replace("min_interval_secs = 0", "min_interval_secs = 3600"),
     ) + "\n"
         + alerts;

@@ -49,8 +49,7 @@ fn lock_timeout_aborts_cleanly() {
 #[test]
 fn rollback_after_an_online_swap_keeps_lines_appended_since() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(100);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(100);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let appended = prepare("late", 1) + &commit("late");
     // The application's check runs after the swap: a writer appends, then the check fails.

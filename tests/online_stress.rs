@@ -8,7 +8,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,19 +17,6 @@ use walcompactd::pipeline::compact::compact_bytes;
 
 /// Transactions per writer process: thousands of lines each.
 const TXS_PER_WRITER: u64 = 1500;
-
-/// The `stress_writer` example, which `cargo test` builds beside the test binaries.
-fn stress_writer() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join("stress_writer");
-    assert!(
-        path.exists(),
-        "{} missing: run through `cargo test`, which builds examples",
-        path.display()
-    );
-    path
-}
 
 fn spawn_writers(wal: &Path, audit: &Path) -> Vec<Child> {
     let mut children = Vec::new();
@@ -106,8 +93,7 @@ fn compact_online(wal: &Path) -> (String, u64) {
 #[test]
 fn writers_keep_appending_through_back_to_back_online_compactions() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(3_000);
-    let seed = &seed[..seed.rfind('\n').unwrap() + 1]; // no torn tail: writers append after it
+    let seed = &wal_text(3_000); // no torn tail: writers append after it
     let wal = write_wal(d.path(), "wal.log", seed);
     let audit = write_wal(d.path(), "audit.log", seed);
     let mut writers = spawn_writers(&wal, &audit);

@@ -8,7 +8,7 @@
 mod common;
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -152,16 +152,6 @@ fn kill_9_during_cli_compaction() {
     );
 }
 
-/// The `stress_writer` example (built by `cargo test`).
-fn stress_writer() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("examples/stress_writer")
-}
-
 /// Holds the writers' lock so the WAL and the audit copy are read at the same instant.
 fn under_writer_lock<T>(wal: &Path, f: impl FnOnce() -> T) -> T {
     let lock = fs::OpenOptions::new()
@@ -180,8 +170,7 @@ fn under_writer_lock<T>(wal: &Path, f: impl FnOnce() -> T) -> T {
 #[test]
 fn kill_9_during_online_daemon_compaction_with_a_writer() {
     let d = tempfile::tempdir().unwrap();
-    let seed = redundant_wal(TORTURE_TXS);
-    let seed = seed[..seed.rfind('\n').unwrap() + 1].to_string();
+    let seed = wal_text(TORTURE_TXS);
     let wal = write_wal(d.path(), "wal.log", &seed);
     let audit = write_wal(d.path(), "audit.log", &seed);
     let policy = test_policy(

@@ -138,9 +138,7 @@ impl StateFile {
             fs::create_dir_all(dir)?;
         }
         let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
-        fail::fail_point!("state::write::error", |_| Err(io::Error::other(
-            "injected state write failure"
-        )));
+        crate::io_fault!(error "state::write")?;
         atomic_write_then(&self.path, &bytes, || {
             crate::crash_point!("state::rename::crash")
         })

@@ -133,15 +133,9 @@ fn finish(backup: Backup, dir: &Path) -> Result<Backup, PipelineError> {
 }
 
 fn durable(dir: &Path) -> Result<(), PipelineError> {
-    crate::crash_point!("backup::after_create::crash");
-    fail::fail_point!("backup::after_create::error", |_| Err(PipelineError::io(
-        Stage::Backup,
-        "fsync dir",
-        dir
-    )(
-        io::Error::other("injected failure after backup")
-    )));
-    fsync_dir(dir).map_err(PipelineError::io(Stage::Backup, "fsync dir", dir))
+    crate::io_fault!("backup::after_create")
+        .and_then(|()| fsync_dir(dir))
+        .map_err(PipelineError::io(Stage::Backup, "fsync dir", dir))
 }
 
 /// Suffix of a copied backup while it is written. It never parses as a backup, so a crash
@@ -272,15 +266,9 @@ pub fn prune(
     let backups = list(wal, dir).map_err(PipelineError::io(Stage::Prune, "list", dir))?;
     let doomed = select_prunable(&backups, keep_days, keep_last, protect, now);
     for p in &doomed {
-        crate::crash_point!("prune::remove::crash");
-        fail::fail_point!("prune::remove::error", |_| Err(PipelineError::io(
-            Stage::Prune,
-            "remove",
-            p
-        )(io::Error::other(
-            "injected prune failure"
-        ))));
-        fs::remove_file(p).map_err(PipelineError::io(Stage::Prune, "remove", p))?;
+        crate::io_fault!("prune::remove")
+            .and_then(|()| fs::remove_file(p))
+            .map_err(PipelineError::io(Stage::Prune, "remove", p))?;
     }
     if !doomed.is_empty() {
         fsync_dir(dir).map_err(PipelineError::io(Stage::Prune, "fsync dir", dir))?;

@@ -215,16 +215,8 @@ impl TempFile {
     /// fsyncs the temp file. It must return before the temp is renamed over the WAL, or a
     /// crash can leave an empty or partial WAL; it may run while verification re-reads.
     pub fn sync(&self) -> Result<(), PipelineError> {
-        crate::crash_point!("compact::before_fsync::crash");
-        fail::fail_point!("compact::before_fsync::error", |_| Err(PipelineError::io(
-            Stage::Compact,
-            "fsync",
-            &self.path
-        )(
-            io::Error::other("injected failure before fsync")
-        )));
-        self.file
-            .sync_all()
+        crate::io_fault!("compact::before_fsync")
+            .and_then(|()| self.file.sync_all())
             .map_err(PipelineError::io(Stage::Compact, "fsync", &self.path))
     }
 }

@@ -193,20 +193,10 @@ pub fn journal_path(wal: &Path) -> PathBuf {
 pub fn write(wal: &Path, journal: &Journal) -> Result<(), PipelineError> {
     let path = journal_path(wal);
     let bytes = serde_json::to_vec_pretty(journal).expect("journal serializes");
-    fail::fail_point!("journal::write::error", |_| Err(PipelineError::io(
-        Stage::Journal,
-        "write",
-        &path
-    )(io::Error::other(
-        "injected journal write failure"
-    ))));
-    crate::crash_point!("journal::write::crash");
     let before_rename = || crate::crash_point!("journal::rename::crash");
-    atomic_write_then(&path, &bytes, before_rename).map_err(PipelineError::io(
-        Stage::Journal,
-        "write",
-        &path,
-    ))
+    crate::io_fault!("journal::write")
+        .and_then(|()| atomic_write_then(&path, &bytes, before_rename))
+        .map_err(PipelineError::io(Stage::Journal, "write", &path))
 }
 
 /// Removes the journal once the run is finished (fsyncs the directory).

@@ -136,10 +136,9 @@ pub fn append(
         file.set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))
             .map_err(io_err("chmod"))?;
     }
-    fail::fail_point!("quarantine::write::error", |_| Err(io_err("write")(
-        io::Error::other("injected quarantine write failure")
-    )));
-    write_records(&mut file, wal, src, lines).map_err(io_err("write"))?;
+    crate::io_fault!(error "quarantine::write")
+        .and_then(|()| write_records(&mut file, wal, src, lines))
+        .map_err(io_err("write"))?;
     crate::crash_point!("quarantine::write::crash");
     file.sync_all().map_err(io_err("fsync"))?;
     if created {

@@ -34,10 +34,9 @@ pub fn restore_keeping(
         let _ = fs::remove_file(&tmp);
         return Err(PipelineError::io(stage, "copy backup to", &tmp)(e));
     }
-    fail::fail_point!("rollback::before_rename::error", |_| Err(
-        PipelineError::io(stage, "rename to", wal)(io::Error::other("injected rollback failure"))
-    ));
-    fs::rename(&tmp, wal).map_err(PipelineError::io(stage, "rename to", wal))?;
+    crate::io_fault!(error "rollback::before_rename")
+        .and_then(|()| fs::rename(&tmp, wal))
+        .map_err(PipelineError::io(stage, "rename to", wal))?;
     fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(stage, "fsync dir of", wal))
 }
 

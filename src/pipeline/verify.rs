@@ -38,16 +38,13 @@ pub fn verify_temp(
     handoff: &Handoff,
 ) -> Result<ReplayState, PipelineError> {
     crate::crash_point!("verify::read::crash");
-    fail::fail_point!("verify::digest::mismatch", |_| Err(
-        PipelineError::VerifyFailed {
-            path: wal.to_path_buf(),
-            detail: "injected digest mismatch".into(),
-        }
-    ));
     let failed = |detail: String| PipelineError::VerifyFailed {
         path: wal.to_path_buf(),
         detail,
     };
+    fail::fail_point!("verify::digest::mismatch", |_| Err(failed(
+        "injected digest mismatch".into()
+    )));
     let file = File::open(temp).map_err(PipelineError::io(Stage::Verify, "open", temp))?;
     let source = Growing {
         file: &file,

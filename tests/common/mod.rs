@@ -324,3 +324,91 @@ pub fn compact_json(wal: &Path, args: &[&str]) -> serde_json::Value {
     );
     stdout_json(&out)
 }
+
+/// [`redundant_wal`] without its torn tail: complete lines only, so appends start on a fresh
+/// line.
+pub fn wal_text(n: u64) -> String {
+    let s = redundant_wal(n);
+    s[..s.rfind('\n').unwrap() + 1].to_string()
+}
+
+/// One `[[wal]]` table polled every second with no minimum interval between runs; `triggers`
+/// goes into `[wal.triggers]`, `tail` after it (e.g. `[wal.hooks]`).
+pub fn wal_table(name: &str, path: &str, triggers: &str, tail: &str) -> String {
+    format!(
+        "[[wal]]\nname = \"{name}\"\npath = \"{path}\"\npoll_interval_secs = 1\n\n[wal.triggers]\nmin_interval_secs = 0\n{triggers}\n{tail}\n"
+    )
+}
+
+/// Writes `dir/policy.toml` by atomic replace, as editors do, so a running daemon never
+/// reads a half-written file.
+pub fn write_policy(dir: &Path, text: &str) {
+    let tmp = dir.join("policy.toml.tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, dir.join("policy.toml")).unwrap();
+}
+
+/// A daemon's `run` log line for the WAL named `wal` with this `outcome`.
+pub fn is_run(v: &serde_json::Value, wal: &str, outcome: &str) -> bool {
+    v["event"] == "run" && v["wal"] == wal && v["outcome"] == outcome
+}
+
+/// Makes `cmd` run the real binary as `nobody` when we are root (root ignores permission
+/// bits); false, leaving `cmd` alone, otherwise.
+pub fn as_nobody(cmd: &mut Command) -> bool {
+    use std::os::unix::process::CommandExt;
+    if unsafe { libc::geteuid() } != 0 {
+        return false;
+    }
+    let mut std_cmd = std::process::Command::new(bin());
+    std_cmd.uid(65534).gid(65534).env_remove("RUST_LOG");
+    *cmd = Command::from_std(std_cmd);
+    true
+}
+
+/// No compaction temp file or journal is left in `dir`.
+pub fn assert_no_leftovers(dir: &Path) {
+    let left = names(dir);
+    assert!(
+        left.iter()
+            .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
+        "{left:?}"
+    );
+}
+
+/// The names in `dir` of the backups of `wal.log` (`wal_backup_*`, any suffix), sorted.
+pub fn backup_names(dir: &Path) -> Vec<String> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with("wal_backup_"))
+        .collect()
+}
+
+/// The `stress_writer` example, which `cargo test` builds beside the test binaries.
+pub fn stress_writer() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/stress_writer");
+    assert!(
+        path.exists(),
+        "{} missing: run through `cargo test`, which builds examples",
+        path.display()
+    );
+    path
+}
+
+/// A local address with a port free right now, for a metrics listener.
+pub fn free_port() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// Prometheus exposition text, parsed (panics if it is not valid).
+pub fn parse_scrape(text: &str) -> prometheus_parse::Scrape {
+    use std::io::BufRead;
+    prometheus_parse::Scrape::parse(text.as_bytes().lines()).expect("valid exposition text")
+}
