@@ -622,11 +622,9 @@ fn daemon_rollback_that_fails_before_its_rename_loses_nothing() {
 }
 
 /// The promise of the journal's `rolling_back` entry: a rollback that did not happen is
-/// finished by recovery, so the WAL the application's check rejected does not stay. Broken
-/// today: after a rollback error, `pipeline::run`'s error path clears the journal (and would
-/// take back quarantine records) as if the WAL were intact, so `recover` has nothing to finish.
+/// finished by recovery, so the WAL the application's check rejected does not stay (the
+/// run's error path leaves that journal in place).
 #[test]
-#[ignore = "known bug: a failed in-process rollback clears its rolling_back journal (src/pipeline/mod.rs)"]
 fn daemon_rollback_that_fails_before_its_rename_is_finished_by_recovery() {
     let d = tempfile::tempdir().unwrap();
     let (wal, seed, original) = daemon_with_a_failed_rollback(d.path());
