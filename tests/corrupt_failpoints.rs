@@ -240,3 +240,49 @@ fn a_symlink_at_the_quarantine_name_is_not_followed() {
     );
     assert_no_leftovers(d.path());
 }
+
+/// The daemon's rollback (its verify hook rejected the new WAL) fails before its rename in
+/// quarantine mode: the journal stays, so `recover` puts the original back and only then
+/// takes back the quarantine records; each corrupt line ends up exactly once, in the WAL.
+#[test]
+fn a_failed_rollback_in_quarantine_mode_loses_no_corrupt_line() {
+    let d = tempfile::tempdir().unwrap();
+    let content = wal_with_corrupt_lines();
+    let content = content[..content.rfind('\n').unwrap() + 1].to_string();
+    let wal = write_wal(d.path(), "wal.log", &content);
+    let policy = test_policy(
+        "[[wal]]\nname = \"w\"\npath = \"wal.log\"\npoll_interval_secs = 1\ncorrupt_lines = \"quarantine\"\n\
+         [wal.triggers]\nmax_size_mb = 0.001\nmin_reclaimable_bytes = 1\nmin_interval_secs = 3600\n\
+         [wal.hooks]\nverify = [\"false\"]\n",
+    );
+    fs::write(d.path().join("policy.toml"), policy).unwrap();
+    let daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "rollback::before_rename::error=return")],
+    );
+    let run = daemon.wait_for_log(|v| v["event"] == "run" && v["outcome"] == "failed");
+    assert_eq!(run["stage"], "rollback", "{}", daemon.dump());
+    drop(daemon);
+    assert!(
+        d.path().join("wal.log.compact.journal").exists(),
+        "kept for recovery"
+    );
+    walcompactd()
+        .arg("recover")
+        .arg(&wal)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("FinishedRollback"));
+    assert_eq!(
+        fs::read_to_string(&wal).unwrap(),
+        content,
+        "the original is back"
+    );
+    let mut found = corrupt_lines_anywhere(d.path(), &wal);
+    found.sort();
+    let mut want: Vec<Vec<u8>> = CORRUPT.iter().map(|c| c.as_bytes().to_vec()).collect();
+    want.sort();
+    assert_eq!(found, want, "each corrupt line once, in the WAL");
+    assert_no_leftovers(d.path());
+}
