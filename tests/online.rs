@@ -15,14 +15,7 @@ fn lock_timeout_aborts_cleanly() {
     let d = tempfile::tempdir().unwrap();
     let wal = write_wal(d.path(), "wal.log", &redundant_wal(100));
     let clean = fs::read(&wal).unwrap();
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(walcompactd::writer::lock_path(&wal))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = hold_writer_lock(&wal);
     walcompactd()
         .args(["compact", "--online", "--lock-timeout-ms", "300"])
         .arg(&wal)
@@ -82,19 +75,6 @@ fn rollback_after_an_online_swap_keeps_lines_appended_since() {
             .all(|n| !n.contains(".tmp") && !n.ends_with(".journal")),
         "{left:?}"
     );
-}
-
-/// Holds the writers' lock of `wal` (as a protocol writer mid-append) until dropped.
-fn hold_writer_lock(wal: &std::path::Path) -> fs::File {
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(walcompactd::writer::lock_path(wal))
-        .unwrap();
-    lock.lock().unwrap();
-    lock
 }
 
 /// `--mode online` is `--online`; a lock timeout means nothing offline and is refused.

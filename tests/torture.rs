@@ -154,14 +154,7 @@ fn kill_9_during_cli_compaction() {
 
 /// Holds the writers' lock so the WAL and the audit copy are read at the same instant.
 fn under_writer_lock<T>(wal: &Path, f: impl FnOnce() -> T) -> T {
-    let lock = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(walcompactd::writer::lock_path(wal))
-        .unwrap();
-    lock.lock().unwrap();
+    let lock = hold_writer_lock(wal);
     let out = f();
     lock.unlock().unwrap();
     out

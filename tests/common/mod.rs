@@ -412,3 +412,16 @@ pub fn parse_scrape(text: &str) -> prometheus_parse::Scrape {
     use std::io::BufRead;
     prometheus_parse::Scrape::parse(text.as_bytes().lines()).expect("valid exposition text")
 }
+
+/// Holds the writers' lock of `wal` (as a protocol writer mid-append) until dropped.
+pub fn hold_writer_lock(wal: &Path) -> fs::File {
+    let lock = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(walcompactd::writer::lock_path(wal))
+        .unwrap();
+    lock.lock().unwrap();
+    lock
+}
