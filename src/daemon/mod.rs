@@ -89,7 +89,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         supervisors: BTreeMap::new(),
         watcher: Watcher::new(reload_tx)?,
         schedules: Schedules::default(),
-        observer: Observer::start(&opts.policy.daemon),
+        observer: Observer::start(&opts.policy.daemon, shutdown.clone()),
         policy: opts.policy.clone(),
     };
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
