@@ -16,22 +16,17 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-use tokio::io::AsyncReadExt;
 
 use crate::commands::Status;
 use crate::policy::{AlertAction, AlertMetric, AlertRule, Severity};
+use crate::process::{self, Spec, Stdout};
 
 /// How long an alert command may run before its process group is killed.
 pub const ALERT_COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// How much of a command's stderr is kept for the log; the rest is read and dropped.
-const STDERR_CAPTURE_BYTES: usize = 4096;
-
-/// How long to wait for the stderr pipe to close after the command exited.
-const STDERR_DRAIN_WAIT: Duration = Duration::from_secs(1);
 
 /// The per-WAL figures an alert can watch. `None` means unknown (not measured yet, the
 /// measurement failed, or — for the success ages — never succeeded).
@@ -363,12 +358,15 @@ impl AlertEnv {
 }
 
 /// Runs an alert command (`argv[0]` looked up in `PATH`, no shell) with the daemon's
-/// environment plus [`AlertEnv::vars`], stdin and stdout closed, in its own process group.
+/// environment plus [`AlertEnv::vars`], stdin and stdout closed, in its own process group,
+/// through [`crate::process`] on the blocking pool (so it must be awaited inside a tokio
+/// runtime).
 ///
-/// Uses `tokio::process`, so it must be awaited inside the daemon's runtime. Its stderr is
-/// captured (first 4 KiB) and logged at WARN if the command fails, so it never interleaves
-/// with the daemon's own log lines. After [`ALERT_COMMAND_TIMEOUT`] the whole process group is
-/// killed and the result is an `io::ErrorKind::TimedOut` error.
+/// Its stderr is captured (the first [`process::CAPTURE_BYTES`]) and logged at WARN if the
+/// command fails, so it never interleaves with the daemon's own log lines. After
+/// [`ALERT_COMMAND_TIMEOUT`] the whole process group is killed and the result is an
+/// `io::ErrorKind::TimedOut` error; if the returned future is dropped (the daemon shuts
+/// down), the group is killed too.
 pub async fn run_command(argv: &[String], env: &AlertEnv) -> io::Result<ExitStatus> {
     run_command_with_timeout(argv, env, ALERT_COMMAND_TIMEOUT).await
 }
@@ -378,69 +376,46 @@ async fn run_command_with_timeout(
     env: &AlertEnv,
     timeout: Duration,
 ) -> io::Result<ExitStatus> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "empty alert command"))?;
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .envs(env.vars())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id();
-    let stderr = child.stderr.take().map(|mut pipe| {
-        tokio::spawn(async move {
-            let mut kept = Vec::new();
-            let mut buf = [0u8; 1024];
-            // Keep reading past the cap so the command never blocks on a full pipe.
-            while let Ok(n @ 1..) = pipe.read(&mut buf).await {
-                let room = STDERR_CAPTURE_BYTES.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
-            }
-            kept
-        })
-    });
-    let status = match tokio::time::timeout(timeout, child.wait()).await {
-        Ok(status) => status?,
-        Err(_) => {
-            if let Some(pid) = pid {
-                // The group id is the child's pid (process_group(0)): this also reaches
-                // whatever a `sh -c` started.
-                let _ = nix::sys::signal::killpg(
-                    nix::unistd::Pid::from_raw(pid as i32),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-            let _ = child.kill().await;
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "alert command {program:?} still running after {}s, killed",
-                    timeout.as_secs_f64()
-                ),
-            ));
-        }
-    };
-    if let Some(reader) = stderr {
-        // A background grandchild may still hold the pipe open: do not wait for it long.
-        let kept = match tokio::time::timeout(STDERR_DRAIN_WAIT, reader).await {
-            Ok(Ok(kept)) => kept,
-            _ => Vec::new(),
-        };
-        if !status.success() {
-            tracing::warn!(
-                wal = env.wal_name.as_str(),
-                alert = env.alert_name.as_str(),
-                %status,
-                stderr = %String::from_utf8_lossy(&kept).trim_end(),
-                "alert command failed"
-            );
-        }
+    if argv.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "empty alert command",
+        ));
     }
-    Ok(status)
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _cancel_on_drop = CancelOnDrop(Arc::clone(&cancel));
+    let argv = argv.to_vec();
+    let vars = env.vars().map(|(k, v)| (k.into(), v)).to_vec();
+    let finished = tokio::task::spawn_blocking(move || {
+        process::run(&Spec {
+            argv: &argv,
+            env: vars,
+            stdout: Stdout::Null,
+            timeout,
+            cancel: Some(&cancel),
+        })
+    })
+    .await
+    .map_err(io::Error::other)??;
+    if !finished.status.success() {
+        tracing::warn!(
+            wal = env.wal_name.as_str(),
+            alert = env.alert_name.as_str(),
+            status = %finished.status,
+            stderr = %finished.stderr_text(),
+            "alert command failed"
+        );
+    }
+    Ok(finished.status)
+}
+
+/// Sets the flag when dropped: a command whose awaiting future is dropped is stopped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@
 //!   publish per-WAL figures, run outcomes and alert states.
 //! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the
 //!   edge actions: logging and running the rule's command.
+//! - [`process`]: the one runner of external commands (hooks, alert commands): own process
+//!   group killed whole on timeout, bounded stderr capture.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
 //! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
 //!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
@@ -86,6 +88,7 @@ pub mod metrics;
 pub mod output;
 pub mod pipeline;
 pub mod policy;
+pub mod process;
 pub mod replay;
 pub mod rules;
 pub mod wal;

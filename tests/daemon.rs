@@ -420,3 +420,48 @@ fn online_mode_compacts_while_another_process_holds_the_wal() {
     );
     assert_eq!(digest(&wal), before);
 }
+
+/// Whether `pid` is a live `sleep` (zombies do not count: nothing may reap orphans here).
+fn sleep_alive(pid: &str) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        stat.contains("(sleep)") && state != Some("Z")
+    })
+}
+
+/// An alert command still running when the daemon stops is killed with its whole process
+/// group: the background `sleep` a `sh -c` command started does not outlive the daemon.
+#[test]
+fn an_alert_command_running_at_shutdown_leaves_nothing_behind() {
+    let d = tempfile::tempdir().unwrap();
+    write_wal(d.path(), "wal.log", &clean_wal("a", 10));
+    let pidfile = d.path().join("sleep.pid");
+    let script = format!(
+        "sleep 600 & echo $! > {p}.tmp && mv {p}.tmp {p}; wait",
+        p = pidfile.display()
+    );
+    let alert = format!(
+        "[[alert]]\nname = \"Any\"\nmetric = \"wal_size_bytes\"\nabove = 1\n\
+         actions = [\"command\"]\ncommand = [\"sh\", \"-c\", {script:?}]\n"
+    );
+    let policy = test_policy(&wal_table("w1", "wal.log", "", "")) + "\n" + &alert;
+    write_policy(d.path(), &policy);
+    let mut daemon = Daemon::start(d.path(), "policy.toml");
+    assert!(
+        wait_until(DEADLINE, || pidfile.exists()),
+        "{}",
+        daemon.dump()
+    );
+    let sleep = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    assert!(sleep_alive(&sleep));
+    daemon.signal(Signal::SIGTERM);
+    let status = daemon.wait_exit().expect("daemon exits after SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", daemon.dump());
+    assert!(
+        wait_until(DEADLINE, || !sleep_alive(&sleep)),
+        "the alert command's background sleep {sleep} outlived the daemon"
+    );
+}

@@ -397,3 +397,62 @@ async fn run_command_kills_the_process_group_on_timeout() {
         "a process of the group outlived the timeout"
     );
 }
+
+#[test]
+fn a_timed_out_command_leaves_nothing_of_its_process_group_behind() {
+    use crate::process::testing::*;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("sleep.pid");
+    let t = Transition::Fired {
+        rule: rule("r", AlertMetric::WalSizeMb, Threshold::Above(1.0), 0),
+        value: 2.0,
+    };
+    let argv = orphaning_argv(&pidfile);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sleep = sleep_pid_after(&pidfile, |timeout| {
+        let err = rt
+            .block_on(run_command_with_timeout(&argv, &env(&t), timeout))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    });
+    assert_sleep_gone(sleep);
+}
+
+#[tokio::test]
+async fn a_dropped_command_is_killed_with_its_process_group() {
+    use crate::process::testing::*;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("sleep.pid");
+    let t = Transition::Fired {
+        rule: rule("r", AlertMetric::WalSizeMb, Threshold::Above(1.0), 0),
+        value: 2.0,
+    };
+    let argv = orphaning_argv(&pidfile);
+    let alert_env = env(&t);
+    let running = run_command_with_timeout(&argv, &alert_env, Duration::from_secs(600));
+    // Until the sleep is started, then drop the future (as a runtime shutting down does).
+    let started = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                r = &mut running => panic!("finished: {r:?}"),
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                    if pidfile.exists() { break }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(started.is_ok(), "the script never started its sleep");
+    let sleep = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    tokio::task::spawn_blocking(move || assert_sleep_gone(sleep))
+        .await
+        .unwrap();
+}

@@ -32,8 +32,11 @@ pub enum DaemonError {
     #[error("signal handler: {0}")]
     Signal(io::Error),
 
-    #[error("hook {argv:?}: {detail}")]
-    Hook { argv: Vec<String>, detail: String },
+    #[error("hook {argv:?}: {source}")]
+    Hook {
+        argv: Vec<String>,
+        source: crate::process::ProcessError,
+    },
 }
 
 impl DaemonError {

@@ -1,20 +1,22 @@
-//! External commands around a compaction (argv arrays, no shell). The offline-mode check
-//! that no other process holds the WAL open is the offline guard's admission
+//! External commands around a compaction (argv arrays, no shell), run by [`crate::process`]
+//! (own process group, killed whole on timeout, stderr captured). The offline-mode check that
+//! no other process holds the WAL open is the offline guard's admission
 //! (`pipeline::guard::offline`).
 
-use std::io;
-use std::os::fd::AsFd;
+use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tracing::debug;
 
 use super::DaemonError;
+use crate::process::{self, Finished, Spec, Stdout};
 
-/// A hook running longer than this is killed and counts as failed: hooks are meant to be
-/// quick (stop a service, run a check), and a stuck one must not wedge the supervisor.
+/// A hook running longer than this is killed (with its process group) and counts as failed:
+/// hooks are meant to be quick (stop a service, run a check), and a stuck one must not wedge
+/// the supervisor.
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(300);
-/// How often a running hook is polled for exit; its cost is negligible next to a fork.
-const HOOK_POLL: Duration = Duration::from_millis(20);
 
 /// The environment every hook gets.
 #[derive(Debug, Clone)]
@@ -25,6 +27,22 @@ pub struct HookEnv {
     pub backup_path: Option<PathBuf>,
 }
 
+impl HookEnv {
+    /// `WAL_PATH`, `WAL_NAME`, `BACKUP_PATH` (empty without a backup), added to the daemon's.
+    fn vars(&self) -> Vec<(OsString, OsString)> {
+        let backup = self
+            .backup_path
+            .as_ref()
+            .map(|p| p.as_os_str().to_owned())
+            .unwrap_or_default();
+        vec![
+            ("WAL_PATH".into(), self.wal_path.clone().into()),
+            ("WAL_NAME".into(), self.wal_name.clone().into()),
+            ("BACKUP_PATH".into(), backup),
+        ]
+    }
+}
+
 /// Runs `argv` with the hook environment; `Ok(status)` when it ran to completion.
 /// Its stdout goes to our stderr so it can never corrupt the JSON log stream on stdout.
 pub fn run_blocking(
@@ -32,49 +50,44 @@ pub fn run_blocking(
     env: &HookEnv,
     timeout: Duration,
 ) -> Result<ExitStatus, DaemonError> {
-    let err = |detail: String| DaemonError::Hook {
-        argv: argv.to_vec(),
-        detail,
-    };
-    let (program, args) = argv.split_first().ok_or_else(|| err("empty argv".into()))?;
-    let stdout = io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| err(format!("dup stderr: {e}")))?;
-    let backup = env
-        .backup_path
-        .as_ref()
-        .map(|p| p.as_os_str().to_owned())
-        .unwrap_or_default();
-    let mut child = Command::new(program)
-        .args(args)
-        .env("WAL_PATH", &env.wal_path)
-        .env("WAL_NAME", &env.wal_name)
-        .env("BACKUP_PATH", backup)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .spawn()
-        .map_err(|e| err(format!("cannot start: {e}")))?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err(format!("killed after {} s", timeout.as_secs())));
-            }
-            Ok(None) => std::thread::sleep(HOOK_POLL),
-            Err(e) => return Err(err(format!("wait: {e}"))),
-        }
-    }
+    run_captured(argv, env, timeout).map(|f| f.status)
 }
 
-/// Runs a hook and turns a non-zero exit into an error message (for the verify check).
+fn run_captured(
+    argv: &[String],
+    env: &HookEnv,
+    timeout: Duration,
+) -> Result<Finished, DaemonError> {
+    let spec = Spec {
+        argv,
+        env: env.vars(),
+        stdout: Stdout::Stderr,
+        timeout,
+        cancel: None,
+    };
+    process::run(&spec).map_err(|source| DaemonError::Hook {
+        argv: argv.to_vec(),
+        source,
+    })
+}
+
+/// Runs a hook and turns a non-zero exit into an error message carrying the hook's captured
+/// stderr (for the run's log line and the verify check).
 pub fn run_checked(argv: &[String], env: &HookEnv, timeout: Duration) -> Result<(), String> {
-    match run_blocking(argv, env, timeout) {
-        Ok(s) if s.success() => Ok(()),
-        Ok(s) => Err(format!("{argv:?} exited with {s}")),
+    match run_captured(argv, env, timeout) {
+        Ok(f) if f.status.success() => {
+            if !f.stderr.is_empty() {
+                debug!(event = "hook", wal = %env.wal_name, ?argv, stderr = %f.stderr_text(),
+                    "hook succeeded and wrote to stderr");
+            }
+            Ok(())
+        }
+        Ok(f) if f.stderr.is_empty() => Err(format!("{argv:?} exited with {}", f.status)),
+        Ok(f) => Err(format!(
+            "{argv:?} exited with {}; stderr: {}",
+            f.status,
+            f.stderr_text()
+        )),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -106,5 +119,35 @@ mod tests {
         let e = run_blocking(&slow, &env, Duration::from_millis(100)).unwrap_err();
         assert!(e.to_string().contains("killed"), "{e}");
         assert!(run_checked(&["false".to_string()], &env, HOOK_TIMEOUT).is_err());
+    }
+
+    #[test]
+    fn a_timed_out_hook_leaves_nothing_of_its_process_group_behind() {
+        use crate::process::testing::*;
+        let d = tempfile::tempdir().unwrap();
+        let pidfile = d.path().join("sleep.pid");
+        let env = HookEnv {
+            wal_path: "/x/wal.log".into(),
+            wal_name: "w".into(),
+            backup_path: None,
+        };
+        let argv = orphaning_argv(&pidfile);
+        let sleep = sleep_pid_after(&pidfile, |timeout| {
+            let e = run_checked(&argv, &env, timeout).unwrap_err();
+            assert!(e.contains("killed"), "{e}");
+        });
+        assert_sleep_gone(sleep);
+    }
+
+    #[test]
+    fn a_failed_hook_reports_its_stderr() {
+        let env = HookEnv {
+            wal_path: "/x/wal.log".into(),
+            wal_name: "w".into(),
+            backup_path: None,
+        };
+        let argv = ["sh", "-c", "echo 'service refused to stop' >&2; exit 1"].map(String::from);
+        let e = run_checked(&argv, &env, HOOK_TIMEOUT).unwrap_err();
+        assert!(e.contains("stderr: service refused to stop"), "{e}");
     }
 }

@@ -14,6 +14,7 @@ pub mod observe;
 pub mod report;
 pub mod schedule;
 pub mod state;
+pub mod state_io;
 pub mod stats;
 pub mod supervisor;
 pub mod triggers;
@@ -88,7 +89,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         supervisors: BTreeMap::new(),
         watcher: Watcher::new(reload_tx)?,
         schedules: Schedules::default(),
-        observer: Observer::start(&opts.policy.daemon),
+        observer: Observer::start(&opts.policy.daemon, shutdown.clone()),
         policy: opts.policy.clone(),
     };
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
@@ -142,10 +143,25 @@ impl Daemon {
         }
     }
 
-    /// Re-reads the policy; an invalid one is logged with every error and ignored.
+    /// Re-reads the policy (on the blocking pool: a slow disk must not stall the runtime);
+    /// an invalid one is logged with every error and ignored.
     async fn reload(&mut self) {
         self.shared.systemd.reloading();
-        match policy::load(self.policy_path.as_deref()) {
+        let path = self.policy_path.clone();
+        let loaded = match tokio::task::spawn_blocking(move || policy::load(path.as_deref())).await
+        {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                crate::metrics::record_policy_reload(false);
+                error!(
+                    event = "policy_error",
+                    "policy loading panicked: {e}; keeping the running policy"
+                );
+                self.shared.systemd.ready();
+                return;
+            }
+        };
+        match loaded {
             Ok((new, source)) => {
                 crate::metrics::record_policy_reload(true);
                 info!(event = "policy", source = %source, wals = new.wals.len(), "policy reloaded from {source}");

@@ -7,7 +7,7 @@
 //! keeps `alert_active` current, and writes the textfile (rate-limited).
 //!
 //! Actions: `log` logs both edges; `command` runs on the firing edge in a spawned task (never
-//! blocking the daemon loop); `compact` asks the WAL's supervisor, whose guards (single
+//! blocking the daemon loop; killed with its process group if still running at shutdown); `compact` asks the WAL's supervisor, whose guards (single
 //! flight, cooldown, backoff, minimum reclaimable) still apply.
 
 use std::collections::BTreeMap;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use super::supervisor::{StatusBoard, WalStatus};
@@ -48,13 +49,15 @@ pub struct Observer {
     dirty: bool,
     last_write: Option<Instant>,
     writing: Arc<AtomicBool>,
+    /// The daemon's shutdown: alert commands still running then are killed (process group).
+    shutdown: CancellationToken,
 }
 
 impl Observer {
     /// Installs the Prometheus exporter when `metrics_listen` or `metrics_textfile` is set.
     /// Must be called inside the daemon's runtime (the HTTP listener is spawned on it). A
     /// failure (address in use, ...) is logged; the daemon keeps compacting without metrics.
-    pub fn start(daemon: &DaemonPolicy) -> Observer {
+    pub fn start(daemon: &DaemonPolicy, shutdown: CancellationToken) -> Observer {
         let metrics = if daemon.metrics_listen.is_none() && daemon.metrics_textfile.is_none() {
             info!(
                 event = "metrics",
@@ -91,6 +94,7 @@ impl Observer {
             dirty: true,
             last_write: None,
             writing: Arc::new(AtomicBool::new(false)),
+            shutdown,
         }
     }
 
@@ -127,7 +131,7 @@ impl Observer {
             let values = alert_values(status, wall, watched.min_reclaimable_bytes);
             let edges = alerts::evaluate(&self.rules, wal, &values, &mut self.states, now);
             for t in &edges {
-                act(wal, watched, t);
+                act(wal, watched, t, &self.shutdown);
             }
             for rule in self.rules.iter().filter(|r| applies(r, wal)) {
                 let firing = self.states.get(&rule.name, wal).is_some_and(|s| s.firing);
@@ -206,7 +210,7 @@ pub fn alert_values(status: &WalStatus, now: DateTime<Utc>, min_reclaimable: u64
 }
 
 /// Runs the actions of one edge.
-fn act(wal: &str, watched: &Watched, t: &Transition) {
+fn act(wal: &str, watched: &Watched, t: &Transition, shutdown: &CancellationToken) {
     let rule = t.rule();
     if t.has_action(AlertAction::Log) {
         alerts::log_transition(wal, t);
@@ -219,8 +223,18 @@ fn act(wal: &str, watched: &Watched, t: &Transition) {
     if t.has_action(AlertAction::Command) {
         let argv = rule.command.clone();
         let env = AlertEnv::new(t, wal, &watched.path);
+        let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            match alerts::run_command(&argv, &env).await {
+            let result = tokio::select! {
+                r = alerts::run_command(&argv, &env) => r,
+                // Dropping the run kills the command's process group, so nothing it started
+                // outlives the daemon.
+                _ = shutdown.cancelled() => {
+                    debug!(event = "alert_command", wal = %env.wal_name, alert = %env.alert_name, "alert command stopped: shutting down");
+                    return;
+                }
+            };
+            match result {
                 Ok(status) => {
                     debug!(event = "alert_command", wal = %env.wal_name, alert = %env.alert_name, %status, "alert command finished")
                 }

@@ -94,6 +94,7 @@ impl WalState {
 }
 
 /// The state file of one WAL.
+#[derive(Debug, Clone)]
 pub struct StateFile {
     path: PathBuf,
 }
@@ -132,8 +133,11 @@ impl StateFile {
         }
     }
 
-    /// Writes the state atomically, creating the directory if missing.
+    /// Writes the state atomically, creating the directory if missing. Blocking (a write,
+    /// two fsyncs, a rename): the daemon calls it through [`super::state_io::StateWriter`].
     pub fn save(&self, state: &WalState) -> io::Result<()> {
+        // A slow or stalled disk, for the test that the daemon's runtime never waits on it.
+        fail::fail_point!("state::write::delay");
         if let Some(dir) = self.path.parent() {
             fs::create_dir_all(dir)?;
         }

@@ -15,6 +15,7 @@ use tracing::{debug, error, info, warn};
 use super::job::{self, JobResult};
 use super::notify::Systemd;
 use super::state::{LastOutcome, Loaded, StateFile, WalState};
+use super::state_io::{self, StateWriter};
 use super::stats::{Refresh, Rescan, StatsTracker, WalStats};
 use super::triggers::{self, Decision, Reason, Request};
 use super::watcher::Hint;
@@ -107,9 +108,11 @@ pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> H
     let (policy_tx, policy_rx) = watch::channel(policy.clone());
     let hint = Arc::new(Hint::default());
     let cancel = parent.child_token();
+    let state_file = StateFile::new(&shared.state_dir, &policy.name);
     let sv = Supervisor {
         stats: StatsTracker::new(&policy.resolved_path, policy.corrupt_lines),
-        state_file: StateFile::new(&shared.state_dir, &policy.name),
+        state_writer: StateWriter::spawn(state_file.clone(), policy.name.clone()),
+        state_file,
         state: WalState::default(),
         policy,
         shared,
@@ -140,6 +143,8 @@ struct Supervisor {
     shared: Shared,
     stats: StatsTracker,
     state_file: StateFile,
+    /// Writes `state_file` off the runtime, in order; closed (drained) when the loop ends.
+    state_writer: StateWriter,
     state: WalState,
     hint: Arc<Hint>,
     cancel: CancellationToken,
@@ -162,7 +167,7 @@ impl Supervisor {
         mut alert_rx: mpsc::Receiver<String>,
         mut policy_rx: watch::Receiver<WalPolicy>,
     ) {
-        self.load_state();
+        self.load_state().await;
         let name = self.policy.name.clone();
         info!(event = "supervisor", wal = %name, path = %self.policy.resolved_path.display(), mode = %self.policy.mode, "watching WAL");
         let mut request = None;
@@ -207,12 +212,17 @@ impl Supervisor {
                 }
             }
         }
+        // Pending state writes finish before the supervisor counts as stopped: a supervisor
+        // started for the same WAL (reload) or the next daemon reads what this one recorded.
+        self.state_writer.close().await;
         info!(event = "supervisor", wal = %name, "stopped");
     }
 
-    fn load_state(&mut self) {
+    /// Reads the state file on the blocking pool (the supervisor decides nothing before).
+    async fn load_state(&mut self) {
+        let loaded = state_io::load(&self.state_file).await;
         let wal = self.policy.name.as_str();
-        self.state = match self.state_file.load() {
+        self.state = match loaded {
             Loaded::Found(s) | Loaded::Fresh(s) => s,
             Loaded::Rebuilt(s, why) => {
                 warn!(event = "state", wal, path = %self.state_file.path().display(),
@@ -222,11 +232,9 @@ impl Supervisor {
         };
     }
 
+    /// Queues the state for writing (see [`StateWriter`]); never waits for the disk.
     fn save_state(&self) {
-        if let Err(e) = self.state_file.save(&self.state) {
-            error!(event = "state", wal = %self.policy.name, path = %self.state_file.path().display(),
-                "cannot save state: {e}");
-        }
+        self.state_writer.save(self.state.clone());
     }
 
     /// Refreshes statistics, decides, maybe runs a job. Returns when to look again for a
