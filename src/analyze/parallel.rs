@@ -2,10 +2,11 @@
 //!
 //! The input is cut into fixed-size chunks. A line belongs to the chunk holding its first
 //! byte; the thread decoding a chunk reads past its end to finish the last line. Decoding
-//! threads take the next chunk from a shared counter and do the per-line work that needs no
-//! shared state (line splitting, UTF-8 check, JSON decoding, hashing a PREPARE's `data`),
-//! sending one compact batch per chunk. The calling thread takes the batches strictly in
-//! chunk order (a reorder ring) and does the sequential work (line numbers, interning, the
+//! threads take the next chunk from a shared counter, split it into lines and run the
+//! sequential pass's own per-line decoder on each (`pass::decode_line`: UTF-8 and JSON
+//! validation, hashing the id and a PREPARE line), sending one compact batch per chunk. The
+//! calling thread takes the batches strictly in chunk order (a reorder ring) and feeds each
+//! line to the same `Pass::observe` as the sequential pass (line numbers, interning, the
 //! rules' index, the replay), so the result is the one [`analyze`](super::analyze) computes.
 //! When the chunk it needs next is not decoded yet, it decodes the next free chunk itself:
 //! one decoding thread fewer than CPUs keeps every CPU busy without a third thread
@@ -14,6 +15,7 @@
 //! chunks in flight, so the steady state allocates nothing per line; memory is a few chunks
 //! per thread plus, as before, a few words per transaction.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -21,12 +23,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use super::{
-    Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
-};
-use crate::replay::{NO_PREPARE, PayloadHash, Replayer, payload_hash, torn_tail_hash};
-use crate::rules::{LineKind, Slot};
-use crate::wal::{Op, RawEntry, decode_raw, hash_id};
+use super::pass::{DecodeOpts, Decoded, Line, Pass, decode_line, decode_tail};
+use super::{Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Want};
+use crate::replay::{NO_PREPARE, PayloadHash, Replayer};
+use crate::wal::Op;
 use hashbrown::DefaultHashBuilder;
 
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
@@ -126,21 +126,6 @@ pub fn analyze_file_deferred(
 ) -> Result<(Analysis, Option<Replayer>), AnalyzeError> {
     let pass = run(file, len, want, Parallelism::default(), 0, progress)?;
     Ok(pass.finish_deferred(len))
-}
-
-/// Runs the pass over bytes in memory, decoding in parallel.
-pub fn analyze_slice(
-    bytes: &[u8],
-    want: Want,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Analysis, AnalyzeError> {
-    analyze_source(
-        bytes,
-        bytes.len() as u64,
-        want,
-        Parallelism::default(),
-        progress,
-    )
 }
 
 /// Runs the pass over the first `len` bytes of `source` with explicit parallelism.
@@ -404,13 +389,7 @@ impl Decoder {
                     p = nl + 1;
                 }
                 None => {
-                    let tail = &self.buf[p..filled];
-                    let hash = if self.want.replay {
-                        torn_tail_hash(tail)
-                    } else {
-                        [0; 32]
-                    };
-                    batch.tail = Some((tail.len() as u64, hash));
+                    batch.tail = Some(decode_tail(self.want, &self.buf[p..filled]));
                     break;
                 }
             }
@@ -452,8 +431,8 @@ fn fill<S: Source + ?Sized>(
     Ok(())
 }
 
-/// Decodes one complete line into `batch`: the per-line work of [`Pass::line`] that needs
-/// no shared state.
+/// Decodes one complete line ([`decode_line`]) and stores it in `batch` for the consumer.
+#[inline]
 fn line(
     want: Want,
     ids: &DefaultHashBuilder,
@@ -462,6 +441,10 @@ fn line(
     bytes: &[u8],
     batch: &mut Batch,
 ) {
+    let opts = DecodeOpts {
+        payload: want.replay,
+        describe: *described < MAX_REPORTED_CORRUPT_LINES,
+    };
     let mut rec = Rec {
         offset,
         len: bytes.len() as u64,
@@ -472,11 +455,6 @@ fn line(
         hash: NO_PREPARE,
         id_hash: 0,
     };
-    // The consumer refuses a line of 4 GiB or more (`line_len`); it needs no decoding.
-    let decoded = match u32::try_from(bytes.len() + 1) {
-        Ok(_) => decode_raw(bytes),
-        Err(_) => Ok(RawEntry::Blank),
-    };
     let verbatim = |rec: &mut Rec, batch: &mut Batch| {
         if want.replay {
             rec.a = batch.bytes.len();
@@ -484,87 +462,68 @@ fn line(
             rec.b = batch.bytes.len();
         }
     };
-    match decoded {
-        Ok(RawEntry::Blank) => {}
-        Ok(RawEntry::Unrecognized) => {
+    match decode_line(bytes, ids, opts) {
+        Decoded::Blank => {}
+        Decoded::Unrecognized => {
             rec.kind = RecKind::Unrecognized;
             verbatim(&mut rec, batch);
         }
-        Ok(RawEntry::Tx { op, tx_id }) => {
+        Decoded::Tx {
+            op,
+            tx_id,
+            id_hash,
+            payload,
+        } => {
             rec.kind = RecKind::Tx(op);
             rec.a = batch.ids.len();
             batch.ids.extend_from_slice(&tx_id);
             rec.b = batch.ids.len();
-            rec.id_hash = hash_id(ids, &tx_id);
-            if want.replay && !op.is_final() {
-                rec.hash = payload_hash(bytes);
-            }
+            rec.id_hash = id_hash;
+            rec.hash = payload;
         }
-        Err(e) => {
+        Decoded::Corrupt { reason } => {
             rec.kind = RecKind::Corrupt;
             verbatim(&mut rec, batch);
-            if *described < MAX_REPORTED_CORRUPT_LINES {
+            if let Some(reason) = reason {
                 *described += 1;
                 rec.reason = batch.reasons.len();
-                batch.reasons.push(describe(&e));
+                batch.reasons.push(reason);
             }
         }
     }
     batch.recs.push(rec);
 }
 
-/// The sequential part of [`Pass::line`] for each line of a batch, in order.
+/// Feeds each line of a batch, in order, to [`Pass::observe`], then its torn tail.
 fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
     for rec in &batch.recs {
-        pass.lines += 1;
-        let len = super::line_len(pass.lines, rec.offset, rec.len as usize)?;
-        let kind = match rec.kind {
-            RecKind::Blank => LineKind::Blank,
-            RecKind::Unrecognized => {
-                if pass.want.replay {
-                    pass.replay.observe_unrecognized(&batch.bytes[rec.a..rec.b]);
-                }
-                LineKind::Unrecognized
-            }
-            RecKind::Tx(op) => {
-                let tx = pass
-                    .ids
-                    .intern_hashed(&batch.ids[rec.a..rec.b], rec.id_hash)
-                    .ok_or(AnalyzeError::TooManyTransactions)?;
-                if pass.want.replay {
-                    pass.replay.observe_tx(op, tx, rec.offset, rec.hash);
-                }
-                LineKind::Tx { op, tx }
-            }
-            RecKind::Corrupt => {
-                let reason = batch
-                    .reasons
-                    .get_mut(rec.reason)
-                    .map(std::mem::take)
-                    .unwrap_or_default();
-                pass.corrupt(pass.lines, rec.offset, reason);
-                if pass.want.replay {
-                    pass.replay.observe_corrupt(&batch.bytes[rec.a..rec.b]);
-                }
-                LineKind::Corrupt { line: pass.lines }
-            }
+        let span = rec.a..rec.b;
+        let decoded = match rec.kind {
+            RecKind::Blank => Decoded::Blank,
+            RecKind::Unrecognized => Decoded::Unrecognized,
+            RecKind::Tx(op) => Decoded::Tx {
+                op,
+                tx_id: Cow::Borrowed(&batch.ids[span.clone()]),
+                id_hash: rec.id_hash,
+                payload: rec.hash,
+            },
+            RecKind::Corrupt => Decoded::Corrupt {
+                reason: batch.reasons.get_mut(rec.reason).map(std::mem::take),
+            },
         };
-        if pass.want.index {
-            super::check_size(rec.offset, len)?;
-            pass.index.observe(
-                Slot {
-                    offset: rec.offset,
-                    len,
-                },
-                kind,
-            );
-        }
+        let verbatim = match rec.kind {
+            RecKind::Unrecognized | RecKind::Corrupt => &batch.bytes[span],
+            _ => &[],
+        };
+        pass.observe(Line {
+            offset: rec.offset,
+            len: rec.len as usize,
+            verbatim,
+            decoded,
+        })?;
     }
-    if let Some((len, hash)) = batch.tail {
-        pass.torn_tail_bytes = len;
-        if pass.want.replay {
-            pass.replay.observe_torn_tail_hashed(len, hash);
-        }
+    if let Some(tail) = batch.tail {
+        pass.torn_tail(tail);
     }
     Ok(())
 }
