@@ -152,7 +152,9 @@ impl Pass {
 
     /// Feeds one decoded line, the next in file order, to the interner, the index and the
     /// replay (as wanted); returns what the index was told, which [`super::explain`] needs.
-    #[inline]
+    /// Always inlined: it runs once per line, and left out of line (as `#[inline]` let the
+    /// compiler do) the call cost 0.8% more instructions over the passes (callgrind).
+    #[inline(always)]
     pub fn observe(&mut self, line: Line<'_>) -> Result<LineKind, AnalyzeError> {
         self.lines += 1;
         let (number, offset) = (self.lines, line.offset);
