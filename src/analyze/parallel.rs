@@ -6,7 +6,7 @@
 //! sequential pass's own per-line decoder on each (`pass::decode_line`: UTF-8 and JSON
 //! validation, hashing the id and a PREPARE line), sending one compact batch per chunk. The
 //! calling thread takes the batches strictly in chunk order (a reorder ring) and feeds each
-//! line to the same `Pass::observe` as the sequential pass (line numbers, interning, the
+//! line to the same `Pass::observe_*` methods as the sequential pass (line numbers, interning, the
 //! rules' index, the replay), so the result is the one [`analyze`](super::analyze) computes.
 //! When the chunk it needs next is not decoded yet, it decodes the next free chunk itself:
 //! one decoding thread fewer than CPUs keeps every CPU busy without a third thread
@@ -15,7 +15,6 @@
 //! chunks in flight, so the steady state allocates nothing per line; memory is a few chunks
 //! per thread plus, as before, a few words per transaction.
 
-use std::borrow::Cow;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -23,7 +22,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use super::pass::{DecodeOpts, Decoded, Line, Pass, decode_line, decode_tail};
+use super::pass::{DecodeOpts, Decoded, Pass, decode_line, decode_tail};
 use super::{Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Want};
 use crate::replay::{NO_PREPARE, PayloadHash, Replayer};
 use crate::wal::Op;
@@ -494,33 +493,23 @@ fn line(
     batch.recs.push(rec);
 }
 
-/// Feeds each line of a batch, in order, to [`Pass::observe`], then its torn tail.
+/// Feeds each line of a batch, in order, to the [`Pass`] method of its kind, then the torn
+/// tail.
 fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
     for rec in &batch.recs {
-        let span = rec.a..rec.b;
-        let decoded = match rec.kind {
-            RecKind::Blank => Decoded::Blank,
-            RecKind::Unrecognized => Decoded::Unrecognized,
-            RecKind::Tx(op) => Decoded::Tx {
-                op,
-                tx_id: Cow::Borrowed(&batch.ids[span.clone()]),
-                id_hash: rec.id_hash,
-                payload: rec.hash,
-            },
-            RecKind::Corrupt => Decoded::Corrupt {
-                reason: batch.reasons.get_mut(rec.reason).map(std::mem::take),
-            },
-        };
-        let verbatim = match rec.kind {
-            RecKind::Unrecognized | RecKind::Corrupt => &batch.bytes[span],
-            _ => &[],
-        };
-        pass.observe(Line {
-            offset: rec.offset,
-            len: rec.len as usize,
-            verbatim,
-            decoded,
-        })?;
+        let (offset, len, span) = (rec.offset, rec.len as usize, rec.a..rec.b);
+        match rec.kind {
+            RecKind::Blank => pass.observe_blank(offset, len),
+            RecKind::Unrecognized => pass.observe_unrecognized(offset, len, &batch.bytes[span]),
+            RecKind::Tx(op) => {
+                let id = &batch.ids[span];
+                pass.observe_tx(offset, len, op, id, rec.id_hash, rec.hash)
+            }
+            RecKind::Corrupt => {
+                let reason = batch.reasons.get_mut(rec.reason).map(std::mem::take);
+                pass.observe_corrupt(offset, len, &batch.bytes[span], reason)
+            }
+        }?;
     }
     if let Some(tail) = batch.tail {
         pass.torn_tail(tail);

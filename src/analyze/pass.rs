@@ -1,8 +1,9 @@
 //! The per-line work of every pass, written once: [`decode_line`] (what a line is, needing no
-//! shared state, so decoding threads can run it) and [`Pass::observe`] (the one place a
-//! decoded line reaches the interner, the rules' [`Indexer`] and the [`Replayer`], in file
-//! order). The sequential pass calls both for each line; the parallel pass calls
-//! [`decode_line`] on decoding threads and [`Pass::observe`] on the consuming thread.
+//! shared state, so decoding threads can run it) and [`Pass::observe`] with its `observe_*`
+//! methods (the one place a decoded line reaches the interner, the rules' [`Indexer`] and the
+//! [`Replayer`], in file order). The sequential pass calls both for each line; the parallel
+//! pass calls [`decode_line`] on decoding threads and the `observe_*` method of each line's
+//! kind on the consuming thread.
 
 use std::borrow::Cow;
 
@@ -43,8 +44,9 @@ pub(super) struct DecodeOpts {
 
 /// Decodes one complete line (without its `\n`): the per-line work that needs no shared
 /// state. `ids` is the interner's hasher. A line of 4 GiB or more is not decoded (reported
-/// as blank): [`Pass::observe`] refuses it from its length alone.
-#[inline]
+/// as blank): [`Pass::observe`] refuses it from its length alone. Always inlined, so the
+/// enum it returns is never built in memory only to be matched again by the caller.
+#[inline(always)]
 pub(super) fn decode_line<'a>(
     bytes: &'a [u8],
     ids: &DefaultHashBuilder,
@@ -79,18 +81,6 @@ pub(super) fn decode_tail(want: Want, tail: &[u8]) -> (u64, [u8; 32]) {
         false => [0; 32],
     };
     (tail.len() as u64, hash)
-}
-
-/// One decoded line as [`Pass::observe`] takes it, in file order.
-pub(super) struct Line<'a> {
-    /// Byte offset of the line's start.
-    pub offset: u64,
-    /// The line's length without its `\n`.
-    pub len: usize,
-    /// The line's bytes, needed only when the replay keeps it verbatim (unrecognized or
-    /// corrupt); the parallel pass leaves it empty otherwise.
-    pub verbatim: &'a [u8],
-    pub decoded: Decoded<'a>,
 }
 
 /// State of one pass: the interner, the index, the replay and the line figures.
@@ -142,61 +132,119 @@ impl Pass {
     #[inline]
     pub fn line(&mut self, offset: u64, bytes: &[u8]) -> Result<LineKind, AnalyzeError> {
         let decoded = decode_line(bytes, &self.hasher, self.decode_opts());
-        self.observe(Line {
-            offset,
-            len: bytes.len(),
-            verbatim: bytes,
-            decoded,
-        })
+        self.observe(offset, bytes, decoded)
     }
 
     /// Feeds one decoded line, the next in file order, to the interner, the index and the
-    /// replay (as wanted); returns what the index was told, which [`super::explain`] needs.
-    /// Always inlined: it runs once per line, and left out of line (as `#[inline]` let the
-    /// compiler do) the call cost 0.8% more instructions over the passes (callgrind).
+    /// replay (as wanted), through the `observe_*` method of its kind; returns what the index
+    /// was told, which [`super::explain`] needs. `line` is the line without its `\n`.
     #[inline(always)]
-    pub fn observe(&mut self, line: Line<'_>) -> Result<LineKind, AnalyzeError> {
-        self.lines += 1;
-        let (number, offset) = (self.lines, line.offset);
-        let len = line_len(number, offset, line.len)?;
-        if self.want.index {
-            check_size(offset, len)?;
-        }
-        let kind = match line.decoded {
-            Decoded::Blank => LineKind::Blank,
-            Decoded::Unrecognized => {
-                if self.want.replay {
-                    self.replay.observe_unrecognized(line.verbatim);
-                }
-                LineKind::Unrecognized
-            }
+    pub fn observe(
+        &mut self,
+        offset: u64,
+        line: &[u8],
+        decoded: Decoded<'_>,
+    ) -> Result<LineKind, AnalyzeError> {
+        let len = line.len();
+        match decoded {
+            Decoded::Blank => self.observe_blank(offset, len),
+            Decoded::Unrecognized => self.observe_unrecognized(offset, len, line),
             Decoded::Tx {
                 op,
                 tx_id,
                 id_hash,
                 payload,
-            } => {
-                let tx = self
-                    .ids
-                    .intern_hashed(&tx_id, id_hash)
-                    .ok_or(AnalyzeError::TooManyTransactions)?;
-                if self.want.replay {
-                    self.replay.observe_tx(op, tx, offset, payload);
-                }
-                LineKind::Tx { op, tx }
-            }
-            Decoded::Corrupt { reason } => {
-                self.corrupt(number, offset, reason.unwrap_or_default());
-                if self.want.replay {
-                    self.replay.observe_corrupt(line.verbatim);
-                }
-                LineKind::Corrupt { line: number }
-            }
-        };
-        if self.want.index {
-            self.index.observe(Slot { offset, len }, kind);
+            } => self.observe_tx(offset, len, op, &tx_id, id_hash, payload),
+            Decoded::Corrupt { reason } => self.observe_corrupt(offset, len, line, reason),
         }
-        Ok(kind)
+    }
+
+    // The `observe_*` methods are what `observe` dispatches to; the parallel pass, which
+    // keeps each line's kind in its batch, calls them directly. Each takes the line's offset
+    // and its length without the `\n`, and is always inlined: it runs once per line, and
+    // a call, or an enum the parallel pass built only for `observe` to match it again, cost
+    // the consuming thread ~35 instructions a line (callgrind).
+
+    #[inline(always)]
+    pub fn observe_blank(&mut self, offset: u64, len: usize) -> Result<LineKind, AnalyzeError> {
+        let slot = self.begin(offset, len)?;
+        Ok(self.index(slot, LineKind::Blank))
+    }
+
+    /// `line`: the line's bytes, read only with replay (the parallel pass may pass none
+    /// otherwise).
+    #[inline(always)]
+    pub fn observe_unrecognized(
+        &mut self,
+        offset: u64,
+        len: usize,
+        line: &[u8],
+    ) -> Result<LineKind, AnalyzeError> {
+        let slot = self.begin(offset, len)?;
+        if self.want.replay {
+            self.replay.observe_unrecognized(line);
+        }
+        Ok(self.index(slot, LineKind::Unrecognized))
+    }
+
+    /// `id_hash` and `payload` as [`decode_line`] computed them.
+    #[inline(always)]
+    pub fn observe_tx(
+        &mut self,
+        offset: u64,
+        len: usize,
+        op: Op,
+        tx_id: &[u8],
+        id_hash: u64,
+        payload: PayloadHash,
+    ) -> Result<LineKind, AnalyzeError> {
+        let slot = self.begin(offset, len)?;
+        let tx = self
+            .ids
+            .intern_hashed(tx_id, id_hash)
+            .ok_or(AnalyzeError::TooManyTransactions)?;
+        if self.want.replay {
+            self.replay.observe_tx(op, tx, offset, payload);
+        }
+        Ok(self.index(slot, LineKind::Tx { op, tx }))
+    }
+
+    /// `line` as for [`Pass::observe_unrecognized`]; `reason` when described.
+    #[inline(always)]
+    pub fn observe_corrupt(
+        &mut self,
+        offset: u64,
+        len: usize,
+        line: &[u8],
+        reason: Option<String>,
+    ) -> Result<LineKind, AnalyzeError> {
+        let slot = self.begin(offset, len)?;
+        let number = self.lines;
+        self.corrupt(number, offset, reason.unwrap_or_default());
+        if self.want.replay {
+            self.replay.observe_corrupt(line);
+        }
+        Ok(self.index(slot, LineKind::Corrupt { line: number }))
+    }
+
+    /// Counts the line and checks that it can be recorded: its slot on disk.
+    #[inline(always)]
+    fn begin(&mut self, offset: u64, len: usize) -> Result<Slot, AnalyzeError> {
+        self.lines += 1;
+        let len = line_len(self.lines, offset, len)?;
+        if self.want.index {
+            check_size(offset, len)?;
+        }
+        Ok(Slot { offset, len })
+    }
+
+    /// Tells the index (if wanted) what the line is.
+    #[inline(always)]
+    fn index(&mut self, slot: Slot, kind: LineKind) -> LineKind {
+        if self.want.index {
+            self.index.observe(slot, kind);
+        }
+        kind
     }
 
     fn corrupt(&mut self, line: u64, offset: u64, reason: String) {
