@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::commands::Status;
 use crate::policy::{AlertAction, AlertMetric, AlertRule, Severity};
 use crate::process::{self, Spec, Stdout};
 
@@ -49,19 +48,6 @@ pub struct AlertValues {
 }
 
 impl AlertValues {
-    /// The WAL figures of a status pass; the run-related figures stay unknown.
-    pub fn from_status(s: &Status) -> Self {
-        AlertValues {
-            wal_size_bytes: Some(s.size_bytes),
-            wal_reclaimable_bytes: Some(s.reclaimable_bytes),
-            wal_reclaimable_ratio: Some(s.reclaimable_ratio),
-            wal_torn_tail_bytes: Some(s.torn_tail_bytes),
-            wal_corrupt_lines: Some(s.corrupt_lines),
-            wal_in_flight_transactions: Some(s.transactions.in_flight),
-            ..AlertValues::default()
-        }
-    }
-
     /// The value of `m`, or `None` when unknown.
     pub fn value(&self, m: AlertMetric) -> Option<f64> {
         let n = |v: Option<u64>| v.map(|v| v as f64);

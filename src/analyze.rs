@@ -1,21 +1,25 @@
 //! One streaming pass over a WAL: scan lines, decode `op`/`tx_id`, intern ids, and
-//! feed the rules' [`Indexer`] and the [`Replayer`]. Parses from any `BufRead` on one thread;
-//! [`analyze_file`] and [`analyze_slice`] decode a file or a slice on several threads with
-//! the same result. Callers at the edges open files.
+//! feed the rules' [`Indexer`] and the [`Replayer`](crate::replay::Replayer). [`analyze`]
+//! reads any `BufRead` on one thread; [`analyze_file`] and [`analyze_source`] decode a file
+//! or a [`Source`] on several threads with the same result. Callers at the edges open files.
+//!
+//! Each piece is written once: `pass.rs` decodes a line and feeds it to the index and the
+//! replay (for both the sequential and the parallel pass), and one scan loop serves every
+//! sequential pass ([`analyze`], [`Tracker::feed`], [`explain`]).
 
 use std::io::{self, BufRead};
 
 mod parallel;
+mod pass;
 pub use parallel::{
-    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_file_deferred, analyze_slice,
-    analyze_source, analyze_source_expecting,
+    DEFAULT_CHUNK_BYTES, Parallelism, Source, analyze_file, analyze_file_deferred, analyze_source,
+    analyze_source_expecting,
 };
 
-use crate::replay::{NO_PREPARE, ReplayState, Replayer, payload_hash};
-use crate::rules::{CorruptLines, Indexer, LineKind, MAX_WAL_BYTES, Slot};
-use crate::wal::{
-    DecodeError, Entry, Ids, Interner, Item, LineScanner, RawEntry, decode, decode_raw,
-};
+use crate::replay::ReplayState;
+use crate::rules::{CorruptLines, Indexer, LineKind, MAX_WAL_BYTES};
+use crate::wal::{Ids, Item, LineScanner};
+use pass::{Pass, decode_tail};
 
 /// How many corrupt lines are described individually; the rest are only counted.
 pub const MAX_REPORTED_CORRUPT_LINES: usize = 20;
@@ -123,179 +127,41 @@ pub fn analyze<R: BufRead>(
     progress: &mut dyn FnMut(u64),
 ) -> Result<Analysis, AnalyzeError> {
     let mut pass = Pass::new(want);
-    let mut scanner = LineScanner::new(reader);
     let mut next_progress = PROGRESS_EVERY_BYTES;
-    loop {
-        let offset = scanner.offset();
-        let item = scanner
-            .next_item()
-            .map_err(|source| AnalyzeError::Io { offset, source })?;
+    let end = scan(LineScanner::new(reader), |item| {
+        let end = item.end();
         match item {
-            None => break,
-            Some(Item::TornTail { bytes, .. }) => pass.torn_tail(bytes),
-            Some(Item::Line(line)) => pass.line(line.number, line.offset, line.bytes)?,
-        }
-        if scanner.offset() >= next_progress {
-            progress(scanner.offset());
-            next_progress = scanner.offset() + PROGRESS_EVERY_BYTES;
-        }
-    }
-    Ok(pass.finish(scanner.offset()))
-}
-
-/// State of one pass; split out so `analyze` stays a readable loop.
-struct Pass {
-    want: Want,
-    ids: Interner,
-    index: Indexer,
-    replay: Replayer,
-    lines: u64,
-    torn_tail_bytes: u64,
-    corrupt: Vec<CorruptLine>,
-    corrupt_lines: u64,
-}
-
-impl Pass {
-    fn new(want: Want) -> Pass {
-        Pass::with_capacity(want, 0)
-    }
-
-    /// A pass expecting `txs` transactions (0 when unknown).
-    fn with_capacity(want: Want, txs: usize) -> Pass {
-        Pass {
-            want,
-            ids: Interner::with_capacity(txs),
-            index: Indexer::with_capacity(if want.index { txs } else { 0 })
-                .with_corrupt_lines(want.corrupt_lines),
-            replay: Replayer::with_capacity(if want.replay { txs } else { 0 })
-                .with_corrupt_lines(want.corrupt_lines),
-            lines: 0,
-            torn_tail_bytes: 0,
-            corrupt: Vec::new(),
-            corrupt_lines: 0,
-        }
-    }
-
-    fn line(&mut self, number: u64, offset: u64, bytes: &[u8]) -> Result<(), AnalyzeError> {
-        self.lines += 1;
-        let len = line_len(number, offset, bytes.len())?;
-        check_size(offset, len)?;
-        // The fast decoder validates as strictly as serde_json (property-tested equal).
-        let kind = match decode_raw(bytes) {
-            Ok(entry) => self.entry(entry, offset, bytes)?,
-            Err(e) => {
-                self.corrupt(number, offset, describe(&e));
-                if self.want.replay {
-                    self.replay.observe_corrupt(bytes);
-                }
-                LineKind::Corrupt { line: number }
+            Item::TornTail { bytes, .. } => pass.torn_tail(decode_tail(want, bytes)),
+            Item::Line(line) => {
+                pass.line(line.offset, line.bytes)?;
             }
-        };
-        if self.want.index {
-            self.index.observe(Slot { offset, len }, kind);
+        }
+        if end >= next_progress {
+            progress(end);
+            next_progress = end + PROGRESS_EVERY_BYTES;
         }
         Ok(())
-    }
-
-    fn entry(
-        &mut self,
-        entry: RawEntry<'_>,
-        offset: u64,
-        bytes: &[u8],
-    ) -> Result<LineKind, AnalyzeError> {
-        Ok(match entry {
-            RawEntry::Blank => LineKind::Blank,
-            RawEntry::Unrecognized => {
-                if self.want.replay {
-                    self.replay.observe_unrecognized(bytes);
-                }
-                LineKind::Unrecognized
-            }
-            RawEntry::Tx { op, tx_id } => {
-                let tx = self
-                    .ids
-                    .intern(&tx_id)
-                    .ok_or(AnalyzeError::TooManyTransactions)?;
-                if self.want.replay {
-                    let h = if op.is_final() {
-                        NO_PREPARE
-                    } else {
-                        payload_hash(bytes)
-                    };
-                    self.replay.observe_tx(op, tx, offset, h);
-                }
-                LineKind::Tx { op, tx }
-            }
-        })
-    }
-
-    fn corrupt(&mut self, line: u64, offset: u64, reason: String) {
-        self.corrupt_lines += 1;
-        if self.corrupt.len() < MAX_REPORTED_CORRUPT_LINES {
-            self.corrupt.push(CorruptLine {
-                line,
-                offset,
-                reason,
-            });
-        }
-    }
-
-    fn torn_tail(&mut self, bytes: &[u8]) {
-        self.torn_tail_bytes = bytes.len() as u64;
-        if self.want.replay {
-            self.replay.observe_torn_tail(bytes);
-        }
-    }
-
-    fn finish(self, end: u64) -> Analysis {
-        let (mut analysis, replayer) = self.finish_deferred(end);
-        analysis.replay = replayer.map(|r| r.finish(&analysis.ids));
-        analysis
-    }
-
-    /// The analysis without its replay state, and the replayer (if wanted) to finish it.
-    fn finish_deferred(self, end: u64) -> (Analysis, Option<Replayer>) {
-        // The lookup table is not needed any more: free it before replay sorts.
-        let ids = self.ids.into_ids();
-        let replayer = self.want.replay.then_some(self.replay);
-        let analysis = Analysis {
-            index: self.index,
-            replay: None,
-            scanned_len: end - self.torn_tail_bytes,
-            lines: self.lines,
-            torn_tail_bytes: self.torn_tail_bytes,
-            corrupt: self.corrupt,
-            corrupt_lines: self.corrupt_lines,
-            ids,
-        };
-        (analysis, replayer)
-    }
+    })?;
+    Ok(pass.finish(end))
 }
 
-/// A line's length on disk (with its `\n`); a line of 4 GiB or more is refused outright,
-/// since no policy can keep or quarantine what the index cannot record.
-fn line_len(line: u64, offset: u64, bytes: usize) -> Result<u32, AnalyzeError> {
-    u32::try_from(bytes + 1).map_err(|_| AnalyzeError::LineTooLong { line, offset })
-}
-
-/// Refuses a line the index cannot pack (a WAL past [`MAX_WAL_BYTES`]).
-fn check_size(offset: u64, len: u32) -> Result<(), AnalyzeError> {
-    match offset.checked_add(u64::from(len)) {
-        Some(end) if end <= MAX_WAL_BYTES => Ok(()),
-        _ => Err(AnalyzeError::TooLarge { offset }),
-    }
-}
-
-/// serde_json appends " at line 1 column N", which misleads inside a multi-line file:
-/// report the column within the line instead.
-fn describe(e: &DecodeError) -> String {
-    match e {
-        DecodeError::Json(j) => {
-            let msg = j.to_string();
-            let msg = msg.rfind(" at line ").map_or(msg.as_str(), |i| &msg[..i]);
-            format!("invalid JSON at column {}: {msg}", j.column())
+/// The scan loop of every sequential pass ([`analyze`], [`Tracker::feed`], [`explain`]):
+/// hands each line, then the torn tail, to `each` in order, and returns the offset reached.
+/// A read error names the offset where the failed read started.
+#[inline]
+fn scan<R: BufRead>(
+    mut scanner: LineScanner<R>,
+    mut each: impl FnMut(Item<'_>) -> Result<(), AnalyzeError>,
+) -> Result<u64, AnalyzeError> {
+    loop {
+        let offset = scanner.offset();
+        match scanner
+            .next_item()
+            .map_err(|source| AnalyzeError::Io { offset, source })?
+        {
+            None => return Ok(scanner.offset()),
+            Some(item) => each(item)?,
         }
-        other => other.to_string(),
     }
 }
 
@@ -329,23 +195,17 @@ impl Tracker {
     pub fn feed<R: BufRead>(&mut self, reader: R) -> Result<u64, AnalyzeError> {
         let start = self.offset;
         self.pass.torn_tail_bytes = 0;
-        let mut scanner = LineScanner::resume(reader, self.offset, self.pass.lines);
-        loop {
-            let offset = scanner.offset();
-            match scanner
-                .next_item()
-                .map_err(|source| AnalyzeError::Io { offset, source })?
-            {
-                None => break,
-                Some(Item::TornTail { bytes, .. }) => {
-                    self.pass.torn_tail_bytes = bytes.len() as u64
-                }
-                Some(Item::Line(line)) => {
-                    self.pass.line(line.number, line.offset, line.bytes)?;
-                    self.offset = scanner.offset();
+        let scanner = LineScanner::resume(reader, self.offset, self.pass.lines);
+        scan(scanner, |item| {
+            match item {
+                Item::TornTail { bytes, .. } => self.pass.torn_tail_bytes = bytes.len() as u64,
+                Item::Line(line) => {
+                    self.pass.line(line.offset, line.bytes)?;
+                    self.offset = line.offset + line.len_on_disk();
                 }
             }
-        }
+            Ok(())
+        })?;
         Ok(self.offset - start)
     }
 
@@ -379,34 +239,26 @@ impl Tracker {
 pub type DropBreakdown = std::collections::BTreeMap<crate::rules::DropReason, (u64, u64)>;
 
 /// A second pass that attributes every line the plan drops to the rule that drops it.
-/// Ids are interned in the same order as the first pass, so indices match the index.
+/// It decodes and interns like the first pass (wanting neither index nor replay), so ids
+/// get the same indices and each line the kind the index was told.
 pub fn explain<R: BufRead>(
     reader: R,
     index: &Indexer,
     plan: &crate::rules::Plan,
 ) -> Result<DropBreakdown, AnalyzeError> {
-    let mut ids = Interner::default();
-    let mut scanner = LineScanner::new(reader);
+    let mut pass = Pass::new(Want {
+        index: false,
+        replay: false,
+        corrupt_lines: CorruptLines::default(),
+    });
     let mut out = DropBreakdown::new();
-    loop {
-        let offset = scanner.offset();
-        let item = scanner
-            .next_item()
-            .map_err(|source| AnalyzeError::Io { offset, source })?;
-        let Some(Item::Line(line)) = item else { break };
-        let kind = match decode(line.bytes) {
-            Ok(Entry::Blank) => LineKind::Blank,
-            Ok(Entry::Tx(t)) => LineKind::Tx {
-                op: t.op,
-                tx: ids
-                    .intern(t.tx_id.as_bytes())
-                    .ok_or(AnalyzeError::TooManyTransactions)?,
-            },
-            Ok(Entry::Unrecognized) => continue,
-            Err(_) => LineKind::Corrupt { line: line.number },
+    scan(LineScanner::new(reader), |item| {
+        let Item::Line(line) = item else {
+            return Ok(());
         };
+        let kind = pass.line(line.offset, line.bytes)?;
         if plan.keeps(line.offset) {
-            continue;
+            return Ok(());
         }
         let status = match kind {
             LineKind::Tx { tx, .. } => index.status(tx),
@@ -417,6 +269,7 @@ pub fn explain<R: BufRead>(
             .or_default();
         e.0 += 1;
         e.1 += line.len_on_disk();
-    }
+        Ok(())
+    })?;
     Ok(out)
 }

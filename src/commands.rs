@@ -209,23 +209,37 @@ impl VerifyReport {
     }
 }
 
-fn replay_any(path: &Path, reader: impl Read) -> Result<crate::analyze::Analysis, PipelineError> {
-    let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
-    analyze(reader, Want::replay(CorruptLines::Keep), &mut |_| {})
-        .map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
+/// What a replay reads: the WAL (a file, `len` bytes of it) or a backup (a stream, since it
+/// may be zstd-compressed).
+enum ReplayInput<'a> {
+    File(&'a File, u64),
+    Stream(Box<dyn Read>),
+}
+
+/// The replay state `verify` and `restore` compare, corrupt lines kept in place: a file by
+/// the parallel pass, a stream by the sequential one (the same state, property-tested).
+fn replay(path: &Path, input: ReplayInput<'_>) -> Result<crate::analyze::Analysis, PipelineError> {
+    const WANT: Want = Want::replay(CorruptLines::Keep);
+    match input {
+        ReplayInput::File(file, len) => analyze_file(file, len, WANT, &mut |_| {}),
+        ReplayInput::Stream(reader) => {
+            let reader = BufReader::with_capacity(SCAN_BUFFER_BYTES, reader);
+            analyze(reader, WANT, &mut |_| {})
+        }
+    }
+    .map_err(|e| PipelineError::from_analyze(Stage::Verify, path, e))
 }
 
 /// Parses every line and computes the replay digest; with `against`, compares with a backup.
 pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let an = analyze_file(&file, id.len, Want::replay(CorruptLines::Keep), &mut |_| {})
-        .map_err(|e| PipelineError::from_analyze(Stage::Verify, wal, e))?;
+    let an = replay(wal, ReplayInput::File(&file, id.len))?;
     let state = an.replay.clone().expect("replay requested");
     let against = match against {
         None => None,
         Some(b) => {
             let r = backup::open_reader(b).map_err(PipelineError::io(Stage::Verify, "open", b))?;
-            let ban = replay_any(b, r)?;
+            let ban = replay(b, ReplayInput::Stream(r))?;
             let bd = ban.replay.expect("replay requested").digest_hex();
             Some(Against {
                 backup: b.into(),
@@ -283,7 +297,7 @@ pub fn restore(
         "open backup",
         from,
     ))?;
-    let an = replay_any(from, reader)?;
+    let an = replay(from, ReplayInput::Stream(reader))?;
     // The restored bytes replace the real file, never a symlink in front of it.
     let given = wal;
     let wal = &links::resolve_wal(wal)?;

@@ -299,11 +299,6 @@ impl Replayer {
         self.verbatim.update(line);
     }
 
-    /// The torn tail's bytes.
-    pub fn observe_torn_tail(&mut self, tail: &[u8]) {
-        self.observe_torn_tail_hashed(tail.len() as u64, torn_tail_hash(tail));
-    }
-
     /// The torn tail, as its length and [`torn_tail_hash`].
     pub fn observe_torn_tail_hashed(&mut self, len: u64, hash: [u8; 32]) {
         self.torn_tail = Some((len, hash));

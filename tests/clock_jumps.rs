@@ -190,9 +190,6 @@ fn a_huge_cooldown_holds_without_panicking() {
         let now = t0() + TimeDelta::seconds(1);
         let d = decide(&busy_wal(), &t, &state, None, now);
         assert!(matches!(d, Decision::Cooldown { .. }), "{secs} s: {d:?}");
-        // A manual request still goes through.
-        let d = decide(&busy_wal(), &t, &state, Some(Request::Manual), now);
-        assert!(matches!(d, Decision::Compact(_)), "{d:?}");
     }
 }
 

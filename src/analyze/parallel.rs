@@ -2,10 +2,11 @@
 //!
 //! The input is cut into fixed-size chunks. A line belongs to the chunk holding its first
 //! byte; the thread decoding a chunk reads past its end to finish the last line. Decoding
-//! threads take the next chunk from a shared counter and do the per-line work that needs no
-//! shared state (line splitting, UTF-8 check, JSON decoding, hashing a PREPARE's `data`),
-//! sending one compact batch per chunk. The calling thread takes the batches strictly in
-//! chunk order (a reorder ring) and does the sequential work (line numbers, interning, the
+//! threads take the next chunk from a shared counter, split it into lines and run the
+//! sequential pass's own per-line decoder on each (`pass::decode_line`: UTF-8 and JSON
+//! validation, hashing the id and a PREPARE line), sending one compact batch per chunk. The
+//! calling thread takes the batches strictly in chunk order (a reorder ring) and feeds each
+//! line to the same `Pass::observe_*` methods as the sequential pass (line numbers, interning, the
 //! rules' index, the replay), so the result is the one [`analyze`](super::analyze) computes.
 //! When the chunk it needs next is not decoded yet, it decodes the next free chunk itself:
 //! one decoding thread fewer than CPUs keeps every CPU busy without a third thread
@@ -21,12 +22,10 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use super::{
-    Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Pass, Want, describe,
-};
-use crate::replay::{NO_PREPARE, PayloadHash, Replayer, payload_hash, torn_tail_hash};
-use crate::rules::{LineKind, Slot};
-use crate::wal::{Op, RawEntry, decode_raw, hash_id};
+use super::pass::{DecodeOpts, Decoded, Pass, decode_line, decode_tail};
+use super::{Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Want};
+use crate::replay::{NO_PREPARE, PayloadHash, Replayer};
+use crate::wal::Op;
 use hashbrown::DefaultHashBuilder;
 
 /// Default chunk size: large enough that a read moves a useful amount, small enough that
@@ -126,21 +125,6 @@ pub fn analyze_file_deferred(
 ) -> Result<(Analysis, Option<Replayer>), AnalyzeError> {
     let pass = run(file, len, want, Parallelism::default(), 0, progress)?;
     Ok(pass.finish_deferred(len))
-}
-
-/// Runs the pass over bytes in memory, decoding in parallel.
-pub fn analyze_slice(
-    bytes: &[u8],
-    want: Want,
-    progress: &mut dyn FnMut(u64),
-) -> Result<Analysis, AnalyzeError> {
-    analyze_source(
-        bytes,
-        bytes.len() as u64,
-        want,
-        Parallelism::default(),
-        progress,
-    )
 }
 
 /// Runs the pass over the first `len` bytes of `source` with explicit parallelism.
@@ -404,13 +388,7 @@ impl Decoder {
                     p = nl + 1;
                 }
                 None => {
-                    let tail = &self.buf[p..filled];
-                    let hash = if self.want.replay {
-                        torn_tail_hash(tail)
-                    } else {
-                        [0; 32]
-                    };
-                    batch.tail = Some((tail.len() as u64, hash));
+                    batch.tail = Some(decode_tail(self.want, &self.buf[p..filled]));
                     break;
                 }
             }
@@ -452,8 +430,8 @@ fn fill<S: Source + ?Sized>(
     Ok(())
 }
 
-/// Decodes one complete line into `batch`: the per-line work of [`Pass::line`] that needs
-/// no shared state.
+/// Decodes one complete line ([`decode_line`]) and stores it in `batch` for the consumer.
+#[inline]
 fn line(
     want: Want,
     ids: &DefaultHashBuilder,
@@ -462,6 +440,10 @@ fn line(
     bytes: &[u8],
     batch: &mut Batch,
 ) {
+    let opts = DecodeOpts {
+        payload: want.replay,
+        describe: *described < MAX_REPORTED_CORRUPT_LINES,
+    };
     let mut rec = Rec {
         offset,
         len: bytes.len() as u64,
@@ -472,11 +454,6 @@ fn line(
         hash: NO_PREPARE,
         id_hash: 0,
     };
-    // The consumer refuses a line of 4 GiB or more (`line_len`); it needs no decoding.
-    let decoded = match u32::try_from(bytes.len() + 1) {
-        Ok(_) => decode_raw(bytes),
-        Err(_) => Ok(RawEntry::Blank),
-    };
     let verbatim = |rec: &mut Rec, batch: &mut Batch| {
         if want.replay {
             rec.a = batch.bytes.len();
@@ -484,198 +461,61 @@ fn line(
             rec.b = batch.bytes.len();
         }
     };
-    match decoded {
-        Ok(RawEntry::Blank) => {}
-        Ok(RawEntry::Unrecognized) => {
+    match decode_line(bytes, ids, opts) {
+        Decoded::Blank => {}
+        Decoded::Unrecognized => {
             rec.kind = RecKind::Unrecognized;
             verbatim(&mut rec, batch);
         }
-        Ok(RawEntry::Tx { op, tx_id }) => {
+        Decoded::Tx {
+            op,
+            tx_id,
+            id_hash,
+            payload,
+        } => {
             rec.kind = RecKind::Tx(op);
             rec.a = batch.ids.len();
             batch.ids.extend_from_slice(&tx_id);
             rec.b = batch.ids.len();
-            rec.id_hash = hash_id(ids, &tx_id);
-            if want.replay && !op.is_final() {
-                rec.hash = payload_hash(bytes);
-            }
+            rec.id_hash = id_hash;
+            rec.hash = payload;
         }
-        Err(e) => {
+        Decoded::Corrupt { reason } => {
             rec.kind = RecKind::Corrupt;
             verbatim(&mut rec, batch);
-            if *described < MAX_REPORTED_CORRUPT_LINES {
+            if let Some(reason) = reason {
                 *described += 1;
                 rec.reason = batch.reasons.len();
-                batch.reasons.push(describe(&e));
+                batch.reasons.push(reason);
             }
         }
     }
     batch.recs.push(rec);
 }
 
-/// The sequential part of [`Pass::line`] for each line of a batch, in order.
+/// Feeds each line of a batch, in order, to the [`Pass`] method of its kind, then the torn
+/// tail.
 fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
     for rec in &batch.recs {
-        pass.lines += 1;
-        let len = super::line_len(pass.lines, rec.offset, rec.len as usize)?;
-        let kind = match rec.kind {
-            RecKind::Blank => LineKind::Blank,
-            RecKind::Unrecognized => {
-                if pass.want.replay {
-                    pass.replay.observe_unrecognized(&batch.bytes[rec.a..rec.b]);
-                }
-                LineKind::Unrecognized
-            }
+        let (offset, len, span) = (rec.offset, rec.len as usize, rec.a..rec.b);
+        match rec.kind {
+            RecKind::Blank => pass.observe_blank(offset, len),
+            RecKind::Unrecognized => pass.observe_unrecognized(offset, len, &batch.bytes[span]),
             RecKind::Tx(op) => {
-                let tx = pass
-                    .ids
-                    .intern_hashed(&batch.ids[rec.a..rec.b], rec.id_hash)
-                    .ok_or(AnalyzeError::TooManyTransactions)?;
-                if pass.want.replay {
-                    pass.replay.observe_tx(op, tx, rec.offset, rec.hash);
-                }
-                LineKind::Tx { op, tx }
+                let id = &batch.ids[span];
+                pass.observe_tx(offset, len, op, id, rec.id_hash, rec.hash)
             }
             RecKind::Corrupt => {
-                let reason = batch
-                    .reasons
-                    .get_mut(rec.reason)
-                    .map(std::mem::take)
-                    .unwrap_or_default();
-                pass.corrupt(pass.lines, rec.offset, reason);
-                if pass.want.replay {
-                    pass.replay.observe_corrupt(&batch.bytes[rec.a..rec.b]);
-                }
-                LineKind::Corrupt { line: pass.lines }
+                let reason = batch.reasons.get_mut(rec.reason).map(std::mem::take);
+                pass.observe_corrupt(offset, len, &batch.bytes[span], reason)
             }
-        };
-        if pass.want.index {
-            super::check_size(rec.offset, len)?;
-            pass.index.observe(
-                Slot {
-                    offset: rec.offset,
-                    len,
-                },
-                kind,
-            );
-        }
+        }?;
     }
-    if let Some((len, hash)) = batch.tail {
-        pass.torn_tail_bytes = len;
-        if pass.want.replay {
-            pass.replay.observe_torn_tail_hashed(len, hash);
-        }
+    if let Some(tail) = batch.tail {
+        pass.torn_tail(tail);
     }
     Ok(())
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::analyze::analyze;
-
-    fn both(input: &[u8], chunk: usize, threads: usize) {
-        let want = Want::both(crate::rules::CorruptLines::Keep);
-        let seq = analyze(input, want, &mut |_| {}).unwrap();
-        let par = analyze_source(
-            input,
-            input.len() as u64,
-            want,
-            Parallelism {
-                chunk_bytes: chunk,
-                threads,
-            },
-            &mut |_| {},
-        )
-        .unwrap();
-        assert_eq!(seq.replay, par.replay, "chunk {chunk}");
-        assert_eq!(seq.index.plan(), par.index.plan(), "chunk {chunk}");
-        assert_eq!(seq.corrupt, par.corrupt, "chunk {chunk}");
-        assert_eq!(
-            (
-                seq.lines,
-                seq.scanned_len,
-                seq.torn_tail_bytes,
-                seq.corrupt_lines
-            ),
-            (
-                par.lines,
-                par.scanned_len,
-                par.torn_tail_bytes,
-                par.corrupt_lines
-            ),
-            "chunk {chunk}"
-        );
-    }
-
-    /// A source that fails past `at` bytes, as a disk error would.
-    struct FailsAt<'a> {
-        bytes: &'a [u8],
-        at: u64,
-    }
-
-    impl Source for FailsAt<'_> {
-        fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-            if offset + buf.len() as u64 > self.at {
-                return Err(io::Error::other("injected read error"));
-            }
-            self.bytes.read_at(buf, offset)
-        }
-    }
-
-    /// A read error in any chunk ends the pass with that error, whoever decodes the chunk,
-    /// and no thread is left waiting (the test would hang).
-    #[test]
-    fn a_read_error_ends_the_pass_for_every_split() {
-        let line = "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":1}}\n";
-        let input = line.repeat(200);
-        let want = Want::both(crate::rules::CorruptLines::Keep);
-        for at in [0, 1, 500, 4000, input.len() as u64 - 1] {
-            for (chunk, threads) in [(64, 1), (64, 2), (100, 3), (7, 4)] {
-                let source = FailsAt {
-                    bytes: input.as_bytes(),
-                    at,
-                };
-                let par = Parallelism {
-                    chunk_bytes: chunk,
-                    threads,
-                };
-                let got = analyze_source(&source, input.len() as u64, want, par, &mut |_| {});
-                assert!(
-                    matches!(got, Err(AnalyzeError::Io { .. })),
-                    "at {at}, chunk {chunk}, threads {threads}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn equals_the_sequential_pass_for_every_chunk_size() {
-        let input = concat!(
-            "{\"op\":\"PREPARE\",\"tx_id\":\"a\",\"data\":{\"v\":1}}\n",
-            "\n",
-            "{\"op\":\"COMMIT\",\"tx_id\":\"a\"}\r\n",
-            "garbage\n",
-            "{\"op\":\"CHECKPOINT\"}\n",
-            "{\"op\":\"PREPARE\",\"tx_id\":\"b\"}\n",
-            "{\"op\":\"ABORT\",\"tx_id\":\"b\"}\n",
-            "{\"op\":\"PREPARE\",\"tx_id\":\"c\",\"data\":[1]}\n",
-            "{\"op\":\"PREP"
-        )
-        .as_bytes();
-        for chunk in 1..=input.len() + 1 {
-            for threads in 1..=3 {
-                both(input, chunk, threads);
-                both(&input[..input.len() - 12], chunk, threads);
-            }
-        }
-        let many_corrupt: String = (0..50)
-            .map(|i| format!("{{\"op\":\"COMMIT\",\"tx_id\":\"a\"}}\n[{i}]\n"))
-            .collect();
-        for chunk in [1, 7, 30, 64, 1000] {
-            both(many_corrupt.as_bytes(), chunk, 3);
-        }
-        both(b"", 4, 2);
-        both(b"\n", 1, 2);
-    }
-}
+mod tests;

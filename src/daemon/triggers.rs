@@ -23,9 +23,6 @@ pub const SKIP_RETRY: Duration = Duration::from_secs(10);
 pub enum Request {
     /// A cron schedule fired: bypasses backoff, not the guards.
     Scheduled,
-    /// An operator asked: bypasses cooldown and backoff (the pipeline still skips when
-    /// there is nothing to reclaim).
-    Manual,
     /// An alert with the "compact" action asked: subject to every guard.
     Alert,
 }
@@ -48,7 +45,6 @@ impl fmt::Display for Reason {
             Reason::Ratio { ratio, min } => write!(f, "reclaimable_ratio {ratio:.3} >= {min}"),
             Reason::FreeDisk { percent, min } => write!(f, "free_disk {percent:.1}% < {min}%"),
             Reason::Requested(Request::Scheduled) => f.write_str("scheduled"),
-            Reason::Requested(Request::Manual) => f.write_str("manual"),
             Reason::Requested(Request::Alert) => f.write_str("alert"),
         }
     }
@@ -123,7 +119,7 @@ pub fn threshold_reasons(stats: &WalStats, t: &Triggers, commit_base: u64) -> Ve
 }
 
 /// Decides whether to compact now. Order: any reason at all → enough to reclaim →
-/// cooldown → backoff. A manual request skips the last three.
+/// cooldown → backoff (a scheduled request skips backoff).
 pub fn decide(
     stats: &WalStats,
     triggers: &Triggers,
@@ -135,9 +131,6 @@ pub fn decide(
     reasons.extend(request.map(Reason::Requested));
     if reasons.is_empty() {
         return Decision::Idle;
-    }
-    if request == Some(Request::Manual) {
-        return Decision::Compact(reasons);
     }
     let min = triggers.min_reclaimable_bytes;
     if stats.reclaimable_bytes == 0 || stats.reclaimable_bytes < min {

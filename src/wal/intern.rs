@@ -56,8 +56,9 @@ pub struct Interner {
 }
 
 impl Interner {
-    /// The index of `id` (a decoded JSON string's bytes, so valid UTF-8), adding it if new.
-    /// Returns `None` past `u32::MAX` ids or 4 GiB of id bytes.
+    /// [`Interner::intern_hashed`], hashing `id` here: the passes hash ids while decoding
+    /// (on decoding threads in parallel), so only tests intern this way.
+    #[cfg(test)]
     pub fn intern(&mut self, id: &[u8]) -> Option<TxIdx> {
         let hash = hash_id(&self.hasher, id);
         self.intern_hashed(id, hash)
@@ -82,7 +83,10 @@ impl Interner {
         self.hasher
     }
 
-    /// [`Interner::intern`] with `hash == hash_id(&self.hasher(), id)` computed by the caller.
+    /// The index of `bytes` (a decoded JSON string's bytes, so valid UTF-8), adding it if
+    /// new; `hash` must be `hash_id(&self.hasher(), bytes)`, computed by the caller (on a
+    /// decoding thread in the parallel pass). Returns `None` past `u32::MAX` ids or 4 GiB of
+    /// id bytes.
     pub fn intern_hashed(&mut self, bytes: &[u8], hash: u64) -> Option<TxIdx> {
         let Interner { table, ids, hasher } = self;
         if let Some(&i) = table.find(hash, |&i| ids.get_bytes(i) == bytes) {

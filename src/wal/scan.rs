@@ -38,6 +38,16 @@ pub enum Item<'b> {
     },
 }
 
+impl Item<'_> {
+    /// Offset just past the item: where the next one starts.
+    pub fn end(&self) -> u64 {
+        match self {
+            Item::Line(line) => line.offset + line.len_on_disk(),
+            Item::TornTail { offset, bytes } => offset + bytes.len() as u64,
+        }
+    }
+}
+
 /// A streaming line scanner over any `BufRead`; memory is one line at a time.
 pub struct LineScanner<R> {
     reader: R,

@@ -267,7 +267,7 @@ fn backoff_doubles_and_caps() {
 }
 
 #[test]
-fn failures_back_off_but_schedule_and_manual_do_not() {
+fn failures_back_off_but_schedule_does_not() {
     let t = Triggers {
         max_size_bytes: Some(10),
         ..off()
@@ -294,28 +294,20 @@ fn failures_back_off_but_schedule_and_manual_do_not() {
         Some(Request::Scheduled),
         now()
     )));
-    assert!(is_compact(&decide(
-        &s,
-        &t,
-        &st,
-        Some(Request::Manual),
-        now()
-    )));
     st.last_run = ago(120);
     assert!(is_compact(&decide(&s, &t, &st, None, now())));
 }
 
 #[test]
-fn manual_bypasses_guards_and_request_alone_is_a_reason() {
-    let mut st = WalState::default();
-    st.record(LastOutcome::Success, now());
-    let t = Triggers {
-        min_interval: Duration::from_secs(3600),
-        min_reclaimable_bytes: 1 << 30,
-        ..off()
-    };
+fn a_request_alone_is_a_reason() {
     assert_eq!(
-        decide(&stats(10, 0, 0), &t, &st, Some(Request::Manual), now()),
-        Decision::Compact(vec![Reason::Requested(Request::Manual)])
+        decide(
+            &stats(10, 100, 0),
+            &off(),
+            &WalState::default(),
+            Some(Request::Scheduled),
+            now()
+        ),
+        Decision::Compact(vec![Reason::Requested(Request::Scheduled)])
     );
 }
