@@ -154,6 +154,47 @@ fn offline_wal_replaced_by_another_file_is_refused() {
     next_run_works(&wal);
 }
 
+/// The WAL replaced after the run's last check, just before the swap (the application's own
+/// rewrite racing the compactor): the exchange brings the replacement back out, so it is put
+/// back at the WAL's path, never clobbered; offline and online alike.
+#[test]
+fn a_wal_replaced_just_before_the_swap_is_put_back_not_clobbered() {
+    for args in [&[][..], &["--mode", "online"][..]] {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, earlier) = wal_with_history(d.path());
+        let replacement = retried("other", 30) + &abort("x");
+        let out = run_paused(&wal, args, "swap::before_exchange::delay", || {
+            let other = write_wal(d.path(), "incoming.log", &replacement);
+            fs::rename(&other, &wal).unwrap();
+        });
+        assert_refused(
+            &out,
+            &wal,
+            "replaced by another file just before the swap; it was put back",
+            replacement.as_bytes(),
+            &earlier,
+        );
+        next_run_works(&wal);
+    }
+}
+
+/// Where the filesystem has no `RENAME_EXCHANGE`, the swap is a plain rename after the same
+/// last check: the run still succeeds and the WAL replays to the original state.
+#[test]
+fn a_filesystem_without_rename_exchange_swaps_by_rename() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = wal_with_history(d.path());
+    let before = digest(&wal);
+    walcompactd()
+        .env("FAILPOINTS", "swap::exchange::unsupported=return")
+        .arg("compact")
+        .arg(&wal)
+        .assert()
+        .success();
+    assert_eq!(digest(&wal), before);
+    assert_no_leftovers(d.path());
+}
+
 #[test]
 fn offline_wal_truncated_by_someone_else_is_refused() {
     let d = tempfile::tempdir().unwrap();

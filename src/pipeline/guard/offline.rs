@@ -36,7 +36,8 @@ pub(in crate::pipeline) fn swap(run: &mut Run, temp: &Path) -> Result<Swapped, P
     fail::fail_point!("swap::before_check::delay");
     ensure_unchanged(wal, &run.snap.id)?;
     run.journal_phase(journal::Phase::Swapping)?;
-    run.clock.stage(Stage::Swap, || swap::swap(temp, wal))?;
+    run.clock
+        .stage(Stage::Swap, || swap::swap(temp, wal, &run.snap.id))?;
     Ok(Swapped {
         len_at_swap: run.snap.plan.survivor_bytes() + (run.snap.id.len - run.snap.plan.scanned_len),
         online: None,

@@ -365,7 +365,8 @@ pub(in crate::pipeline) fn swap(
     stats.lock_wait_ms = ms(wait);
     let end = final_delta(&wal, &run.snap, copied, &mut sinks, &mut check, &mut stats)?;
     crate::crash_point!("online::under_lock::crash");
-    run.clock.stage(Stage::Swap, || swap::swap(temp, &wal))?;
+    run.clock
+        .stage(Stage::Swap, || swap::swap(temp, &wal, &run.snap.id))?;
     stats.lock_held_ms = ms(lock.acquired);
     drop(lock);
     stats.appended_bytes = end - run.snap.id.len;
