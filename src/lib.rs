@@ -29,6 +29,8 @@
 //! - [`process`]: the one runner of external commands (hooks, alert commands): own process
 //!   group killed whole on timeout, bounded stderr capture.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
+//! - [`lease`]: Linux file leases (take, poll for a break, release) and the checks lease mode
+//!   needs (filesystem, `fs.lease-break-time`); the kernel facts, no pipeline knowledge.
 //! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
 //!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
 
@@ -84,6 +86,7 @@ pub mod analyze;
 pub mod commands;
 pub mod daemon;
 pub mod fsutil;
+pub mod lease;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;
