@@ -60,7 +60,7 @@ enum Command {
         /// (default 2000).
         #[arg(long)]
         lock_timeout_ms: Option<u64>,
-        /// Corrupt complete lines: keep them in place, move them to <stem>_quarantine.log
+        /// Corrupt complete lines: keep them in place, move them to <stem>_quarantine<ext>
         /// beside the backups, or refuse the WAL (exit 3).
         #[arg(long, value_name = "MODE", default_value_t = CorruptLines::Keep)]
         corrupt_lines: CorruptLines,

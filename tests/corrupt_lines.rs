@@ -9,6 +9,7 @@ use std::fs;
 use std::path::Path;
 
 use common::*;
+use predicates::prelude::PredicateBooleanExt;
 
 /// Corrupt lines of the kind a torn write followed by later appends leaves.
 const TORN: [&str; 2] = [
@@ -160,4 +161,26 @@ fn the_default_policy_alerts_on_corrupt_lines() {
         .stderr(predicates::str::contains(
             "wal[0].corrupt_lines: must be one of keep, quarantine, refuse; got \"drop\"",
         ));
+}
+
+/// Two WALs with the same file name backing up into one directory would share backup names
+/// and a quarantine file: the policy is refused, naming the key.
+#[test]
+fn wals_sharing_backup_and_quarantine_names_are_refused() {
+    let d = tempfile::tempdir().unwrap();
+    let text = test_policy(
+        "[[wal]]\nname = \"a\"\npath = \"a/wal.log\"\nbackup_dir = \"/var/backups/wal\"\n\n\
+         [[wal]]\nname = \"b\"\npath = \"b/wal.log\"\nbackup_dir = \"/var/backups/wal\"\n",
+    );
+    fs::write(d.path().join("p.toml"), text).unwrap();
+    walcompactd()
+        .arg("check-policy")
+        .arg(d.path().join("p.toml"))
+        .assert()
+        .code(2)
+        .stderr(
+            predicates::str::contains("wal[1].backup_dir").and(predicates::str::contains(
+                "would share backup names and a quarantine file",
+            )),
+        );
 }

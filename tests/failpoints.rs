@@ -220,6 +220,7 @@ fn every_pipeline_step_survives_a_crash_or_an_error() {
         ("swap::before_rename::crash", Effect::Crash, 0),
         ("swap::before_rename::error", Effect::Fails(4), 0),
         // The rename happened: the backup is the rollback path.
+        ("swap::exchange::crash", Effect::Crash, 1),
         ("swap::after_rename::crash", Effect::Crash, 1),
         ("swap::after_rename::error", Effect::Fails(4), 1),
     ];

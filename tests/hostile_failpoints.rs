@@ -178,6 +178,65 @@ fn a_wal_replaced_just_before_the_swap_is_put_back_not_clobbered() {
     }
 }
 
+/// A line appended after the run's last check, just before the swap, would be in neither
+/// file: the exchange brings the WAL out longer than compacted, so it is put back.
+#[test]
+fn a_line_appended_just_before_the_swap_puts_the_wal_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, earlier) = wal_with_history(d.path());
+    let original = fs::read_to_string(&wal).unwrap();
+    let line = prepare("late", 1);
+    let out = run_paused(&wal, &[], "swap::before_exchange::delay", || {
+        append(&wal, &line)
+    });
+    assert_refused(
+        &out,
+        &wal,
+        "bytes appended just before the swap; the WAL was put back",
+        (original + &line).as_bytes(),
+        &earlier,
+    );
+    next_run_works(&wal);
+}
+
+/// A crash between an exchange that brought out someone else's file and the exchange back:
+/// `recover` puts that file back at the WAL's path and removes nothing of it.
+#[test]
+fn recovery_puts_back_a_replacement_the_swap_brought_out() {
+    use std::os::unix::process::ExitStatusExt;
+    let d = tempfile::tempdir().unwrap();
+    let (wal, _) = wal_with_history(d.path());
+    let replacement = retried("other", 30) + &abort("x");
+    let child = Command::new(bin())
+        .env_remove("RUST_LOG")
+        .env(
+            "FAILPOINTS",
+            "swap::before_exchange::delay=sleep(3000);swap::exchange::crash=return",
+        )
+        .arg("compact")
+        .arg(&wal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp = PathBuf::from(format!("{}.compact.tmp", wal.display()));
+    assert!(wait_until(DEADLINE, || temp.exists()), "no temp file");
+    std::thread::sleep(Duration::from_millis(700));
+    let other = write_wal(d.path(), "incoming.log", &replacement);
+    fs::rename(&other, &wal).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.signal(), Some(9), "{out:?}");
+    walcompactd()
+        .arg("recover")
+        .arg(&wal)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("PutBackReplacedWal"));
+    assert_eq!(fs::read_to_string(&wal).unwrap(), replacement);
+    assert_no_leftovers(d.path());
+    next_run_works(&wal);
+}
+
 /// Where the filesystem has no `RENAME_EXCHANGE`, the swap is a plain rename after the same
 /// last check: the run still succeeds and the WAL replays to the original state.
 #[test]

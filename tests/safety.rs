@@ -121,6 +121,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
         len_at_swap: None,
         quarantine: None,
         temp_ino: None,
+        wal_ino: None,
     };
     journal::write(wal, &j).unwrap();
 }
@@ -289,6 +290,7 @@ fn recovery_of_an_online_rollback_keeps_lines_appended_after_the_swap() {
             len_at_swap: Some(compacted.len() as u64),
             quarantine: None,
             temp_ino: None,
+            wal_ino: None,
         };
         journal::write(&wal, &j).unwrap();
         assert_eq!(recover(&wal), "FinishedRollback");

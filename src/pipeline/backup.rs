@@ -30,7 +30,7 @@ pub struct Backup {
 }
 
 /// `(stem, extension)` of the WAL's file name: `wal.log` → (`wal`, `.log`).
-fn name_parts(wal: &Path) -> (String, String) {
+pub(super) fn name_parts(wal: &Path) -> (String, String) {
     let stem = wal
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

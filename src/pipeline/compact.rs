@@ -223,7 +223,16 @@ impl TempFile {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        if !self.keep {
+        if self.keep {
+            return;
+        }
+        // Only our own inode: after a swap that failed half-way the temp's name may hold
+        // what was at the WAL's path (see `swap`), which is never ours to remove.
+        let ours = match (self.file.metadata(), fs::symlink_metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        };
+        if ours {
             let _ = fs::remove_file(&self.path);
         }
     }

@@ -72,6 +72,10 @@ pub struct Journal {
     /// rename happened, even after the temp's guard removed a temp that never was renamed.
     #[serde(default)]
     pub temp_ino: Option<u64>,
+    /// The inode compacted (the WAL as read): after an exchange the temp's name holds it;
+    /// anything else there is a file someone else put at the WAL's path, to be put back.
+    #[serde(default)]
+    pub wal_ino: Option<u64>,
 }
 
 impl Journal {
@@ -79,10 +83,12 @@ impl Journal {
     pub fn start(
         mode: Mode,
         wal: &Path,
+        wal_ino: u64,
         backup: &super::backup::Backup,
         quarantine: Option<super::quarantine::Mark>,
     ) -> Journal {
         Journal {
+            wal_ino: Some(wal_ino),
             phase: Phase::Writing,
             mode: Some(mode),
             temp: sibling(wal, TEMP_SUFFIX),
@@ -110,12 +116,26 @@ impl Journal {
     pub fn left_the_original(&self, wal: &Path) -> bool {
         match (self.phase, self.temp_ino) {
             (Phase::Writing | Phase::RollingBack, _) => true,
+            // A WAL that cannot be examined is not assumed to be the original: its
+            // quarantine records stay (a duplicate rather than a loss).
             (Phase::Swapping, Some(ino)) => {
-                fs::metadata(wal).map_or(true, |m| std::os::unix::fs::MetadataExt::ino(&m) != ino)
+                fs::metadata(wal).is_ok_and(|m| std::os::unix::fs::MetadataExt::ino(&m) != ino)
             }
             // rename() is atomic: the temp still being there means it never happened.
             (Phase::Swapping, None) => self.temp.exists(),
         }
+    }
+
+    /// True when the exchange brought out a file that is neither the WAL compacted nor our
+    /// temp: someone else's file, which must go back to the WAL's path, never be removed.
+    pub fn foreign_at_temp(&self) -> bool {
+        let (Some(wal_ino), Some(temp_ino)) = (self.wal_ino, self.temp_ino) else {
+            return false;
+        };
+        fs::symlink_metadata(&self.temp).is_ok_and(|m| {
+            let ino = std::os::unix::fs::MetadataExt::ino(&m);
+            ino != wal_ino && ino != temp_ino
+        })
     }
 
     /// Takes back the quarantine records of a run that left the original at `wal`.
@@ -140,6 +160,9 @@ pub enum Recovered {
     CompletedSwap,
     /// An interrupted rollback was finished; the WAL is the original again.
     FinishedRollback,
+    /// An interrupted swap had exchanged out a file someone else put at the WAL's path; it
+    /// is back at the path and the compacted file was discarded.
+    PutBackReplacedWal,
 }
 
 impl Recovered {
@@ -151,6 +174,7 @@ impl Recovered {
             Recovered::DiscardedTemp => "DiscardedTemp",
             Recovered::CompletedSwap => "CompletedSwap",
             Recovered::FinishedRollback => "FinishedRollback",
+            Recovered::PutBackReplacedWal => "PutBackReplacedWal",
         }
     }
 
@@ -197,6 +221,16 @@ pub fn write(wal: &Path, journal: &Journal) -> Result<(), PipelineError> {
     crate::io_fault!("journal::write")
         .and_then(|()| atomic_write_then(&path, &bytes, before_rename))
         .map_err(PipelineError::io(Stage::Journal, "write", &path))
+}
+
+/// Moves `journal` to `phase` durably; the entry in memory changes only once the one on
+/// disk did, so the two never disagree about where the run is.
+pub fn advance(journal: &mut Journal, wal: &Path, phase: Phase) -> Result<(), PipelineError> {
+    let mut next = journal.clone();
+    next.phase = phase;
+    write(wal, &next)?;
+    *journal = next;
+    Ok(())
 }
 
 /// Removes the journal once the run is finished (fsyncs the directory).
@@ -260,6 +294,14 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
 }
 
 fn recover_swap(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
+    if journal.foreign_at_temp() {
+        // Interrupted between an exchange that brought out someone else's file and the
+        // exchange back: put it back, then our compacted file (now at the temp) goes. The
+        // quarantine records and the backup stay: the original is no longer at the path.
+        super::swap::exchange_back(&journal.temp, wal)?;
+        remove_if_exists(&journal.temp)?;
+        return Ok(Recovered::PutBackReplacedWal);
+    }
     if journal.left_the_original(wal) {
         // rename() is atomic: the temp still there (or, once its inode is journaled, the
         // WAL's path not holding it) means the WAL was never replaced.

@@ -172,7 +172,13 @@ impl<'a> Run<'a> {
             ))?),
         };
         let run = Run {
-            journal: journal::Journal::start(req.guard.mode(), wal, &backup, quarantine),
+            journal: journal::Journal::start(
+                req.guard.mode(),
+                wal,
+                snap.id.ino,
+                &backup,
+                quarantine,
+            ),
             req,
             snap,
             backup,
@@ -190,8 +196,7 @@ impl<'a> Run<'a> {
         &mut self,
         phase: journal::Phase,
     ) -> Result<(), PipelineError> {
-        self.journal.phase = phase;
-        journal::write(&self.req.wal, &self.journal)
+        journal::advance(&mut self.journal, &self.req.wal, phase)
     }
 
     /// The stages that change files, each announced by the journal. On failure, a run that
@@ -216,6 +221,13 @@ impl<'a> Run<'a> {
     /// cleared; the temp was removed by its guard.
     fn undo_unswapped(&self) {
         let wal = self.req.wal.as_path();
+        if self.journal.foreign_at_temp() {
+            // An exchange back failed: someone else's file is at the temp's name. The journal
+            // stays, so recovery puts it back; nothing here may remove it.
+            tracing::error!(event = "swap", wal = %wal.display(), temp = %self.journal.temp.display(),
+                "the file that replaced the WAL is at the temp's name; `walcompactd recover` puts it back");
+            return;
+        }
         let undone = self.journal.undo_quarantine(wal, Stage::Quarantine);
         litter::after_failed_run(wal, &self.snap.id, &self.backup.path);
         if undone.is_ok() {
@@ -306,11 +318,14 @@ impl<'a> Run<'a> {
             return Ok(());
         };
         self.journal.len_at_swap = Some(swapped.len_at_swap);
-        self.journal_phase(journal::Phase::RollingBack)?;
+        // The application said no: roll back even if the journal cannot say so (a full
+        // disk); the restore is crash-safe on its own, and the WAL it leaves is the original.
+        let journaled = self.journal_phase(journal::Phase::RollingBack);
         let guard = Guard::for_rollback(self.req.guard.mode());
-        self.clock.stage(Stage::Rollback, || {
+        let restored = self.clock.stage(Stage::Rollback, || {
             guard.restore(&backup, &wal, Stage::Rollback, Some(swapped.len_at_swap))
-        })?;
+        });
+        restored.map_err(|e| journaled.err().unwrap_or(e))?;
         Err(PipelineError::CheckFailed {
             path: wal,
             backup,

@@ -1,5 +1,5 @@
 //! The quarantine stage (`corrupt_lines = "quarantine"`): corrupt lines leave the WAL and are
-//! appended to `<stem>_quarantine.log` beside the backups, then read back and checked
+//! appended to `<stem>_quarantine<ext>` beside the backups, then read back and checked
 //! against what the original's replay set aside, all before the swap.
 //!
 //! Format, per line: a JSON header line
@@ -28,13 +28,11 @@ use crate::replay::{SetAsideHasher, SetAsideLines};
 use crate::rules::SetAside;
 use crate::wal::decode;
 
-/// The quarantine file's name for `wal` in `dir`: `wal.log` → `wal_quarantine.log`.
+/// The quarantine file's name for `wal` in `dir`, named like its backups:
+/// `wal.log` → `wal_quarantine.log`, `wal.jsonl` → `wal_quarantine.jsonl`.
 pub fn quarantine_path(wal: &Path, dir: &Path) -> PathBuf {
-    let stem = wal
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    dir.join(format!("{stem}_quarantine.log"))
+    let (stem, ext) = super::backup::name_parts(wal);
+    dir.join(format!("{stem}_quarantine{ext}"))
 }
 
 /// What the journal records before the run appends: where, and the length to go back to.

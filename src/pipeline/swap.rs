@@ -19,7 +19,8 @@ use nix::fcntl::{RenameFlags, renameat2};
 use super::{PipelineError, Stage};
 use crate::fsutil::{FileId, fsync_dir, parent_dir};
 
-/// Replaces the WAL at `wal` (which must still be the inode of `compacted`) by `temp`, then
+/// Replaces the WAL at `wal` (which must still be the inode of `compacted`, as long as it
+/// was when compacted) by `temp`, then
 /// fsyncs the directory. The temp was fsynced before this (else a crash could leave an empty
 /// WAL); fsync the directory AFTER the swap, or a crash can bring the old WAL back while its
 /// backup was already pruned. The old WAL's inode, left at the temp's path by the exchange,
@@ -31,6 +32,8 @@ pub fn swap(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineE
     let exchanged = crate::io_fault!("swap::before_rename").and_then(|()| exchange(temp, wal));
     match exchanged {
         Ok(()) => {
+            // Exchanged, not yet checked: recovery tells our old WAL from someone else's file.
+            crate::crash_point!("swap::exchange::crash");
             check_exchanged(temp, wal, compacted)?;
             sync_dir(wal)?;
             // The old WAL: already a backup's inode, or copied into one.
@@ -68,19 +71,32 @@ fn exchange_unsupported(e: &io::Error) -> bool {
 }
 
 /// After the exchange the temp's path holds what was the WAL: it must be the inode
-/// compacted. Otherwise the exchange is undone, putting that file back at the WAL's path.
+/// compacted, as long as it was then (a line appended after the last check would be in
+/// neither file). Otherwise the exchange is undone, putting that file back at the WAL's path.
 fn check_exchanged(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineError> {
     let came_back =
         fs::symlink_metadata(temp).map_err(PipelineError::io(Stage::Swap, "stat", temp))?;
-    if came_back.dev() == compacted.dev && came_back.ino() == compacted.ino {
+    let what = if (came_back.dev(), came_back.ino()) != (compacted.dev, compacted.ino) {
+        "replaced by another file just before the swap; it was put back".to_string()
+    } else if came_back.len() != compacted.len {
+        format!(
+            "{} bytes appended just before the swap; the WAL was put back",
+            came_back.len().abs_diff(compacted.len)
+        )
+    } else {
         return Ok(());
-    }
-    exchange(temp, wal).map_err(PipelineError::io(Stage::Swap, "exchange back with", wal))?;
-    sync_dir(wal)?;
+    };
+    exchange_back(temp, wal)?;
     Err(PipelineError::Changed {
         path: wal.into(),
-        what: "replaced by another file just before the swap; it was put back".into(),
+        what,
     })
+}
+
+/// Undoes an exchange: what is at the temp's path goes back to the WAL's path, durably.
+pub(super) fn exchange_back(temp: &Path, wal: &Path) -> Result<(), PipelineError> {
+    exchange(temp, wal).map_err(PipelineError::io(Stage::Swap, "exchange back with", wal))?;
+    sync_dir(wal)
 }
 
 fn sync_dir(wal: &Path) -> Result<(), PipelineError> {

@@ -164,10 +164,13 @@ fn hooks(raw: RawHooks, s: &mut Section) -> Hooks {
     }
 }
 
-/// Two entries naming the same WAL (by name or by normalized path) would race each other.
+/// Two entries naming the same WAL (by name or by normalized path) would race each other, and
+/// two WALs with the same file name backing up into one directory would share backup names
+/// and one quarantine file (runs of both at once could take back each other's records).
 pub(crate) fn check_duplicate_wals(wals: &[(usize, WalPolicy)], errors: &mut Vec<KeyError>) {
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut paths: HashMap<&Path, (usize, &Path)> = HashMap::new();
+    let mut beside: HashMap<PathBuf, usize> = HashMap::new();
     for (i, wal) in wals {
         if let Some(first) = names.get(wal.name.as_str()) {
             let msg = format!("duplicate name {:?} (also wal[{first}])", wal.name);
@@ -181,8 +184,20 @@ pub(crate) fn check_duplicate_wals(wals: &[(usize, WalPolicy)], errors: &mut Vec
                 written.display().to_string()
             );
             push(errors, &format!("wal[{i}].path"), msg);
+            continue;
+        }
+        paths.insert(&wal.resolved_path, (*i, &wal.path));
+        let dir =
+            crate::pipeline::backup::backup_dir(&wal.resolved_path, wal.backup_dir.as_deref());
+        let shared = dir.join(wal.resolved_path.file_name().unwrap_or_default());
+        if let Some(first) = beside.get(&shared) {
+            let msg = format!(
+                "backs up into {} like wal[{first}], a WAL with the same file name: they would share backup names and a quarantine file; give one its own backup_dir",
+                dir.display()
+            );
+            push(errors, &format!("wal[{i}].backup_dir"), msg);
         } else {
-            paths.insert(&wal.resolved_path, (*i, &wal.path));
+            beside.insert(shared, *i);
         }
     }
 }

@@ -358,15 +358,19 @@ pub(in crate::pipeline) fn swap(
     // Journal the swap before locking too: recovery decides by whether the WAL's path holds
     // the temp's inode, which holds whether or not the rename below happens. Writers wait
     // for none of this.
-    run.journal.phase = journal::Phase::Swapping;
-    journal::write(&wal, &run.journal)?;
+    journal::advance(&mut run.journal, &wal, journal::Phase::Swapping)?;
     let wait = Instant::now();
     let lock = acquire_writer_lock(&wal, online.lock_timeout)?;
     stats.lock_wait_ms = ms(wait);
     let end = final_delta(&wal, &run.snap, copied, &mut sinks, &mut check, &mut stats)?;
     crate::crash_point!("online::under_lock::crash");
+    // The WAL as copied: the snapshot's inode, as long as the last delta made it.
+    let copied = crate::fsutil::FileId {
+        len: end,
+        ..run.snap.id
+    };
     run.clock
-        .stage(Stage::Swap, || swap::swap(temp, &wal, &run.snap.id))?;
+        .stage(Stage::Swap, || swap::swap(temp, &wal, &copied))?;
     stats.lock_held_ms = ms(lock.acquired);
     drop(lock);
     stats.appended_bytes = end - run.snap.id.len;
