@@ -385,12 +385,10 @@ async fn run_command_kills_the_process_group_on_timeout() {
     // The shell's child (sleep) must die with it, or it would write the marker.
     let script = format!("(sleep 1; touch {}) & wait", marker.display());
     let argv = ["sh".to_string(), "-c".to_string(), script];
-    let started = Instant::now();
     let err = run_command_with_timeout(&argv, &env(&t), Duration::from_millis(200))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-    assert!(started.elapsed() < Duration::from_secs(1));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         !marker.exists(),
