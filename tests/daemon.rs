@@ -465,3 +465,34 @@ fn an_alert_command_running_at_shutdown_leaves_nothing_behind() {
         "the alert command's background sleep {sleep} outlived the daemon"
     );
 }
+
+/// A run interrupted by a crash (its journal and temp file left beside the WAL) is undone as
+/// soon as the daemon starts, even when no trigger would ever run a compaction.
+#[test]
+fn an_interrupted_run_is_recovered_at_start_without_a_trigger() {
+    use walcompactd::pipeline::journal::{self, Journal, Phase};
+    let d = tempfile::tempdir().unwrap();
+    let wal = write_wal(d.path(), "wal.log", &wal_text(50));
+    let before = fs::read(&wal).unwrap();
+    let temp = walcompactd::fsutil::sibling(&wal, journal::TEMP_SUFFIX);
+    fs::write(&temp, "partial").unwrap();
+    let entry = Journal {
+        phase: Phase::Writing,
+        mode: Some(walcompactd::pipeline::Mode::Offline),
+        temp: temp.clone(),
+        backup: None,
+        original_digest: None,
+        pid: 1,
+        len_at_swap: None,
+        quarantine: None,
+        temp_ino: None,
+        wal_ino: None,
+    };
+    journal::write(&wal, &entry).unwrap();
+    write_policy(d.path(), &test_policy(&wal_table("w1", "wal.log", "", "")));
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    let r = daemon.wait_for_log(|v| v["event"] == "recover" && v["wal"] == "w1");
+    assert_eq!(r["recovered"], "DiscardedTemp", "{r}");
+    assert!(!temp.exists() && !journal::journal_path(&wal).exists());
+    assert_eq!(fs::read(&wal).unwrap(), before, "the WAL is untouched");
+}

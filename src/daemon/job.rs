@@ -229,6 +229,13 @@ async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -
         Ok(Err(PipelineError::Busy { holder, .. })) => {
             JobResult::Skipped(format!("another compaction holds the lock ({holder})"))
         }
+        // A rollback that could not get the writers' lock left its journal: that is a
+        // failure (the rejected WAL is still live), not a run to retry quietly.
+        Ok(Err(e @ PipelineError::LockTimeout { .. }))
+            if rollback_pending(&policy.resolved_path) =>
+        {
+            JobResult::Failed(e.into())
+        }
         Ok(Err(PipelineError::LockTimeout { waited_ms, .. })) => JobResult::Skipped(format!(
             "online mode: the writer lock was not free within {waited_ms} ms; retrying later"
         )),
@@ -245,6 +252,15 @@ async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -
         Ok(Err(e)) => JobResult::Failed(e.into()),
         Err(join) => JobResult::Failed(JobError::Panicked(join.to_string())),
     }
+}
+
+/// Whether a rollback of the WAL at `wal` is still owed (its journal says `rolling_back`).
+fn rollback_pending(wal: &Path) -> bool {
+    let real = pipeline::links::real_path_or_given(wal);
+    std::fs::read(pipeline::journal::journal_path(&real))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<pipeline::journal::Journal>(&b).ok())
+        .is_some_and(|j| j.phase == pipeline::journal::Phase::RollingBack)
 }
 
 /// Builds the request (verify hook as the post-swap check) and runs the pipeline.
@@ -424,4 +440,32 @@ fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::journal::{self, Journal, Phase};
+
+    #[test]
+    fn a_rollback_is_pending_only_while_the_journal_says_so() {
+        let d = tempfile::tempdir().unwrap();
+        let wal = d.path().join("wal.log");
+        std::fs::write(&wal, "{}\n").unwrap();
+        assert!(!rollback_pending(&wal), "no journal");
+        let backup = pipeline::backup::Backup {
+            path: d.path().join("b.log"),
+            linked: true,
+        };
+        let mut entry = Journal::start(pipeline::Mode::Online, &wal, 1, &backup, None);
+        for (phase, pending) in [
+            (Phase::Writing, false),
+            (Phase::Swapping, false),
+            (Phase::RollingBack, true),
+        ] {
+            entry.phase = phase;
+            journal::write(&wal, &entry).unwrap();
+            assert_eq!(rollback_pending(&wal), pending, "{phase:?}");
+        }
+    }
 }

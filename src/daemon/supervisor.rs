@@ -168,6 +168,7 @@ impl Supervisor {
         mut policy_rx: watch::Receiver<WalPolicy>,
     ) {
         self.load_state().await;
+        self.recover_at_start().await;
         let name = self.policy.name.clone();
         info!(event = "supervisor", wal = %name, path = %self.policy.resolved_path.display(), mode = %self.policy.mode, "watching WAL");
         let mut request = None;
@@ -219,6 +220,36 @@ impl Supervisor {
     }
 
     /// Reads the state file on the blocking pool (the supervisor decides nothing before).
+    /// Finishes or undoes a run interrupted by a crash as soon as the supervisor starts, not
+    /// when a trigger next holds: until then a WAL its verify hook rejected could stay, and
+    /// quarantine records or a backup could stay doubled.
+    async fn recover_at_start(&self) {
+        let wal = self.policy.resolved_path.clone();
+        let real = crate::pipeline::links::real_path_or_given(&wal);
+        if !crate::pipeline::journal::journal_path(&real).exists() {
+            return;
+        }
+        let name = self.policy.name.as_str();
+        match tokio::task::spawn_blocking(move || crate::commands::recover(&wal)).await {
+            Ok(Ok(r)) => {
+                info!(
+                    event = "recover",
+                    wal = name,
+                    recovered = r.as_str(),
+                    "an interrupted compaction was finished or undone: {r}"
+                )
+            }
+            Ok(Err(e)) => {
+                warn!(
+                    event = "recover",
+                    wal = name,
+                    "an interrupted compaction could not be recovered yet ({e}); the next run tries again"
+                )
+            }
+            Err(e) => error!(event = "recover", wal = name, "recovery panicked: {e}"),
+        }
+    }
+
     async fn load_state(&mut self) {
         let loaded = state_io::load(&self.state_file).await;
         let wal = self.policy.name.as_str();
