@@ -378,10 +378,7 @@ async fn run_command_reports_failure_and_rejects_empty_argv() {
 async fn run_command_kills_the_process_group_on_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("survived");
-    let t = Transition::Fired {
-        rule: rule("r", AlertMetric::WalSizeMb, Threshold::Above(1.0), 0),
-        value: 2.0,
-    };
+    let t = size_fired();
     // The shell's child (sleep) must die with it, or it would write the marker.
     let script = format!("(sleep 1; touch {}) & wait", marker.display());
     let argv = ["sh".to_string(), "-c".to_string(), script];
@@ -401,10 +398,7 @@ fn a_timed_out_command_leaves_nothing_of_its_process_group_behind() {
     use crate::process::testing::*;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("sleep.pid");
-    let t = Transition::Fired {
-        rule: rule("r", AlertMetric::WalSizeMb, Threshold::Above(1.0), 0),
-        value: 2.0,
-    };
+    let t = size_fired();
     let argv = orphaning_argv(&pidfile);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -424,10 +418,7 @@ async fn a_dropped_command_is_killed_with_its_process_group() {
     use crate::process::testing::*;
     let dir = tempfile::tempdir().unwrap();
     let pidfile = dir.path().join("sleep.pid");
-    let t = Transition::Fired {
-        rule: rule("r", AlertMetric::WalSizeMb, Threshold::Above(1.0), 0),
-        value: 2.0,
-    };
+    let t = size_fired();
     let argv = orphaning_argv(&pidfile);
     let alert_env = env(&t);
     let running = run_command_with_timeout(&argv, &alert_env, Duration::from_secs(600));
@@ -453,4 +444,12 @@ async fn a_dropped_command_is_killed_with_its_process_group() {
     tokio::task::spawn_blocking(move || assert_sleep_gone(sleep))
         .await
         .unwrap();
+}
+
+/// A rule on the WAL's size that fired: what the command-runner tests hand the runner.
+fn size_fired() -> Transition {
+    Transition::Fired {
+        rule: rule("r", AlertMetric::WalSizeMb, Threshold::Above(1.0), 0),
+        value: 2.0,
+    }
 }
