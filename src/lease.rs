@@ -58,6 +58,14 @@ pub enum LeaseError {
     )]
     Busy { path: PathBuf, waited_ms: u64 },
     #[error(
+        "{path}: writers have the WAL open ({holders}); offline mode does not compact under a running writer: stop it, or use --mode lease"
+    )]
+    HeldOpen { path: PathBuf, holders: String },
+    #[error(
+        "{path}: this filesystem has no RENAME_EXCHANGE, which lease mode needs to keep the old WAL for late writers; use offline mode with the writer stopped"
+    )]
+    NoExchange { path: PathBuf },
+    #[error(
         "fs.lease-break-time is 0: writers blocked by a lease would wait as long as it is held; set it above 0 (e.g. 45)"
     )]
     NoBreakTime,
@@ -67,6 +75,13 @@ pub enum LeaseError {
         path: PathBuf,
         source: io::Error,
     },
+}
+
+impl LeaseError {
+    /// A writer had the WAL open: the run is worth retrying later, nothing is wrong.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, LeaseError::Busy { .. } | LeaseError::HeldOpen { .. })
+    }
 }
 
 /// Filesystems whose leases do not see every writer (network, FUSE): `statfs` magic numbers.
@@ -165,24 +180,20 @@ impl ReadLease {
                 )));
             }
         }
-        let fd = file.as_raw_fd();
-        // SAFETY: fcntl on a descriptor we own; F_SETSIG takes a signal number.
-        if unsafe { libc::fcntl(fd, F_SETSIG, break_signal()) } != 0 {
-            return Err(io_err("fcntl(F_SETSIG)")(io::Error::last_os_error()));
-        }
-        // SAFETY: as above; F_SETLEASE takes a lease type.
-        if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } == 0 {
-            return Ok(Some(ReadLease {
+        Ok(ReadLease::try_on(file, path)?.ok())
+    }
+
+    /// Takes a read lease through `file` (read-only), an already open descriptor: the way
+    /// to take it again on an inode that is no longer at its path. `Err(file)` inside when a
+    /// writer has it open (`EAGAIN`), to try again later.
+    pub fn try_on(file: File, path: &Path) -> Result<Result<ReadLease, File>, LeaseError> {
+        ignore_break_signal();
+        match set_lease(&file, libc::F_RDLCK, path)? {
+            true => Ok(Ok(ReadLease {
                 file,
                 path: path.into(),
-            }));
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) => Ok(None),
-            Some(libc::EACCES) => Err(LeaseError::NotPermitted { path: path.into() }),
-            Some(libc::EINVAL) => Err(LeaseError::Unavailable { path: path.into() }),
-            _ => Err(io_err("fcntl(F_SETLEASE)")(e)),
+            })),
+            false => Ok(Err(file)),
         }
     }
 
@@ -231,12 +242,86 @@ impl ReadLease {
     pub fn release(self) {
         drop(self)
     }
+
+    /// Releases the lease and hands back its descriptor, to take the lease again later.
+    pub fn unlock(self) -> File {
+        let this = std::mem::ManuallyDrop::new(self);
+        unlock(&this.file);
+        // SAFETY: `this` is never dropped; each field is read out exactly once.
+        let (file, _path) = unsafe { (std::ptr::read(&this.file), std::ptr::read(&this.path)) };
+        file
+    }
+}
+
+/// A write lease, taken through a descriptor of the file's only open file (the caller's
+/// writable one): while held, every other `open` of the inode, read-only included, blocks.
+/// Lease mode holds one on the compacted file from before the swap until the late lines
+/// are merged into it. Released on drop.
+#[derive(Debug)]
+pub struct WriteLease {
+    /// A duplicate of the caller's descriptor: the lease is on the open file they share.
+    file: File,
+}
+
+impl WriteLease {
+    /// Takes the write lease through `file`; `Ok(None)` when someone else has the file open.
+    pub fn try_take(file: &File, path: &Path) -> Result<Option<WriteLease>, LeaseError> {
+        ignore_break_signal();
+        let file = file.try_clone().map_err(|source| LeaseError::Io {
+            op: "dup",
+            path: path.into(),
+            source,
+        })?;
+        Ok(set_lease(&file, libc::F_WRLCK, path)?.then_some(WriteLease { file }))
+    }
+}
+
+impl Drop for WriteLease {
+    fn drop(&mut self) {
+        unlock(&self.file);
+    }
+}
+
+/// `F_SETSIG` then `F_SETLEASE kind` on `file`: `Ok(false)` on `EAGAIN` (the file is open
+/// in a way that conflicts), the reason otherwise.
+fn set_lease(file: &File, kind: libc::c_int, path: &Path) -> Result<bool, LeaseError> {
+    // Lets tests run where leases are unavailable (EINVAL), as on NFS or with leases off.
+    fail::fail_point!("lease::unavailable", |_| Err(LeaseError::Unavailable {
+        path: path.into()
+    }));
+    let fd = file.as_raw_fd();
+    let io_err = |op| {
+        move |source| LeaseError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    };
+    // SAFETY: fcntl on a descriptor the caller owns; F_SETSIG takes a signal number.
+    if unsafe { libc::fcntl(fd, F_SETSIG, break_signal()) } != 0 {
+        return Err(io_err("fcntl(F_SETSIG)")(io::Error::last_os_error()));
+    }
+    // SAFETY: as above; F_SETLEASE takes a lease type.
+    if unsafe { libc::fcntl(fd, libc::F_SETLEASE, kind) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) => Ok(false),
+        Some(libc::EACCES) => Err(LeaseError::NotPermitted { path: path.into() }),
+        Some(libc::EINVAL) => Err(LeaseError::Unavailable { path: path.into() }),
+        _ => Err(io_err("fcntl(F_SETLEASE)")(e)),
+    }
+}
+
+fn unlock(file: &File) {
+    // SAFETY: F_SETLEASE F_UNLCK on a descriptor we own; closing it would release too.
+    unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
 }
 
 impl Drop for ReadLease {
     fn drop(&mut self) {
-        // SAFETY: F_SETLEASE F_UNLCK on a descriptor we own; closing it would release too.
-        unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+        unlock(&self.file);
     }
 }
 

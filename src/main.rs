@@ -49,15 +49,17 @@ enum Command {
         /// Where the backup goes (default: the WAL's directory; the real file's for a symlink).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
-        /// How writers are kept out: offline (none runs; a WAL that changes is refused) or
-        /// online (writers that follow docs/PROTOCOL.md keep appending).
+        /// How writers are kept out: offline (none runs; a kernel lease makes the run give up
+        /// if one opens the WAL), lease (writers that open the WAL per append and take no
+        /// lock, like the Diotec360 application, keep appending) or online (writers that
+        /// follow docs/PROTOCOL.md keep appending).
         #[arg(long, value_name = "MODE", value_parser = parse_mode, conflicts_with = "online")]
         mode: Option<Mode>,
         /// The same as --mode online.
         #[arg(long)]
         online: bool,
-        /// Online: give up (exit 5, nothing changed) if writers hold the lock this long
-        /// (default 2000).
+        /// Online and lease: give up (exit 5, nothing changed) if writers hold the lock (or
+        /// keep the WAL open) this long (default 2000).
         #[arg(long)]
         lock_timeout_ms: Option<u64>,
         /// Corrupt complete lines: keep them in place, move them to <stem>_quarantine<ext>
@@ -91,11 +93,13 @@ enum Command {
         backup: PathBuf,
         #[arg(long)]
         backup_dir: Option<PathBuf>,
-        /// How writers are kept out while the backup is put back: offline (none runs) or
-        /// online (the writers' lock of docs/PROTOCOL.md is held for the rename).
+        /// How writers are kept out while the backup is put back: offline (none runs), lease
+        /// (a kernel lease holds writers back for the swap; late lines are kept) or online
+        /// (the writers' lock of docs/PROTOCOL.md is held for the rename).
         #[arg(long, value_name = "MODE", value_parser = parse_mode, default_value = "offline")]
         mode: Mode,
-        /// Online: give up (exit 5, nothing changed) if writers hold the lock this long.
+        /// Online and lease: give up (exit 5, nothing changed) if writers hold the lock (or
+        /// keep the WAL open) this long.
         #[arg(long)]
         lock_timeout_ms: Option<u64>,
         #[arg(long)]
@@ -304,7 +308,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             let mode = mode.unwrap_or(if online { Mode::Online } else { Mode::Offline });
             let Some(guard) = guard_of(mode, lock_timeout_ms) else {
                 eprintln!(
-                    "walcompactd: --lock-timeout-ms applies to online mode only (--mode online)"
+                    "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
                 );
                 return Ok(exit_code::USAGE);
             };
@@ -346,7 +350,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
         } => {
             let Some(guard) = guard_of(mode, lock_timeout_ms) else {
                 eprintln!(
-                    "walcompactd: --lock-timeout-ms applies to online mode only (--mode online)"
+                    "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
                 );
                 return Ok(exit_code::USAGE);
             };

@@ -189,9 +189,11 @@ fn offline_mode_skips_while_another_process_holds_the_wal() {
     let d = tempfile::tempdir().unwrap();
     let wal = write_wal(d.path(), "wal.log", &wal_text(2000));
     let before = fs::read(&wal).unwrap();
+    // A writer that keeps the WAL open for writing: the offline lease cannot be had.
+    let writable = fs::OpenOptions::new().append(true).open(&wal).unwrap();
     let mut holder = std::process::Command::new("sleep")
         .arg("60")
-        .stdin(fs::File::open(&wal).unwrap())
+        .stdout(writable)
         .spawn()
         .unwrap();
     let t = "max_size_mb = 0.1\nmin_reclaimable_bytes = 1";
@@ -202,7 +204,7 @@ fn offline_mode_skips_while_another_process_holds_the_wal() {
     let _ = holder.wait();
     let msg = skip["message"].as_str().unwrap();
     assert!(
-        msg.contains("held open") && msg.contains(&holder.id().to_string()),
+        msg.contains("has the WAL open") && msg.contains(&holder.id().to_string()),
         "{msg}"
     );
     assert_eq!(fs::read(&wal).unwrap(), before, "nothing touched");
@@ -397,9 +399,11 @@ fn online_mode_compacts_while_another_process_holds_the_wal() {
     let d = tempfile::tempdir().unwrap();
     let wal = write_wal(d.path(), "wal.log", &wal_text(2000));
     let before = digest(&wal);
+    // A writer that keeps the WAL open for writing: the offline lease cannot be had.
+    let writable = fs::OpenOptions::new().append(true).open(&wal).unwrap();
     let mut holder = std::process::Command::new("sleep")
         .arg("60")
-        .stdin(fs::File::open(&wal).unwrap())
+        .stdout(writable)
         .spawn()
         .unwrap();
     let t = "max_size_mb = 0.1\nmin_reclaimable_bytes = 1";

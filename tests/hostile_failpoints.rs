@@ -52,9 +52,18 @@ fn backups(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// Starts `walcompactd compact [args] wal` paused at `failpoint`, waits until it is
 /// past writing its temp file, runs `meddle`, and returns the finished run's output.
 fn run_paused(wal: &Path, args: &[&str], failpoint: &str, meddle: impl FnOnce()) -> Output {
+    run_paused_with(wal, args, &format!("{failpoint}=sleep(3000)"), meddle)
+}
+
+/// Fail points that make every lease `EINVAL`: offline mode then runs as on a filesystem
+/// without leases (NFS), guarded by `/proc` and a last check.
+const NO_LEASES: &str = "lease::unavailable=return";
+
+/// [`run_paused`] with the whole `FAILPOINTS` value given.
+fn run_paused_with(wal: &Path, args: &[&str], failpoints: &str, meddle: impl FnOnce()) -> Output {
     let child = Command::new(bin())
         .env_remove("RUST_LOG")
-        .env("FAILPOINTS", format!("{failpoint}=sleep(3000)"))
+        .env("FAILPOINTS", failpoints)
         .arg("compact")
         .args(args)
         .arg(wal)
@@ -186,9 +195,10 @@ fn a_line_appended_just_before_the_swap_puts_the_wal_back() {
     let (wal, earlier) = wal_with_history(d.path());
     let original = fs::read_to_string(&wal).unwrap();
     let line = prepare("late", 1);
-    let out = run_paused(&wal, &[], "swap::before_exchange::delay", || {
-        append(&wal, &line)
-    });
+    // Without leases: under one, the writer waits for the swap and its line is merged
+    // (tests/lease.rs).
+    let fps = format!("swap::before_exchange::delay=sleep(3000);{NO_LEASES}");
+    let out = run_paused_with(&wal, &[], &fps, || append(&wal, &line));
     assert_refused(
         &out,
         &wal,
@@ -241,38 +251,54 @@ fn recovery_puts_back_a_replacement_the_swap_brought_out() {
 /// last check: the run still succeeds and the WAL replays to the original state.
 #[test]
 fn a_filesystem_without_rename_exchange_swaps_by_rename() {
-    let d = tempfile::tempdir().unwrap();
-    let (wal, _) = wal_with_history(d.path());
-    let before = digest(&wal);
-    walcompactd()
-        .env("FAILPOINTS", "swap::exchange::unsupported=return")
-        .arg("compact")
-        .arg(&wal)
-        .assert()
-        .success();
-    assert_eq!(digest(&wal), before);
-    assert_no_leftovers(d.path());
+    for fps in [
+        "swap::exchange::unsupported=return".to_string(),
+        format!("swap::exchange::unsupported=return;{NO_LEASES}"),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, _) = wal_with_history(d.path());
+        let before = digest(&wal);
+        walcompactd()
+            .env("FAILPOINTS", &fps)
+            .arg("compact")
+            .arg(&wal)
+            .assert()
+            .success();
+        assert_eq!(digest(&wal), before, "{fps}");
+        assert_no_leftovers(d.path());
+    }
 }
 
 #[test]
 fn offline_wal_truncated_by_someone_else_is_refused() {
-    let d = tempfile::tempdir().unwrap();
-    let (wal, earlier) = wal_with_history(d.path());
-    let original = fs::read(&wal).unwrap();
-    let keep = original.len() / 2;
-    let out = run_paused(&wal, &[], "swap::before_check::delay", || {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(keep as u64)
-            .unwrap();
-    });
-    let what = format!("truncated from {} to {keep} bytes", original.len());
-    assert_refused(&out, &wal, &what, &original[..keep], &earlier);
-    // Its backup was a hard link to the truncated inode: removing it loses nothing.
-    assert_no_new_backup(d.path(), &earlier);
-    next_run_works(&wal);
+    for leases in [true, false] {
+        let d = tempfile::tempdir().unwrap();
+        let (wal, earlier) = wal_with_history(d.path());
+        let original = fs::read(&wal).unwrap();
+        let keep = original.len() / 2;
+        let mut fps = "swap::before_check::delay=sleep(3000)".to_string();
+        if !leases {
+            fps = format!("{fps};{NO_LEASES}");
+        }
+        let out = run_paused_with(&wal, &[], &fps, || {
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&wal)
+                .unwrap()
+                .set_len(keep as u64)
+                .unwrap();
+        });
+        // Under the lease, the truncater's open broke it (let go at once); without, the
+        // last check sees the shorter file.
+        let what = match leases {
+            true => "a writer opened it during the run".to_string(),
+            false => format!("truncated from {} to {keep} bytes", original.len()),
+        };
+        assert_refused(&out, &wal, &what, &original[..keep], &earlier);
+        // Its backup was a hard link to the truncated inode: removing it loses nothing.
+        assert_no_new_backup(d.path(), &earlier);
+        next_run_works(&wal);
+    }
 }
 
 #[test]
@@ -286,6 +312,23 @@ fn offline_wal_appended_by_a_writer_is_refused_and_keeps_the_lines() {
         let mut f = fs::OpenOptions::new().append(true).open(&wal).unwrap();
         f.write_all(extra.as_bytes()).unwrap();
     });
+    let mut expected = original.clone();
+    expected.extend_from_slice(extra.as_bytes());
+    // The writer's open broke the run's lease, which was let go at once.
+    assert_refused(&out, &wal, "a writer opened it during the run", &expected, &earlier);
+    assert_no_new_backup(d.path(), &earlier);
+    next_run_works(&wal);
+}
+
+/// Without leases (NFS), the last check before the swap sees the appended bytes.
+#[test]
+fn offline_without_leases_sees_appended_bytes_at_the_last_check() {
+    let d = tempfile::tempdir().unwrap();
+    let (wal, earlier) = wal_with_history(d.path());
+    let original = fs::read(&wal).unwrap();
+    let extra = retried("late", 3);
+    let fps = format!("swap::before_check::delay=sleep(3000);{NO_LEASES}");
+    let out = run_paused_with(&wal, &[], &fps, || append(&wal, &extra));
     let mut expected = original.clone();
     expected.extend_from_slice(extra.as_bytes());
     let what = format!("{} bytes appended", extra.len());

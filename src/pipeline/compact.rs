@@ -195,6 +195,12 @@ impl TempFile {
         Ok(self.len)
     }
 
+    /// The temp file's own descriptor: lease mode appends the last lines through it, and
+    /// takes its write lease through it (it must be the file's only descriptor).
+    pub(in crate::pipeline) fn file_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+
     /// The temp file's inode: the journal records it (see `Journal::temp_ino`).
     pub fn ino(&self) -> Result<u64, PipelineError> {
         let meta =

@@ -72,6 +72,14 @@ pub enum PipelineError {
     )]
     Changed { path: PathBuf, what: String },
 
+    /// A kernel file lease could not be had, or was given up (lease and offline modes).
+    #[error("{source}")]
+    Lease {
+        path: PathBuf,
+        #[source]
+        source: crate::lease::LeaseError,
+    },
+
     #[error("verification failed for {path}: {detail}; the WAL was left as it was")]
     VerifyFailed { path: PathBuf, detail: String },
 
@@ -105,6 +113,7 @@ impl PipelineError {
                 exit_code::VERIFY_FAILED
             }
             PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => exit_code::BUSY,
+            PipelineError::Lease { source, .. } if source.is_busy() => exit_code::BUSY,
             _ => exit_code::IO,
         }
     }
@@ -117,7 +126,7 @@ impl PipelineError {
             | PipelineError::Cancelled { stage, .. } => Some(*stage),
             PipelineError::Corrupt { .. } | PipelineError::BadInput { .. } => Some(Stage::Analyze),
             PipelineError::Busy { .. } | PipelineError::LockTimeout { .. } => Some(Stage::Lock),
-            PipelineError::Changed { .. } => Some(Stage::Swap),
+            PipelineError::Changed { .. } | PipelineError::Lease { .. } => Some(Stage::Swap),
             PipelineError::VerifyFailed { .. } => Some(Stage::Verify),
             PipelineError::CheckFailed { .. } => Some(Stage::Check),
         }
@@ -133,6 +142,7 @@ impl PipelineError {
             PipelineError::Busy { .. } => "busy",
             PipelineError::LockTimeout { .. } => "lock_timeout",
             PipelineError::Changed { .. } => "changed",
+            PipelineError::Lease { .. } => "lease",
             PipelineError::VerifyFailed { .. } => "verify_failed",
             PipelineError::Cancelled { .. } => "cancelled",
             PipelineError::CheckFailed { .. } => "check_failed",
@@ -149,6 +159,7 @@ impl PipelineError {
             | PipelineError::Busy { path, .. }
             | PipelineError::LockTimeout { path, .. }
             | PipelineError::Changed { path, .. }
+            | PipelineError::Lease { path, .. }
             | PipelineError::VerifyFailed { path, .. }
             | PipelineError::Cancelled { path, .. }
             | PipelineError::CheckFailed { path, .. } => path,

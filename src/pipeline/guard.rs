@@ -11,6 +11,8 @@
 //! recovery rebuilds the same guard from it ([`Guard::for_rollback`]). A new way of keeping
 //! writers out is one new module here plus a [`Mode`] variant.
 
+pub mod late;
+pub mod lease;
 pub mod offline;
 pub mod online;
 
@@ -19,7 +21,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::compact::TempFile;
 use super::{PipelineError, Run, Stage};
+pub use late::LeaseStats;
+pub use lease::Lease;
 pub use online::{Online, OnlineStats};
 
 /// How writers are kept out, as the policy, the CLI and the journal name it.
@@ -31,6 +36,9 @@ pub enum Mode {
     Offline,
     /// Writers follow `docs/PROTOCOL.md`; their lock is taken for the last delta and the swap.
     Online,
+    /// Writers open the WAL per append and take no lock (the Diotec360 application): a
+    /// kernel read lease keeps them out for the last delta and the swap.
+    Lease,
 }
 
 /// A mode with its settings: what a run holds for its whole length.
@@ -38,6 +46,25 @@ pub enum Mode {
 pub enum Guard {
     Offline,
     Online(Online),
+    Lease(Lease),
+}
+
+/// What a run holds from its start to its swap: offline, the read lease that keeps writers
+/// out for the whole run (see [`offline::Watch`]); other modes hold nothing.
+pub(in crate::pipeline) enum Hold {
+    Nothing,
+    Offline(offline::Watch),
+}
+
+impl Hold {
+    /// Whether the run must give up: a writer opened the WAL (offline), and the lease was
+    /// let go at once so that it could go on.
+    pub(in crate::pipeline) fn given_up(&self, wal: &Path) -> Result<(), PipelineError> {
+        match self {
+            Hold::Offline(w) if w.given_up() => Err(offline::writer_opened(wal)),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// The answer to "admit me".
@@ -55,6 +82,8 @@ pub enum Admission {
 pub struct Swapped {
     pub len_at_swap: u64,
     pub online: Option<OnlineStats>,
+    /// Lease and offline modes with a lease: how long writers waited.
+    pub lease: Option<LeaseStats>,
 }
 
 /// A rollback must not give up on the writer lock as quickly as a compaction: it is putting
@@ -67,6 +96,7 @@ impl Guard {
         match mode {
             Mode::Offline => Guard::Offline,
             Mode::Online => Guard::Online(Online { lock_timeout }),
+            Mode::Lease => Guard::Lease(Lease { lock_timeout }),
         }
     }
 
@@ -81,29 +111,48 @@ impl Guard {
         match self {
             Guard::Offline => Mode::Offline,
             Guard::Online(_) => Mode::Online,
+            Guard::Lease(_) => Mode::Lease,
         }
     }
 
     /// Whether lines appended during the run end up in the new WAL (the analysis then
     /// collects what the tail check needs).
     pub fn admits_appends(&self) -> bool {
-        matches!(self, Guard::Online(_))
+        matches!(self, Guard::Online(_) | Guard::Lease(_))
     }
 
-    /// May a run start now? Offline: nobody else holds the WAL open (`/proc`); online: yes.
+    /// May a run start now? Offline: nobody else holds the WAL open (a trial lease, and
+    /// `/proc` to name who); online and lease: yes (a lease run checks what it needs first).
     pub fn admit(&self, wal: &Path) -> Admission {
         match self {
             Guard::Offline => offline::admit(wal),
-            Guard::Online(_) => Admission::Admitted { note: None },
+            Guard::Online(_) | Guard::Lease(_) => Admission::Admitted { note: None },
         }
     }
 
-    /// Brings the temp file at `temp` level with the WAL and renames it over the WAL while
-    /// writers are kept out; the journal says `swapping` before the rename.
-    pub(super) fn swap(&self, run: &mut Run, temp: &Path) -> Result<Swapped, PipelineError> {
+    /// What the run holds from its start (before the WAL is read): offline, the read lease;
+    /// lease mode checks here that it can take one when it matters, before any work.
+    pub(super) fn hold(&self, wal: &Path) -> Result<Hold, PipelineError> {
+        match self {
+            Guard::Offline => offline::hold(wal),
+            Guard::Online(_) => Ok(Hold::Nothing),
+            Guard::Lease(_) => lease::preflight(wal)
+                .map(|()| Hold::Nothing)
+                .map_err(|e| PipelineError::lease(wal, e)),
+        }
+    }
+
+    /// Brings the temp file level with the WAL and swaps it in while writers are kept out;
+    /// the journal says `swapping` before the swap.
+    pub(super) fn swap(
+        &self,
+        run: &mut Run,
+        temp: &mut TempFile,
+    ) -> Result<Swapped, PipelineError> {
         match self {
             Guard::Offline => offline::swap(run, temp),
-            Guard::Online(o) => online::swap(run, temp, o),
+            Guard::Online(o) => online::swap(run, &temp.path, o),
+            Guard::Lease(l) => lease::swap(run, temp, l),
         }
     }
 
@@ -119,6 +168,7 @@ impl Guard {
         match self {
             Guard::Offline => super::rollback::restore_copy(backup, wal, stage),
             Guard::Online(o) => online::restore(backup, wal, stage, o, len_at_swap),
+            Guard::Lease(l) => lease::restore(backup, wal, stage, l, len_at_swap),
         }
     }
 }

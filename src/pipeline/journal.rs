@@ -163,6 +163,9 @@ pub enum Recovered {
     /// An interrupted swap had exchanged out a file someone else put at the WAL's path; it
     /// is back at the path and the compacted file was discarded.
     PutBackReplacedWal,
+    /// A leased exchange was interrupted after the swap: lines writers appended to the old
+    /// WAL were merged into the new one.
+    MergedLateLines,
 }
 
 impl Recovered {
@@ -175,6 +178,7 @@ impl Recovered {
             Recovered::CompletedSwap => "CompletedSwap",
             Recovered::FinishedRollback => "FinishedRollback",
             Recovered::PutBackReplacedWal => "PutBackReplacedWal",
+            Recovered::MergedLateLines => "MergedLateLines",
         }
     }
 
@@ -261,9 +265,22 @@ fn read(wal: &Path) -> Result<Option<Journal>, PipelineError> {
     }
 }
 
+/// Whether an interrupted run left something to recover (a journal, or a late record).
+pub fn pending(wal: &Path) -> bool {
+    journal_path(wal).exists() || super::guard::late::record_path(wal).exists()
+}
+
 /// Finishes or undoes an interrupted run. Call only while holding the compaction lock.
 pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
+    // Lines writers appended to the old inode after a leased exchange are merged first:
+    // the old inode is at a name recovery otherwise removes as litter.
+    let merged = super::guard::late::recover(wal)?;
     let Some(journal) = read(wal)? else {
+        if merged.is_some() {
+            // A restore's exchange (it keeps no journal): the merge was the whole recovery.
+            remove_leftovers(wal)?;
+            return Ok(Recovered::MergedLateLines);
+        }
         return remove_leftovers(wal).map(|v| {
             if v.is_empty() {
                 Recovered::Nothing
@@ -374,10 +391,15 @@ pub(crate) fn starts_with(path: &Path, prefix: &Path) -> io::Result<bool> {
 
 /// Temp files this tool may leave behind for `wal`.
 pub fn leftover_paths(wal: &Path) -> Vec<PathBuf> {
-    [TEMP_SUFFIX, ROLLBACK_SUFFIX, ".compact.journal.tmp"]
-        .iter()
-        .map(|s| sibling(wal, s))
-        .collect()
+    [
+        TEMP_SUFFIX,
+        ROLLBACK_SUFFIX,
+        ".compact.journal.tmp",
+        ".compact.late.tmp",
+    ]
+    .iter()
+    .map(|s| sibling(wal, s))
+    .collect()
 }
 
 fn remove_leftovers(wal: &Path) -> Result<Vec<PathBuf>, PipelineError> {

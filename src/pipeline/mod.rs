@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 pub use error::{PipelineError, exit_code};
 use guard::Swapped;
-pub use guard::{Guard, Mode, Online, OnlineStats};
+pub use guard::{Guard, Lease, LeaseStats, Mode, Online, OnlineStats};
 use report::{Clock, report};
 pub use report::{Outcome, Report, Stage, StageTime};
 pub use snapshot::{Snapshot, open_wal};
@@ -86,14 +86,24 @@ pub fn run(req: &Request) -> Result<Report, PipelineError> {
 /// The sequencer: each step is a stage module's call; this only orders them.
 fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
     let mut clock = Clock::start();
+    // Offline: the kernel keeps writers out from before the WAL is read.
+    let mut hold = req.guard.hold(&req.wal)?;
     let mut snap = clock.stage(Stage::Analyze, || Snapshot::take(req))?;
     let backup_dir = backup::backup_dir(&req.wal, req.backup_dir.as_deref());
     backup::check_dir(&backup_dir)?;
-    if snap.plan.reclaimable_bytes() == 0 && !journal::journal_path(&req.wal).exists() {
+    if snap.plan.reclaimable_bytes() == 0 && !journal::pending(&req.wal) {
         return Ok(report(req, &snap, &clock, Outcome::Skipped, None, None));
     }
     let _lock = clock.stage(Stage::Lock, || lock::acquire(&req.wal, &req.who))?;
-    let recovered = clock.stage(Stage::Recover, || journal::recover(&req.wal))?;
+    let recovered = if journal::pending(&req.wal) {
+        // Recovery may append to the WAL: never under our own lease, it would block on it.
+        drop(hold);
+        let recovered = clock.stage(Stage::Recover, || journal::recover(&req.wal))?;
+        hold = req.guard.hold(&req.wal)?;
+        recovered
+    } else {
+        clock.stage(Stage::Recover, || journal::recover(&req.wal))?
+    };
     if open_wal(&req.wal)?.1 != snap.id {
         // Recovery or another compaction changed the WAL since it was analyzed.
         snap = clock.stage(Stage::Analyze, || Snapshot::take(req))?;
@@ -110,6 +120,7 @@ fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
         ));
     }
     checkpoint(req, Stage::Backup)?;
+    hold.given_up(&req.wal)?;
     if !req.allow_hard_links {
         links::refuse_other_hard_links(&req.wal, &snap.file, &backup_dir)?;
     }
@@ -117,7 +128,7 @@ fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
     let backup = clock.stage(Stage::Backup, || {
         backup::create(&req.wal, &snap.file, &backup_dir, chrono::Utc::now())
     })?;
-    let mut run = Run::new(req, snap, backup, &backup_dir, clock)?;
+    let mut run = Run::new(req, snap, backup, &backup_dir, clock, hold)?;
     let swapped = run.compact_and_swap()?;
     let Run {
         snap,
@@ -141,6 +152,10 @@ fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
         r.bytes_after += o.appended_bytes;
         r.online = Some(o);
     }
+    if let Some(l) = swapped.lease {
+        r.bytes_after += l.late_bytes;
+        r.lease = Some(l);
+    }
     Ok(r)
 }
 
@@ -152,6 +167,8 @@ pub(in crate::pipeline) struct Run<'a> {
     pub(in crate::pipeline) backup: backup::Backup,
     pub(in crate::pipeline) journal: journal::Journal,
     pub(in crate::pipeline) clock: Clock,
+    /// What the guard holds for the run (offline: the read lease), until the swap.
+    pub(in crate::pipeline) hold: guard::Hold,
 }
 
 impl<'a> Run<'a> {
@@ -163,6 +180,7 @@ impl<'a> Run<'a> {
         backup: backup::Backup,
         backup_dir: &Path,
         clock: Clock,
+        hold: guard::Hold,
     ) -> Result<Run<'a>, PipelineError> {
         let wal = req.wal.as_path();
         let quarantine = match snap.plan.set_aside.is_empty() {
@@ -183,12 +201,19 @@ impl<'a> Run<'a> {
             snap,
             backup,
             clock,
+            hold,
         };
         if let Err(e) = journal::write(wal, &run.journal) {
             run.undo_unswapped();
             return Err(e);
         }
         Ok(run)
+    }
+
+    /// A safe point: stop here if cancelled, or if a writer broke the offline lease.
+    fn checkpoint(&self, next: Stage) -> Result<(), PipelineError> {
+        checkpoint(self.req, next)?;
+        self.hold.given_up(&self.req.wal)
     }
 
     /// Moves the journal to `phase` (durably, before the step it announces).
@@ -237,15 +262,15 @@ impl<'a> Run<'a> {
 
     fn write_verify_swap(&mut self) -> Result<Swapped, PipelineError> {
         let wal = self.req.wal.clone();
-        checkpoint(self.req, Stage::Compact)?;
+        self.checkpoint(Stage::Compact)?;
         let mut temp = compact::create_temp(&self.journal.temp, &self.snap.meta)?;
         self.journal.temp_ino = Some(temp.ino()?);
         self.write_and_verify(&mut temp)?;
         // Verification waited for the original's replay state: this does not block.
         self.journal.original_digest = Some(self.snap.replay.get().digest_hex());
         self.quarantine()?;
-        checkpoint(self.req, Stage::Swap)?;
-        let swapped = self.req.guard.swap(self, &temp.path)?;
+        self.checkpoint(Stage::Swap)?;
+        let swapped = self.req.guard.swap(self, &mut temp)?;
         temp.keep();
         self.check_or_rollback(&swapped)?;
         journal::clear(&wal)?;

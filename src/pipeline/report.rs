@@ -106,8 +106,10 @@ pub struct Report {
     pub recovered: Option<super::journal::Recovered>,
     pub duration_ms: f64,
     pub stages: Vec<StageTime>,
-    /// Online mode: catch-up and writer-lock figures.
+    /// Online and lease modes: catch-up and writer-lock (or lease) figures.
     pub online: Option<OnlineStats>,
+    /// Lease mode (and offline under a lease): how long writers waited, late lines merged.
+    pub lease: Option<super::LeaseStats>,
     /// Corrupt complete lines in the WAL as read (reported whatever the policy).
     pub corrupt_lines: u64,
     /// The policy applied to them.
@@ -184,6 +186,7 @@ pub(super) fn report(
         duration_ms: ms(clock.start),
         stages: clock.stages.clone(),
         online: None,
+        lease: None,
         corrupt_lines: counts.corrupt,
         corrupt_lines_policy: req.corrupt_lines,
         quarantined_lines: if changed {

@@ -40,7 +40,13 @@ pub fn restore_keeping(
     fsync_dir(&parent_dir(wal)).map_err(PipelineError::io(stage, "fsync dir of", wal))
 }
 
-fn copy_to(backup: &Path, tmp: &Path, wal: &Path, appended_from: Option<u64>) -> io::Result<()> {
+/// Copies `backup` (decompressing `.zst`) to `tmp`, with the owner and mode of `wal`;
+/// not fsynced. The descriptor is closed: lease mode reopens it as the copy's only one.
+pub(super) fn copy_backup(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<()> {
+    open_copy(backup, tmp, wal).map(drop)
+}
+
+fn open_copy(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<fs::File> {
     let mut reader = open_reader(backup)?;
     let mut out = OpenOptions::new()
         .write(true)
@@ -52,6 +58,11 @@ fn copy_to(backup: &Path, tmp: &Path, wal: &Path, appended_from: Option<u64>) ->
         out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;
     }
     io::copy(&mut reader, &mut out)?;
+    Ok(out)
+}
+
+fn copy_to(backup: &Path, tmp: &Path, wal: &Path, appended_from: Option<u64>) -> io::Result<()> {
+    let mut out = open_copy(backup, tmp, wal)?;
     if let Some(from) = appended_from {
         let mut current = fs::File::open(wal)?;
         io::Seek::seek(&mut current, io::SeekFrom::Start(from))?;

@@ -48,6 +48,26 @@ pub fn swap(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineE
     }
 }
 
+/// Lease mode's swap: `RENAME_EXCHANGE` only, since the old inode must stay at the temp's
+/// path for the lines writers still append to it (a plain rename would unlink it). The
+/// old inode is checked as in [`swap`] (someone else's file goes back), the directory
+/// fsynced; the old inode stays where the exchange put it.
+pub fn exchange_checked(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineError> {
+    fail::fail_point!("swap::before_exchange::delay");
+    match crate::io_fault!("swap::before_rename").and_then(|()| exchange(temp, wal)) {
+        Ok(()) => {
+            crate::crash_point!("swap::exchange::crash");
+            check_exchanged(temp, wal, compacted)?;
+            sync_dir(wal)
+        }
+        Err(e) if exchange_unsupported(&e) => Err(PipelineError::Lease {
+            path: wal.into(),
+            source: crate::lease::LeaseError::NoExchange { path: wal.into() },
+        }),
+        Err(e) => Err(PipelineError::io(Stage::Swap, "exchange with", wal)(e)),
+    }
+}
+
 /// `renameat2(RENAME_EXCHANGE)` of two names in the WAL's directory, through one directory
 /// descriptor so both names are looked up in the same directory.
 fn exchange(temp: &Path, wal: &Path) -> io::Result<()> {

@@ -427,7 +427,7 @@ fn wal_field_errors() {
         [
             "wal[0].name: is required and must not be empty",
             "wal[0].path: is required (the WAL file to compact)",
-            "wal[0].mode: must be one of offline, online; got \"sideways\"",
+            "wal[0].mode: must be one of offline, online, lease; got \"sideways\"",
             "wal[1].name: must match [A-Za-z0-9_.-]+, got \"bad name\"",
             "wal[1].path: must name a file, got \"dir/\"",
             "wal[1].hooks.pre_compact[0]: program must not be empty",

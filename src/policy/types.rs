@@ -244,7 +244,7 @@ impl KeywordList for crate::rules::CorruptLines {
         names.join(", ")
     }
 }
-keyword_enum!(Mode { Offline => "offline", Online => "online" });
+keyword_enum!(Mode { Offline => "offline", Online => "online", Lease => "lease" });
 keyword_enum!(Severity { Warning => "warning", Critical => "critical" });
 keyword_enum!(AlertAction { Log => "log", Compact => "compact", Command => "command" });
 

@@ -1,18 +1,50 @@
-//! Offline mode: no writer runs while the WAL is compacted. Admission checks `/proc` for
-//! processes holding the WAL open; the swap refuses a WAL that changed since it was read.
+//! Offline mode: no writer runs while the WAL is compacted, and the kernel enforces it. The
+//! run holds a read lease on the WAL from before it reads it to the swap ([`Watch`]): a
+//! writer's `open` breaks it, a watcher thread lets it go within a millisecond (the writer
+//! goes on, barely delayed) and the run gives up at its next safe point, leaving the WAL
+//! as the writer made it. The swap is the leased exchange (see [`super::late`]), so even a
+//! writer that opens during the swap loses nothing. `/proc` names who holds the WAL open.
+//!
+//! Where no lease can be had (a network or FUSE filesystem, no permission), the run falls
+//! back to what it did before leases: `/proc` at admission and a WAL unchanged at the swap.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
+use super::super::compact::TempFile;
 use super::super::{PipelineError, Run, Stage, journal, open_wal, swap};
-use super::{Admission, Swapped};
+use super::late::{self, Exchange};
+use super::lease::Plain;
+use super::{Admission, Hold, Swapped};
 use crate::fsutil::FileId;
+use crate::lease::{LeaseError, ReadLease, check_filesystem};
 
-/// Offline admission: nobody else may hold the WAL open. Without `/proc` the promise cannot
-/// be kept, so the run is refused rather than guessed.
+/// How often the watcher asks whether a writer is breaking the lease: the writer waits at
+/// most about this long.
+const WATCH_POLL: Duration = Duration::from_millis(1);
+/// The offline swap's lease is already held; this bounds only the merge of a writer that
+/// opened during the swap itself.
+const SWAP_LEASE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Offline admission: nobody else may hold the WAL open. A trial lease says so where leases
+/// work; `/proc` names who. Without either the promise cannot be kept: refused.
 pub fn admit(wal: &Path) -> Admission {
+    match trial_lease(wal) {
+        Ok(true) => return Admission::Admitted { note: None },
+        Ok(false) => {
+            return Admission::Refused(format!(
+                "offline mode: a writer has the WAL open ({}); not compacting under a running writer",
+                holders_note(wal)
+            ));
+        }
+        Err(_) => {}
+    }
     match holders(wal) {
         Holders::Found(pids) => Admission::Refused(format!(
             "offline mode: WAL is held open by pid(s) {pids:?}; not compacting under a running writer"
@@ -29,11 +61,173 @@ pub fn admit(wal: &Path) -> Admission {
     }
 }
 
-/// Checks the WAL did not change since it was read, journals the swap, renames.
-pub(in crate::pipeline) fn swap(run: &mut Run, temp: &Path) -> Result<Swapped, PipelineError> {
-    let wal = run.req.wal.as_path();
+/// A lease taken and let go at once: `Ok(false)` if a writer has the WAL open.
+fn trial_lease(wal: &Path) -> Result<bool, LeaseError> {
+    check_filesystem(wal)?;
+    Ok(ReadLease::try_take(wal, None)?.is_some())
+}
+
+/// Who holds the WAL open, for messages.
+fn holders_note(wal: &Path) -> String {
+    match holders(wal) {
+        Holders::Found(pids) => format!("pid(s) {pids:?}"),
+        _ => "no process visible in /proc".into(),
+    }
+}
+
+/// The run's hold: the read lease for the whole run, or (no leases here) nothing, logged.
+pub(in crate::pipeline) fn hold(wal: &Path) -> Result<Hold, PipelineError> {
+    match Watch::start(wal) {
+        Ok(watch) => Ok(Hold::Offline(watch)),
+        Err(e) if e.is_busy() => Err(PipelineError::lease(wal, e)),
+        Err(e) => {
+            tracing::warn!(event = "lease", wal = %wal.display(), reason = %e,
+                "offline mode without a lease: relying on /proc and on the WAL being unchanged at the swap");
+            Ok(Hold::Nothing)
+        }
+    }
+}
+
+/// The error of a run whose lease a writer broke.
+pub(super) fn writer_opened(wal: &Path) -> PipelineError {
+    PipelineError::Changed {
+        path: wal.into(),
+        what: "a writer opened it during the run; the lease was let go at once so it could go on"
+            .into(),
+    }
+}
+
+/// The offline run's read lease, watched by a thread that lets it go as soon as a writer's
+/// open breaks it. Dropping the watch releases the lease.
+pub struct Watch {
+    stop: Arc<AtomicBool>,
+    given_up: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Option<ReadLease>>>,
+}
+
+impl Watch {
+    /// Takes the lease (a writer with the WAL open: [`LeaseError::HeldOpen`]) and starts watching.
+    pub fn start(wal: &Path) -> Result<Watch, LeaseError> {
+        check_filesystem(wal)?;
+        let lease = ReadLease::try_take(wal, None)?.ok_or_else(|| LeaseError::HeldOpen {
+            path: wal.into(),
+            holders: holders_note(wal),
+        })?;
+        let (stop, given_up) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let thread = std::thread::Builder::new()
+            .name("offline-lease".into())
+            .spawn({
+                let (stop, given_up) = (Arc::clone(&stop), Arc::clone(&given_up));
+                move || watch(lease, &stop, &given_up)
+            })
+            .map_err(|source| LeaseError::Io {
+                op: "start the lease watcher for",
+                path: wal.into(),
+                source,
+            })?;
+        Ok(Watch {
+            stop,
+            given_up,
+            thread: Some(thread),
+        })
+    }
+
+    /// True once a writer broke the lease (it was let go).
+    pub fn given_up(&self) -> bool {
+        self.given_up.load(Ordering::SeqCst)
+    }
+
+    /// Stops watching: the lease, still held, unless a writer broke it.
+    fn stop(mut self) -> Option<ReadLease> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Option<ReadLease> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.take()?.join().ok().flatten()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        drop(self.join());
+    }
+}
+
+/// The watcher: polls the lease; a break lets it go at once.
+fn watch(lease: ReadLease, stop: &AtomicBool, given_up: &AtomicBool) -> Option<ReadLease> {
+    while !stop.load(Ordering::SeqCst) {
+        if !matches!(lease.broken(), Ok(false)) {
+            drop(lease);
+            given_up.store(true, Ordering::SeqCst);
+            return None;
+        }
+        std::thread::sleep(WATCH_POLL);
+    }
+    Some(lease)
+}
+
+/// The swap: under the run's lease, the leased exchange (a writer that opens meanwhile
+/// appends to the old inode and is merged); without one, a last check and a rename.
+pub(in crate::pipeline) fn swap(
+    run: &mut Run,
+    temp: &mut TempFile,
+) -> Result<Swapped, PipelineError> {
+    let wal = run.req.wal.clone();
     // Lets tests change the WAL between verification and the offline swap.
     fail::fail_point!("swap::before_check::delay");
+    let Hold::Offline(watch) = std::mem::replace(&mut run.hold, Hold::Nothing) else {
+        return unleased_swap(run, &temp.path);
+    };
+    let lease = watch.stop().ok_or_else(|| writer_opened(&wal))?;
+    let m = lease
+        .file()
+        .metadata()
+        .map_err(PipelineError::io(Stage::Swap, "stat", &wal))?;
+    if FileId::of(&m) != run.snap.id {
+        // Not what was read (a truncation through O_TRUNC, which does not break a lease).
+        ensure_unchanged(&wal, &run.snap.id)?;
+    }
+    run.journal_phase(journal::Phase::Swapping)?;
+    let temp_path = temp.path.clone();
+    let x = Exchange {
+        wal: &wal,
+        new_path: &temp_path,
+        old: run.snap.id,
+        copied: run.snap.id.len,
+        timeout: SWAP_LEASE_TIMEOUT,
+        stage: Stage::Swap,
+    };
+    let mut sink = Plain {
+        path: &temp_path,
+        file: temp.file_mut(),
+    };
+    let leased = match run
+        .clock
+        .stage(Stage::Swap, || late::exchange(&x, Some(lease), &mut sink))
+    {
+        Err(PipelineError::Lease {
+            source: LeaseError::NoExchange { .. },
+            ..
+        }) => {
+            // Nothing was swapped and the lease is gone: the swap without one, as before leases.
+            return unleased_swap(run, &temp_path);
+        }
+        leased => leased?,
+    };
+    Ok(Swapped {
+        len_at_swap: leased.new_len_at_swap,
+        online: None,
+        lease: Some(leased),
+    })
+}
+
+/// Without a lease: the WAL must be unchanged since it was read; then a plain swap.
+fn unleased_swap(run: &mut Run, temp: &Path) -> Result<Swapped, PipelineError> {
+    let wal = run.req.wal.as_path();
     ensure_unchanged(wal, &run.snap.id)?;
     run.journal_phase(journal::Phase::Swapping)?;
     run.clock
@@ -41,6 +235,7 @@ pub(in crate::pipeline) fn swap(run: &mut Run, temp: &Path) -> Result<Swapped, P
     Ok(Swapped {
         len_at_swap: run.snap.plan.survivor_bytes() + (run.snap.id.len - run.snap.plan.scanned_len),
         online: None,
+        lease: None,
     })
 }
 

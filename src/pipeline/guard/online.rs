@@ -66,7 +66,7 @@ pub(super) struct Sinks<'a> {
 
 /// Reads `[from, to)` of `src` in chunks and hands each to `f`: one positioned-read loop for
 /// every copy of appended bytes, with bounded memory.
-fn for_each_chunk<E>(
+pub(super) fn for_each_chunk<E>(
     src: &File,
     from: u64,
     to: u64,
@@ -88,7 +88,7 @@ fn for_each_chunk<E>(
 }
 
 /// Copies `[from, to)` of the WAL to the sinks, checking each complete line on the way.
-fn copy_tail(
+pub(super) fn copy_tail(
     src: &File,
     from: u64,
     to: u64,
@@ -129,7 +129,7 @@ pub(super) fn read_range(
 /// PREPARE came first) — replaying the compacted WAL would then lose that PREPARE's data.
 /// Such a run is refused and retried later, when the COMMIT is part of the prefix.
 pub(super) struct TailCheck<'a> {
-    wal: &'a Path,
+    pub(super) wal: &'a Path,
     at_risk: &'a HashSet<String>,
     prepared: HashSet<String>,
     /// Appended corrupt lines: `refuse` gives the run up; otherwise they are copied in
@@ -378,12 +378,13 @@ pub(in crate::pipeline) fn swap(
     Ok(Swapped {
         len_at_swap: stats.len_at_swap,
         online: Some(stats),
+        lease: None,
     })
 }
 
 /// A copied backup (another filesystem) open for appending, with its length: the lines
 /// appended during the run go there too. A hard-linked backup is the original inode.
-fn open_copied_backup(b: &backup::Backup) -> Result<Option<(File, u64)>, PipelineError> {
+pub(super) fn open_copied_backup(b: &backup::Backup) -> Result<Option<(File, u64)>, PipelineError> {
     if b.linked {
         return Ok(None);
     }
