@@ -169,7 +169,8 @@ impl ReadLease {
         // Read-only, or the lease is refused: our own writable descriptor counts.
         let file = OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            // O_NONBLOCK: opening a FIFO must not wait for its writer (it then gets EINVAL).
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
             .map_err(io_err("open"))?;
         if let Some(want) = inode {

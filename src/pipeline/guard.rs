@@ -134,11 +134,18 @@ impl Guard {
     /// lease mode checks here that it can take one when it matters, before any work.
     pub(super) fn hold(&self, wal: &Path) -> Result<Hold, PipelineError> {
         match self {
-            Guard::Offline => offline::hold(wal),
+            Guard::Offline => {
+                super::open_wal(wal)?;
+                offline::hold(wal)
+            }
             Guard::Online(_) => Ok(Hold::Nothing),
-            Guard::Lease(_) => lease::preflight(wal)
-                .map(|()| Hold::Nothing)
-                .map_err(|e| PipelineError::lease(wal, e)),
+            Guard::Lease(_) => {
+                // A missing or non-regular WAL is said as such, not as a lease problem.
+                super::open_wal(wal)?;
+                lease::preflight(wal)
+                    .map(|()| Hold::Nothing)
+                    .map_err(|e| PipelineError::lease(wal, e))
+            }
         }
     }
 
