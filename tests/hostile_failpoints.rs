@@ -315,7 +315,13 @@ fn offline_wal_appended_by_a_writer_is_refused_and_keeps_the_lines() {
     let mut expected = original.clone();
     expected.extend_from_slice(extra.as_bytes());
     // The writer's open broke the run's lease, which was let go at once.
-    assert_refused(&out, &wal, "a writer opened it during the run", &expected, &earlier);
+    assert_refused(
+        &out,
+        &wal,
+        "a writer opened it during the run",
+        &expected,
+        &earlier,
+    );
     assert_no_new_backup(d.path(), &earlier);
     next_run_works(&wal);
 }

@@ -93,7 +93,9 @@ fn mode_online_is_the_online_flag_and_offline_takes_no_lock_timeout() {
         .arg(&wal)
         .assert()
         .code(2)
-        .stderr(predicates::str::contains("--mode online and --mode lease only"));
+        .stderr(predicates::str::contains(
+            "--mode online and --mode lease only",
+        ));
     walcompactd()
         .args(["compact", "--mode", "sideways"])
         .arg(&wal)

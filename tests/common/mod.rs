@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use assert_cmd::Command;
 
+pub mod app;
+
 /// The real binary, built by cargo for this test run.
 pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_walcompactd"))
