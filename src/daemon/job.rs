@@ -239,6 +239,10 @@ async fn pipeline_with_timeout(policy: &WalPolicy, cancel: &CancellationToken) -
         Ok(Err(PipelineError::LockTimeout { waited_ms, .. })) => JobResult::Skipped(format!(
             "online mode: the writer lock was not free within {waited_ms} ms; retrying later"
         )),
+        // Lease and offline modes: a writer had the WAL open; nothing changed, retry later.
+        Ok(Err(PipelineError::Lease { source, .. })) if source.is_busy() => {
+            JobResult::Skipped(source.to_string())
+        }
         Ok(Err(e @ PipelineError::Cancelled { .. })) if timed_out => {
             JobResult::Failed(JobError::TimedOut {
                 secs: policy.job_timeout.as_secs(),
