@@ -117,3 +117,23 @@ fn verify_catches_a_misspelt_directive() {
         "a misspelt directive went unnoticed; stderr:\n{stderr}"
     );
 }
+
+/// Lease mode needs `CAP_LEASE` for WALs the daemon does not own: a unit that restricts
+/// capabilities must keep it (and one that drops it by `~CAP_LEASE` is refused here).
+#[test]
+fn the_unit_keeps_cap_lease() {
+    let text = std::fs::read_to_string(unit_source()).expect("read the unit file");
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        if key == "CapabilityBoundingSet" {
+            let drops = value.trim_start().starts_with('~');
+            assert_eq!(
+                value.contains("CAP_LEASE"),
+                !drops,
+                "{line}: lease mode needs CAP_LEASE"
+            );
+        }
+    }
+}

@@ -71,7 +71,8 @@ fn embedded_default_parses_to_the_operations_guide() {
         wal.resolved_path,
         PathBuf::from("/srv/app/.diotec360_wal/wal.log")
     );
-    assert_eq!(wal.mode, Mode::Offline);
+    // The Diotec360 application writes with no lock, opening the WAL per append.
+    assert_eq!(wal.mode, Mode::Lease);
     assert_eq!(wal.triggers.max_size_bytes, Some(10_000_000));
     assert_eq!(wal.triggers.max_commits_since_compaction, Some(10_000));
     assert_eq!(wal.triggers.min_reclaimable_ratio, Some(0.5));
