@@ -87,6 +87,33 @@ fn the_daemon_in_lease_mode_compacts_under_three_application_writers() {
     walcompactd().arg("verify").arg(&wal).assert().success();
 }
 
+/// The application's check rejects a lease-mode swap while three writers append: the
+/// rollback restores the backup under a lease, keeping what writers appended after the
+/// swap and during the restore; no writer's line is lost.
+#[test]
+fn lease_mode_rollbacks_under_three_application_writers_keep_every_line() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = seeded_wal(d.path(), 2000);
+    let policy = format!(
+        "[[wal]]\nname = \"app\"\npath = \"{}\"\nmode = \"lease\"\npoll_interval_secs = 1\n\n\
+         [wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\nmax_size_mb = 0.01\n\n\
+         [wal.hooks]\nverify = [\"sh\", \"-c\", \"sleep 0.2; exit 1\"]\n",
+        wal.display()
+    );
+    write_policy(d.path(), &test_policy(&policy));
+    let writers = Writers::start(3, wal.parent().unwrap(), d.path());
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    let rolled_back = |v: &serde_json::Value| v["event"] == "run" && v["rolled_back"] == true;
+    daemon.wait_for_log(rolled_back);
+    // Writers go on at the restored WAL.
+    wait_for_lines(&writers, 60);
+    let reports = writers.stop();
+    drop(daemon);
+    assert!(reports.iter().all(|r| r["commits"].as_u64().unwrap() > 0));
+    assert_all_lines_once(&wal, &Writers::records_of(d.path(), 3));
+    walcompactd().arg("verify").arg(&wal).assert().success();
+}
+
 /// A writer that keeps the WAL open for writing: no lease can be had, so the run gives up
 /// after `--lock-timeout-ms` with exit 5 and the reason; nothing changed, nothing left.
 #[test]

@@ -285,3 +285,34 @@ fn offline_gives_up_at_once_when_the_application_opens_the_wal() {
     );
     assert_clean(&wal);
 }
+
+/// A writer blocked across the swap appends late to the old inode (the linked backup); the
+/// application's check then rejects the swap: the rollback restores the backup and keeps
+/// what followed in the new WAL, so the late line is there exactly once.
+#[test]
+fn a_rollback_after_late_lines_keeps_each_line_once() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = seeded_wal(d.path(), 400);
+    let policy = format!(
+        "[[wal]]\nname = \"app\"\npath = \"{}\"\nmode = \"lease\"\npoll_interval_secs = 1\n\n\
+         [wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\nmax_size_mb = 0.01\n\n\
+         [wal.hooks]\nverify = [\"false\"]\n",
+        wal.display()
+    );
+    write_policy(d.path(), &test_policy(&policy));
+    let daemon = Daemon::start_with_env(
+        d.path(),
+        "policy.toml",
+        &[("FAILPOINTS", "lease::held::delay=sleep(1500)")],
+    );
+    wait_for_lease(&wal);
+    let writer = commit(wal.parent().unwrap(), &d.path().join("st"), "late-1")
+        .spawn()
+        .unwrap();
+    daemon.wait_for_log(|v| v["event"] == "run" && v["rolled_back"] == true);
+    assert!(writer.wait_with_output().unwrap().status.success());
+    drop(daemon);
+    let lines = lines_of(&wal, "late-1");
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    app_sees_committed(&wal, "late-1");
+}

@@ -272,6 +272,9 @@ impl<'a> Run<'a> {
         self.checkpoint(Stage::Swap)?;
         let swapped = self.req.guard.swap(self, &mut temp)?;
         temp.keep();
+        // Close our writable descriptor of what is now the WAL: a rollback in lease mode
+        // takes a read lease on it, which our own writer would prevent.
+        drop(temp);
         self.check_or_rollback(&swapped)?;
         journal::clear(&wal)?;
         Ok(swapped)

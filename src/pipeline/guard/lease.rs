@@ -96,7 +96,8 @@ pub(in crate::pipeline) fn swap(
     stats.lock_held_ms = leased.lease_held_ms;
     stats.len_at_swap = leased.new_len_at_swap;
     Ok(Swapped {
-        len_at_swap: leased.new_len_at_swap,
+        // The new WAL's bytes after the late lines are what the old inode (the backup) lacks.
+        len_at_swap: leased.new_len_at_swap + leased.late_bytes,
         online: Some(stats),
         lease: Some(leased),
     })
@@ -136,7 +137,10 @@ impl Sink for Copier<'_> {
                 "append late lines to",
                 path,
             ))
-        })
+        })?;
+        // The backup stays the old inode's bytes exactly (a linked backup is that inode): a
+        // rollback restores it and keeps what follows the late lines in the new WAL.
+        online::append_backup(old, to, &mut self.sinks)
     }
 
     fn sync(&mut self) -> Result<(), PipelineError> {

@@ -219,7 +219,7 @@ pub(in crate::pipeline) fn swap(
         leased => leased?,
     };
     Ok(Swapped {
-        len_at_swap: leased.new_len_at_swap,
+        len_at_swap: leased.new_len_at_swap + leased.late_bytes,
         online: None,
         lease: Some(leased),
     })

@@ -102,6 +102,11 @@ pub(super) fn copy_tail(
         let write_err = PipelineError::io(Stage::Compact, "append to", sinks.temp_path);
         sinks.temp.write_all(chunk).map_err(write_err)
     })?;
+    append_backup(src, to, sinks)
+}
+
+/// Brings a copied backup level with `src` up to `to` (a linked backup is `src` itself).
+pub(super) fn append_backup(src: &File, to: u64, sinks: &mut Sinks) -> Result<(), PipelineError> {
     if let Some((backup, backup_len, path)) = sinks.backup.as_mut() {
         for_each_chunk(src, *backup_len, to, |e| e, |chunk| backup.write_all(chunk))
             .map_err(PipelineError::io(Stage::Backup, "append to", *path))?;
