@@ -29,8 +29,9 @@
 //! - [`process`]: the one runner of external commands (hooks, alert commands): own process
 //!   group killed whole on timeout, bounded stderr capture.
 //! - [`fsutil`]: durable-filesystem helpers (fsync dir, atomic write, free space, file identity).
-//! - [`lease`]: Linux file leases (take, poll for a break, release) and the checks lease mode
-//!   needs (filesystem, `fs.lease-break-time`); the kernel facts, no pipeline knowledge.
+//! - [`lease`]: Linux file leases (read and write leases, take, poll for a break, release)
+//!   and the checks lease mode needs (filesystem, `fs.lease-break-time`); the kernel facts, no
+//!   pipeline knowledge. `pipeline::guard::late` is what a run does with them.
 //! - [`writer`]: the writer side of the online-compaction lock protocol (`docs/PROTOCOL.md`):
 //!   [`writer::WalWriter`] appends under `<wal>.lock` and reopens after a swap.
 

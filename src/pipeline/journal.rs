@@ -16,6 +16,10 @@
 //! lines in the WAL, so recovery truncates the quarantine file back to it; a swapped run's
 //! records stay (see [`super::quarantine`]).
 //!
+//! A leased exchange (lease mode, its restore, offline under a lease) also leaves a late
+//! record while it runs (see [`super::guard::late`]): recovery merges what writers appended
+//! to the old inode after the swap first, before anything else here removes that inode.
+//!
 //! Without a journal, recovery removes leftover temp files (only this tool creates them).
 
 use std::fs;

@@ -396,3 +396,6 @@ impl PipelineError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
