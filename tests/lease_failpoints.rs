@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use common::app::{FIXTURE, commit, seeded_wal};
+use common::app::{FIXTURE, commit, lease_policy, seeded_wal};
 use common::*;
 
 /// `walcompactd compact --json --mode MODE WAL` with `FAILPOINTS`, running.
@@ -293,13 +293,8 @@ fn offline_gives_up_at_once_when_the_application_opens_the_wal() {
 fn a_rollback_after_late_lines_keeps_each_line_once() {
     let d = tempfile::tempdir().unwrap();
     let wal = seeded_wal(d.path(), 400);
-    let policy = format!(
-        "[[wal]]\nname = \"app\"\npath = \"{}\"\nmode = \"lease\"\npoll_interval_secs = 1\n\n\
-         [wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\nmax_size_mb = 0.01\n\n\
-         [wal.hooks]\nverify = [\"false\"]\n",
-        wal.display()
-    );
-    write_policy(d.path(), &test_policy(&policy));
+    let hooks = "[wal.hooks]\nverify = [\"false\"]\n";
+    write_policy(d.path(), &test_policy(&lease_policy(&wal, hooks)));
     let daemon = Daemon::start_with_env(
         d.path(),
         "policy.toml",

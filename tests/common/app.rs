@@ -51,13 +51,6 @@ impl Writers {
         }
     }
 
-    /// The records [`Writers::start`] gives `n` writers in `work`.
-    pub fn records_of(work: &Path, n: usize) -> Vec<PathBuf> {
-        (0..n)
-            .map(|i| work.join(format!("record.{}", (b'a' + i as u8) as char)))
-            .collect()
-    }
-
     /// Total lines the writers recorded so far.
     pub fn lines_written(&self) -> usize {
         self.records
@@ -68,6 +61,20 @@ impl Writers {
                     .unwrap_or(0)
             })
             .sum()
+    }
+
+    /// Stops the writers, then asserts each wrote, every line is in `wal` once in order,
+    /// and the WAL verifies.
+    pub fn finish(self, wal: &Path) {
+        let records = self.records.clone();
+        let reports = self.stop();
+        assert!(reports.iter().all(|r| r["commits"].as_u64().unwrap() > 0));
+        assert_all_lines_once(wal, &records);
+        super::walcompactd()
+            .arg("verify")
+            .arg(wal)
+            .assert()
+            .success();
     }
 
     /// Stops the writers and returns their reports (`commits`, `worst_append_ms`, ...).
@@ -93,6 +100,16 @@ impl Drop for Writers {
             let _ = c.wait();
         }
     }
+}
+
+/// A daemon policy (after `test_policy`) for one WAL named `app` in lease mode, run as soon
+/// as anything is reclaimable; `tail` follows (e.g. `[wal.hooks]`).
+pub fn lease_policy(wal: &Path, tail: &str) -> String {
+    format!(
+        "[[wal]]\nname = \"app\"\npath = \"{}\"\nmode = \"lease\"\npoll_interval_secs = 1\n\n\
+         [wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\nmax_size_mb = 0.01\n\n{tail}",
+        wal.display()
+    )
 }
 
 /// Asserts every line the writers recorded is in `wal` exactly once, in each writer's
