@@ -36,6 +36,12 @@ fn wal_with_history(dir: &Path) -> (PathBuf, Vec<(PathBuf, Vec<u8>)>) {
     (wal, earlier)
 }
 
+/// Someone truncating the WAL in place to `keep` bytes.
+fn truncate(wal: &Path, keep: usize) {
+    let f = fs::OpenOptions::new().write(true).open(wal).unwrap();
+    f.set_len(keep as u64).unwrap();
+}
+
 /// Every backup in `dir` with its bytes.
 fn backups(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     names(dir)
@@ -280,14 +286,7 @@ fn offline_wal_truncated_by_someone_else_is_refused() {
         if !leases {
             fps = format!("{fps};{NO_LEASES}");
         }
-        let out = run_paused_with(&wal, &[], &fps, || {
-            fs::OpenOptions::new()
-                .write(true)
-                .open(&wal)
-                .unwrap()
-                .set_len(keep as u64)
-                .unwrap();
-        });
+        let out = run_paused_with(&wal, &[], &fps, || truncate(&wal, keep));
         // Under the lease, the truncater's open broke it (let go at once); without, the
         // last check sees the shorter file.
         let what = match leases {
@@ -350,12 +349,7 @@ fn online_wal_truncated_by_someone_else_is_refused() {
     let original = fs::read(&wal).unwrap();
     let keep = original.len() / 3;
     let out = run_paused(&wal, &["--online"], "online::catch_up::delay", || {
-        fs::OpenOptions::new()
-            .write(true)
-            .open(&wal)
-            .unwrap()
-            .set_len(keep as u64)
-            .unwrap();
+        truncate(&wal, keep)
     });
     let what = format!("truncated to {keep} bytes");
     assert_refused(&out, &wal, &what, &original[..keep], &earlier);
