@@ -70,7 +70,10 @@ fn the_daemon_in_lease_mode_compacts_under_three_application_writers() {
     write_policy(d.path(), &test_policy(&lease_policy(&wal, "")));
     let writers = Writers::start(3, wal.parent().unwrap(), d.path());
     let daemon = Daemon::start(d.path(), "policy.toml");
-    daemon.wait_for_nth(3, |v| is_run(v, "app", "success"));
+    let run = daemon.wait_for_nth(3, |v| is_run(v, "app", "success"));
+    // The log says how long writers were held back.
+    assert!(run["writers_paused_ms"].as_f64().unwrap() > 0.0, "{run}");
+    assert!(run["lease_held_ms"].as_f64().is_some(), "{run}");
     drop(daemon);
     writers.finish(&wal);
 }

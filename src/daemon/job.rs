@@ -340,6 +340,10 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 corrupt_lines_policy = r.corrupt_lines_policy.as_str(),
                 quarantined_lines = r.quarantined_lines,
                 quarantine = quarantine.as_str(),
+                // Lease mode: how long writers were held back, and lines merged late.
+                lease_held_ms = r.lease.as_ref().map(|l| l.lease_held_ms),
+                writers_paused_ms = r.lease.as_ref().map(|l| l.writers_paused_ms),
+                late_bytes = r.lease.as_ref().map(|l| l.late_bytes),
                 "{wal}: compaction {outcome}: {} → {} bytes ({} reclaimed){}",
                 r.bytes_before,
                 r.bytes_after,
