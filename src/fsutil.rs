@@ -1,6 +1,8 @@
 //! Small durable-filesystem helpers shared by the pipeline stages and the daemon's state.
 
-use std::fs::{self, File, OpenOptions};
+pub mod safe;
+
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -28,10 +30,12 @@ pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Writes `bytes` to `path` atomically: temp file, fsync, rename, fsync the directory.
-/// fsync the temp file BEFORE the rename, or a crash can leave an empty file at `path`.
-pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    atomic_write_then(path, bytes, || {})
+/// Writes `bytes` to `path` atomically with `mode`: temp file, fsync, rename, fsync the
+/// directory. fsync the temp file BEFORE the rename, or a crash can leave an empty file at
+/// `path`. The temp is created by the directory's descriptor, `O_EXCL | O_NOFOLLOW`, and
+/// renamed within it (see [`safe`]): a link planted at either name is never written through.
+pub fn atomic_write(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    atomic_write_then(path, bytes, mode, || {})
 }
 
 /// [`atomic_write`] that calls `before_rename` once the temp file is durable: a seam for the
@@ -39,23 +43,24 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
 pub fn atomic_write_then(
     path: &Path,
     bytes: &[u8],
+    mode: u32,
     before_rename: impl FnOnce(),
 ) -> io::Result<()> {
-    let tmp = sibling(path, ".tmp");
+    let (dir, name) = safe::Dir::of(path)?;
+    let mut tmp = name.clone();
+    tmp.push(".tmp");
+    let mut f = dir.create_new(&tmp, mode)?;
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        // The umask may have narrowed it; never wider than asked.
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
         f.write_all(bytes)?;
         f.sync_all()?;
         before_rename();
-        fs::rename(&tmp, path)?;
-        fsync_dir(&parent_dir(path))
+        dir.rename(&tmp, &name)?;
+        dir.sync()
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.unlink(&tmp);
     }
     result
 }
@@ -125,9 +130,16 @@ mod tests {
     fn atomic_write_replaces_content() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("f");
-        atomic_write(&p, b"one").unwrap();
-        atomic_write(&p, b"two").unwrap();
+        atomic_write(&p, b"one", 0o600).unwrap();
+        atomic_write(&p, b"two", 0o640).unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"two");
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&fs::metadata(&p).unwrap().permissions());
+        assert_eq!(
+            mode & 0o777,
+            0o640,
+            "the mode asked, never the umask's default"
+        );
         assert_eq!(
             fs::read_dir(d.path()).unwrap().count(),
             1,

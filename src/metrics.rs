@@ -25,6 +25,10 @@ use crate::commands::{OpEntries, Status};
 use crate::fsutil::atomic_write;
 use crate::rules::TxCounts;
 
+/// The textfile is read by node_exporter (another user): it holds counts and names, no
+/// payload or transaction id.
+const TEXTFILE_MODE: u32 = 0o644;
+
 /// Size of a WAL file in bytes.
 pub const WAL_SIZE_BYTES: &str = "walcompactd_wal_size_bytes";
 /// Entries per op (`op` label).
@@ -172,7 +176,7 @@ impl Metrics {
     /// rename), so node_exporter never reads half a file. A no-op without a textfile.
     pub fn write_textfile(&self) -> io::Result<()> {
         match &self.textfile {
-            Some(path) => atomic_write(path, self.render().as_bytes()),
+            Some(path) => atomic_write(path, self.render().as_bytes(), TEXTFILE_MODE),
             None => Ok(()),
         }
     }

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::fsutil::atomic_write_then;
 
+/// State files hold counts and times of one WAL: the daemon's alone.
+const STATE_FILE_MODE: u32 = 0o600;
+
 /// How the last run ended, as recorded for cooldown, backoff and status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -143,7 +146,7 @@ impl StateFile {
         }
         let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
         crate::io_fault!(error "state::write")?;
-        atomic_write_then(&self.path, &bytes, || {
+        atomic_write_then(&self.path, &bytes, STATE_FILE_MODE, || {
             crate::crash_point!("state::rename::crash")
         })
     }

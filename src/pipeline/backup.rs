@@ -3,8 +3,9 @@
 //! Named like the old tooling: `wal.log` → `wal_backup_YYYYmmdd_HHMMSS.log` (UTC), with
 //! `_N` before the extension on collision. Pruning and zstd compression live here too.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
@@ -157,10 +158,14 @@ fn copy_new(src: &File, dest: &Path) -> io::Result<()> {
 }
 
 fn copy_into(src: &File, partial: &Path) -> io::Result<()> {
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(partial)?;
+    let (dir, name) = crate::fsutil::safe::Dir::of(partial)?;
+    let mut out = dir.create_new(&name, 0o600)?;
+    // The WAL's owner and mode, never wider: the copy holds the same transaction data.
+    let meta = src.metadata()?;
+    let _ = std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()));
+    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        meta.mode() & 0o777,
+    ))?;
     let mut reader = src.try_clone()?;
     io::Seek::seek(&mut reader, io::SeekFrom::Start(0))?;
     io::copy(&mut reader, &mut out)?;
@@ -284,8 +289,16 @@ pub fn compress(path: &Path) -> Result<PathBuf, PipelineError> {
     let dest = PathBuf::from(name);
     let tmp = crate::fsutil::sibling(&dest, ".tmp");
     let result = (|| -> io::Result<()> {
-        let src = BufReader::new(File::open(path)?);
-        let out = File::create(&tmp)?;
+        let src = File::open(path)?;
+        let meta = src.metadata()?;
+        let src = BufReader::new(src);
+        let (dir, name) = crate::fsutil::safe::Dir::of(&tmp)?;
+        let out = dir.create_new(&name, 0o600)?;
+        // The backup's owner and mode, never wider.
+        let _ = std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()));
+        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+            meta.mode() & 0o777,
+        ))?;
         let mut enc = zstd::Encoder::new(out, ZSTD_LEVEL)?;
         io::copy(&mut { src }, &mut enc)?;
         enc.finish()?.sync_all()?;

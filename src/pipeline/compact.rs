@@ -2,7 +2,7 @@
 //! scanned prefix verbatim, into a temp file beside the WAL. Bytes are copied, never
 //! re-serialized.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -247,11 +247,10 @@ impl Drop for TempFile {
 /// Creates the temp file the compacted WAL is written to, with the WAL's owner and mode
 /// (or the writer may not be able to open it after the swap). Removed again on drop.
 pub fn create_temp(temp: &Path, wal_meta: &fs::Metadata) -> Result<TempFile, PipelineError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(temp)
+    // O_EXCL by the directory's descriptor: a link planted at the temp's name is refused, a
+    // leftover of ours replaced (see `fsutil::safe`).
+    let file = crate::fsutil::safe::Dir::of(temp)
+        .and_then(|(dir, name)| dir.create_new(&name, 0o600))
         .map_err(PipelineError::io(Stage::Compact, "create", temp))?;
     let guard = TempFile {
         path: temp.to_path_buf(),

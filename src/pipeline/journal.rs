@@ -32,6 +32,8 @@ use super::guard::{Guard, Mode};
 use super::{PipelineError, Stage};
 use crate::fsutil::{atomic_write_then, fsync_dir, parent_dir, sibling};
 
+/// The journal names files and inodes, no payload; still ours alone.
+const JOURNAL_MODE: u32 = 0o600;
 /// Suffix of the journal file.
 pub const JOURNAL_SUFFIX: &str = ".compact.journal";
 /// Suffix of the compacted WAL while it is written and verified.
@@ -227,7 +229,7 @@ pub fn write(wal: &Path, journal: &Journal) -> Result<(), PipelineError> {
     let bytes = serde_json::to_vec_pretty(journal).expect("journal serializes");
     let before_rename = || crate::crash_point!("journal::rename::crash");
     crate::io_fault!("journal::write")
-        .and_then(|()| atomic_write_then(&path, &bytes, before_rename))
+        .and_then(|()| atomic_write_then(&path, &bytes, JOURNAL_MODE, before_rename))
         .map_err(PipelineError::io(Stage::Journal, "write", &path))
 }
 
@@ -257,7 +259,12 @@ pub fn clear(wal: &Path) -> Result<(), PipelineError> {
 
 fn read(wal: &Path) -> Result<Option<Journal>, PipelineError> {
     let path = journal_path(wal);
-    match fs::read(&path) {
+    // Not through a symlink planted at its name: its target is nobody's journal.
+    let read = crate::fsutil::safe::Dir::of(&path).and_then(|(dir, name)| {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut dir.open_read(&name)?, &mut bytes).map(|_| bytes)
+    });
+    match read {
         Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).map_err(|e| {
             PipelineError::BadInput {
                 path: path.clone(),

@@ -2,12 +2,16 @@
 //! `<wal>.compact.lock`. The lock file records who holds it so a second caller can say so.
 //! It is never deleted: deleting a lock file while someone waits on it breaks the lock.
 
-use std::fs::{File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{PipelineError, Stage};
+use crate::fsutil::safe::Dir;
 use crate::fsutil::sibling;
+
+/// The lock file names the holder's pid: ours alone to write, readable for diagnosis.
+const LOCK_FILE_MODE: u32 = 0o644;
 
 /// Suffix of the compaction lock file (the writers' protocol lock is `<wal>.lock`).
 pub const LOCK_SUFFIX: &str = ".compact.lock";
@@ -27,13 +31,12 @@ pub fn lock_path(wal: &Path) -> PathBuf {
 /// Takes the lock without waiting, or reports who holds it.
 pub fn acquire(wal: &Path, who: &str) -> Result<CompactionLock, PipelineError> {
     let path = lock_path(wal);
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(PipelineError::io(Stage::Lock, "create lock file", &path))?;
+    // By the directory's descriptor, never through a link planted at the name (it persists
+    // between runs, so it is reopened, checked to be our own one-link file, never truncated
+    // before it is ours).
+    let mut file = Dir::of(&path)
+        .and_then(|(dir, name)| dir.open_persistent(&name, LOCK_FILE_MODE, false))
+        .map_err(PipelineError::io(Stage::Lock, "open lock file", &path))?;
     match file.try_lock() {
         Ok(()) => {}
         Err(TryLockError::WouldBlock) => {

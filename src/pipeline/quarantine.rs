@@ -129,6 +129,18 @@ pub fn append(
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(io_err("open (not following a symlink)"))?;
+    // Nor through a hard link to someone else's file: ours has one link and is owned by us
+    // or by the WAL's owner.
+    let m = file.metadata().map_err(io_err("stat"))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if !m.is_file() || m.nlink() != 1 || (m.uid() != euid && m.uid() != wal_meta.uid()) {
+        return Err(io_err("append to")(io::Error::other(format!(
+            "refusing it: a file with {} links owned by uid {} is where the quarantine file goes (planted?); nothing was written",
+            m.nlink(),
+            m.uid()
+        ))));
+    }
     if created {
         let _ = std::os::unix::fs::fchown(&file, Some(wal_meta.uid()), Some(wal_meta.gid()));
         file.set_permissions(fs::Permissions::from_mode(wal_meta.mode() & 0o7777))

@@ -2,7 +2,7 @@
 //! The backup is copied, never linked back: the WAL keeps growing after a restore and a
 //! backup must stay as it was.
 
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -48,11 +48,9 @@ pub(super) fn copy_backup(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<(
 
 fn open_copy(backup: &Path, tmp: &Path, wal: &Path) -> io::Result<fs::File> {
     let mut reader = open_reader(backup)?;
-    let mut out = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(tmp)?;
+    // Never through a link planted at the temp's name (see `fsutil::safe`).
+    let (dir, name) = crate::fsutil::safe::Dir::of(tmp)?;
+    let mut out = dir.create_new(&name, 0o600)?;
     if let Ok(meta) = fs::metadata(wal) {
         let _ = std::os::unix::fs::fchown(&out, Some(meta.uid()), Some(meta.gid()));
         out.set_permissions(fs::Permissions::from_mode(meta.mode() & 0o7777))?;

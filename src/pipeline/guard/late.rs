@@ -302,7 +302,7 @@ fn write_record(wal: &Path, record: &LateRecord) -> Result<(), PipelineError> {
     let path = record_path(wal);
     let bytes = serde_json::to_vec_pretty(record).expect("late record serializes");
     crate::io_fault!(error "lease::record")
-        .and_then(|()| atomic_write(&path, &bytes))
+        .and_then(|()| atomic_write(&path, &bytes, 0o600))
         .map_err(io(Stage::Journal, "write", &path))
 }
 
@@ -347,9 +347,16 @@ pub fn recover(wal: &Path) -> Result<Option<u64>, PipelineError> {
 fn merge_from_record(wal: &Path, r: &LateRecord) -> Result<u64, PipelineError> {
     // The old inode's tail is the last delta and the late lines: small. Of the new WAL only
     // as many bytes are compared.
+    // Opened without following a link, and checked to be the inode recorded: the bytes
+    // appended to the WAL come only from the old inode itself.
     let read = |p: &Path, from: u64, max: u64| -> io::Result<Vec<u8>> {
-        let f = File::open(p)?;
-        let len = f.metadata()?.len();
+        let (dir, name) = crate::fsutil::safe::Dir::of(p)?;
+        let f = dir.open_read(&name)?;
+        let m = f.metadata()?;
+        if ![r.old_ino, r.new_ino].contains(&m.ino()) || m.dev() != r.dev {
+            return Err(io::Error::other("not the inode the late record names"));
+        }
+        let len = m.len();
         let mut buf = vec![0; len.saturating_sub(from).min(max) as usize];
         f.read_exact_at(&mut buf, from)?;
         Ok(buf)

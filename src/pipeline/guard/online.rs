@@ -226,13 +226,12 @@ pub(super) fn acquire_writer_lock(
     timeout: Duration,
 ) -> Result<WriterLock, PipelineError> {
     let path = crate::writer::lock_path(wal);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
+    // The writers' lock is usually theirs (owner may differ), but never a link to another
+    // file: opened by the directory's descriptor, one link, regular (see `fsutil::safe`).
+    let file = crate::fsutil::safe::Dir::of(&path)
+        .and_then(|(dir, name)| dir.open_persistent(&name, 0o600, true))
         .map_err(PipelineError::io(Stage::Swap, "open writer lock", &path))?;
+    give_to_wal_owner(&file, wal);
     let deadline = Instant::now() + timeout;
     loop {
         match file.try_lock() {
@@ -255,6 +254,19 @@ pub(super) fn acquire_writer_lock(
                 return Err(PipelineError::io(Stage::Swap, "lock", &path)(e));
             }
         }
+    }
+}
+
+/// A writers' lock this run just created belongs to the WAL's owner, with the WAL's mode:
+/// the writers (the application's user) must be able to open it.
+fn give_to_wal_owner(lock: &File, wal: &Path) {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (Ok(l), Ok(w)) = (lock.metadata(), std::fs::metadata(wal)) else {
+        return;
+    };
+    if l.len() == 0 && l.uid() != w.uid() && l.uid() == unsafe { libc::geteuid() } {
+        let _ = std::os::unix::fs::fchown(lock, Some(w.uid()), Some(w.gid()));
+        let _ = lock.set_permissions(std::fs::Permissions::from_mode(w.mode() & 0o666));
     }
 }
 
