@@ -159,6 +159,20 @@ impl Dir {
         }
     }
 
+    /// [`Dir::remove_leftover`] that also removes a regular file whose inode is in `known`
+    /// (one a journal names, whoever owns it); true when something was removed.
+    pub fn remove_leftover_known(&self, name: &OsStr, known: &[u64]) -> io::Result<bool> {
+        match self.stat(name)? {
+            None => Ok(false),
+            Some(st)
+                if st.st_mode & libc::S_IFMT == libc::S_IFREG && known.contains(&st.st_ino) =>
+            {
+                self.unlink(name).map(|()| true)
+            }
+            Some(_) => self.remove_leftover(name).map(|()| true),
+        }
+    }
+
     /// Opens (creating it if missing) a file that persists between runs, read-write, never
     /// truncating: it must then be a regular file with one link, owned by us or, where
     /// `owner_may_differ` (the writers' lock, created by the application), by anyone.

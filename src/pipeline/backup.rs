@@ -289,7 +289,11 @@ pub fn compress(path: &Path) -> Result<PathBuf, PipelineError> {
     let dest = PathBuf::from(name);
     let tmp = crate::fsutil::sibling(&dest, ".tmp");
     let result = (|| -> io::Result<()> {
-        let src = File::open(path)?;
+        // A backup is ours: never follow a link planted at a backup's name.
+        let src = {
+            let (dir, name) = crate::fsutil::safe::Dir::of(path)?;
+            dir.open_read(&name)?
+        };
         let meta = src.metadata()?;
         let src = BufReader::new(src);
         let (dir, name) = crate::fsutil::safe::Dir::of(&tmp)?;

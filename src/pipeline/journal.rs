@@ -285,14 +285,14 @@ pub fn pending(wal: &Path) -> bool {
 pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
     // Lines writers appended to the old inode after a leased exchange are merged first:
     // the old inode is at a name recovery otherwise removes as litter.
-    let merged = super::guard::late::recover(wal)?;
+    let late = super::guard::late::recover(wal)?;
     let Some(journal) = read(wal)? else {
-        if merged.is_some() {
+        if let Some(inos) = late {
             // A restore's exchange (it keeps no journal): the merge was the whole recovery.
-            remove_leftovers(wal)?;
+            remove_leftovers(wal, &inos)?;
             return Ok(Recovered::MergedLateLines);
         }
-        return remove_leftovers(wal).map(|v| {
+        return remove_leftovers(wal, &[]).map(|v| {
             if v.is_empty() {
                 Recovered::Nothing
             } else {
@@ -300,41 +300,48 @@ pub fn recover(wal: &Path) -> Result<Recovered, PipelineError> {
             }
         });
     };
+    // The files the journal (and a late record) name are ours to remove even when not
+    // ours by owner: after an exchange the temp's name holds the WAL's old inode.
+    let known: Vec<u64> = [journal.wal_ino, journal.temp_ino]
+        .into_iter()
+        .flatten()
+        .chain(late.unwrap_or_default())
+        .collect();
     // Quarantine records are taken back while the journal still says why: before the temp
     // is removed (its existence is what says the swap did not happen), after a rollback.
     let done = match journal.phase {
         Phase::Writing => {
             journal.undo_quarantine(wal, Stage::Recover)?;
-            remove_if_exists(&journal.temp)?;
+            remove_if_exists(&journal.temp, &known)?;
             discard_backup(wal, &journal)?;
             Recovered::DiscardedTemp
         }
-        Phase::Swapping => recover_swap(wal, &journal)?,
+        Phase::Swapping => recover_swap(wal, &journal, &known)?,
         Phase::RollingBack => {
             let done = recover_rollback(wal, &journal)?;
             journal.undo_quarantine(wal, Stage::Recover)?;
             done
         }
     };
-    remove_leftovers(wal)?;
+    remove_leftovers(wal, &known)?;
     clear(wal)?;
     Ok(done)
 }
 
-fn recover_swap(wal: &Path, journal: &Journal) -> Result<Recovered, PipelineError> {
+fn recover_swap(wal: &Path, journal: &Journal, known: &[u64]) -> Result<Recovered, PipelineError> {
     if journal.foreign_at_temp() {
         // Interrupted between an exchange that brought out someone else's file and the
         // exchange back: put it back, then our compacted file (now at the temp) goes. The
         // quarantine records and the backup stay: the original is no longer at the path.
         super::swap::exchange_back(&journal.temp, wal)?;
-        remove_if_exists(&journal.temp)?;
+        remove_if_exists(&journal.temp, known)?;
         return Ok(Recovered::PutBackReplacedWal);
     }
     if journal.left_the_original(wal) {
         // rename() is atomic: the temp still there (or, once its inode is journaled, the
         // WAL's path not holding it) means the WAL was never replaced.
         journal.undo_quarantine(wal, Stage::Recover)?;
-        remove_if_exists(&journal.temp)?;
+        remove_if_exists(&journal.temp, known)?;
         discard_backup(wal, journal)?;
         return Ok(Recovered::DiscardedTemp);
     }
@@ -413,10 +420,12 @@ pub fn leftover_paths(wal: &Path) -> Vec<PathBuf> {
     .collect()
 }
 
-fn remove_leftovers(wal: &Path) -> Result<Vec<PathBuf>, PipelineError> {
+/// Removes the temp files an interrupted run left (ours, or inodes `known` from its journal);
+/// anything else at those names is refused, never removed or followed.
+fn remove_leftovers(wal: &Path, known: &[u64]) -> Result<Vec<PathBuf>, PipelineError> {
     let mut removed = Vec::new();
     for p in leftover_paths(wal) {
-        if remove_if_exists(&p)? {
+        if remove_if_exists(&p, known)? {
             removed.push(p);
         }
     }
@@ -430,10 +439,8 @@ fn remove_leftovers(wal: &Path) -> Result<Vec<PathBuf>, PipelineError> {
     Ok(removed)
 }
 
-fn remove_if_exists(p: &Path) -> Result<bool, PipelineError> {
-    match fs::remove_file(p) {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(PipelineError::io(Stage::Recover, "remove", p)(e)),
-    }
+fn remove_if_exists(p: &Path, known: &[u64]) -> Result<bool, PipelineError> {
+    crate::fsutil::safe::Dir::of(p)
+        .and_then(|(dir, name)| dir.remove_leftover_known(&name, known))
+        .map_err(PipelineError::io(Stage::Recover, "remove", p))
 }

@@ -317,11 +317,16 @@ fn remove_record(wal: &Path) -> Result<(), PipelineError> {
 
 /// Recovery of an exchange interrupted after the swap: appends to the WAL what writers
 /// wrote to the old inode beyond what the new WAL already copies, then removes the old
-/// inode and the record. Returns the bytes merged, or `None` if there was no record.
-/// Call only under the compaction lock.
-pub fn recover(wal: &Path) -> Result<Option<u64>, PipelineError> {
+/// inode and the record. Returns the inodes the record named (recovery may remove what is
+/// left at their names), or `None` if there was no record. Call only under the compaction lock.
+pub fn recover(wal: &Path) -> Result<Option<Vec<u64>>, PipelineError> {
     let path = record_path(wal);
-    let record: LateRecord = match fs::read(&path) {
+    // Not through a link planted at its name.
+    let bytes = crate::fsutil::safe::Dir::of(&path).and_then(|(dir, name)| {
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut dir.open_read(&name)?, &mut bytes).map(|_| bytes)
+    });
+    let record: LateRecord = match bytes {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| PipelineError::BadInput {
             path: path.clone(),
             what: format!("unreadable late record ({e}); inspect it, then remove it to continue"),
@@ -332,13 +337,12 @@ pub fn recover(wal: &Path) -> Result<Option<u64>, PipelineError> {
     let is = |p: &Path, ino| {
         fs::symlink_metadata(p).is_ok_and(|m| m.ino() == ino && m.dev() == record.dev)
     };
-    let mut merged = 0;
     if is(wal, record.new_ino) && is(&record.old_at, record.old_ino) {
-        merged = merge_from_record(wal, &record)?;
+        merge_from_record(wal, &record)?;
         let _ = fs::remove_file(&record.old_at);
     }
     remove_record(wal)?;
-    Ok(Some(merged))
+    Ok(Some(vec![record.old_ino, record.new_ino]))
 }
 
 /// The new WAL from `new_from` on copies the old inode from `old_from` on, as far as the
