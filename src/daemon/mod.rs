@@ -95,6 +95,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
     log_notes(&d.policy);
     info!(event = "startup", state_dir = %d.shared.state_dir.display(), "state directory");
+    state_io::prepare_dir(&d.shared.state_dir).await;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
