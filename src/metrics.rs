@@ -172,6 +172,11 @@ impl Metrics {
     /// rename), so node_exporter never reads half a file. A no-op without a textfile.
     pub fn write_textfile(&self) -> io::Result<()> {
         match &self.textfile {
+            // MODE: 0o644. node_exporter reads it as another user, and it holds only what
+            // /metrics serves (names, labels, figures; no payload, no transaction id). The
+            // unit's UMask=0027 would make a plain create 0640, unreadable to node_exporter.
+            // To be passed to atomic_write when fsutil takes the mode; not chmod-ed after the
+            // write here (a window).
             Some(path) => atomic_write(path, self.render().as_bytes()),
             None => Ok(()),
         }
