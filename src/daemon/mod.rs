@@ -186,6 +186,16 @@ impl Daemon {
                         "daemon.metrics_listen/metrics_textfile changed: the exporter is installed once; takes effect after a restart"
                     );
                 }
+                if new.daemon.metrics_listen != self.policy.daemon.metrics_listen
+                    && let Some(addr) = new
+                        .daemon
+                        .metrics_listen
+                        .filter(|a| observe::beyond_loopback(*a))
+                {
+                    warn!(event = "metrics", listen = %addr,
+                        "{} (from the next restart: the listener is installed once)",
+                        observe::exposure_note(addr));
+                }
                 self.apply(new).await;
             }
             Err(e) => {
