@@ -197,3 +197,31 @@ fn metrics_carry_no_transaction_id_payload_or_path() {
         }
     }
 }
+
+/// The modes of the files the daemon writes by `atomic_write`: the state file 0600, the
+/// textfile 0644 (node_exporter reads it as another user), under the unit's `UMask=0027`
+/// (so a mode given to `open` alone would come out 0640: it must survive the umask).
+/// Ignored until `fsutil::atomic_write` takes the mode (see the `// MODE:` notes at its call
+/// sites); whoever wires it removes the `ignore`.
+#[test]
+#[ignore = "until fsutil::atomic_write takes the file mode (the // MODE: notes)"]
+fn the_state_file_is_0600_and_the_textfile_0644_whatever_the_umask() {
+    // The whole test process gets the unit's umask; the daemon inherits it. Harmless to the
+    // other tests here (they only read what they write, as the same user).
+    unsafe { libc::umask(0o027) };
+    let d = tempfile::tempdir().unwrap();
+    write_wal(d.path(), "wal.log", &secret_wal());
+    let textfile = d.path().join("walcompactd.prom");
+    write_policy(d.path(), &policy("", Some(&textfile), ""));
+    let daemon = Daemon::start(d.path(), "policy.toml");
+    daemon.wait_for_log(|v| is_run(v, "w1", "success"));
+    let state_file = d.path().join("state/w1.json");
+    assert!(
+        wait_until(DEADLINE, || state_file.exists() && textfile.exists()),
+        "{}",
+        daemon.dump()
+    );
+    let octal = |p: &Path| format!("{:04o}", mode_of(p));
+    assert_eq!(octal(&state_file), "0600", "state file");
+    assert_eq!(octal(&textfile), "0644", "textfile");
+}
