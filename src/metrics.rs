@@ -176,6 +176,8 @@ impl Metrics {
     /// rename), so node_exporter never reads half a file. A no-op without a textfile.
     pub fn write_textfile(&self) -> io::Result<()> {
         match &self.textfile {
+            // The unit's UMask=0027 would make a plain create 0640, unreadable to
+            // node_exporter: atomic_write sets the mode on the temp before the rename.
             Some(path) => atomic_write(path, self.render().as_bytes(), TEXTFILE_MODE),
             None => Ok(()),
         }

@@ -16,8 +16,7 @@ use serde_json::Value;
 
 /// One GET of `/metrics`; `None` while the listener does not answer yet.
 fn try_scrape(addr: SocketAddr) -> Option<Scrape> {
-    let mut resp = ureq::get(&format!("http://{addr}/metrics")).call().ok()?;
-    Some(parse_scrape(&resp.body_mut().read_to_string().ok()?))
+    Some(parse_scrape(&scrape_text(addr)?))
 }
 
 /// The scalar value of the one sample named `metric` carrying all of `labels`.

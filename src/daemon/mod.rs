@@ -95,6 +95,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
     log_notes(&d.policy);
     info!(event = "startup", state_dir = %d.shared.state_dir.display(), "state directory");
+    state_io::prepare_dir(&d.shared.state_dir).await;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
@@ -184,6 +185,16 @@ impl Daemon {
                         event = "policy",
                         "daemon.metrics_listen/metrics_textfile changed: the exporter is installed once; takes effect after a restart"
                     );
+                }
+                if new.daemon.metrics_listen != self.policy.daemon.metrics_listen
+                    && let Some(addr) = new
+                        .daemon
+                        .metrics_listen
+                        .filter(|a| observe::beyond_loopback(*a))
+                {
+                    warn!(event = "metrics", listen = %addr,
+                        "{} (from the next restart: the listener is installed once)",
+                        observe::exposure_note(addr));
                 }
                 self.apply(new).await;
             }

@@ -11,6 +11,7 @@
 //! flight, cooldown, backoff, minimum reclaimable) still apply.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -78,6 +79,9 @@ impl Observer {
                         .unwrap_or_default();
                     info!(event = "metrics", listen = %listen, textfile = %textfile,
                         "metrics exporter started");
+                    if let Some(addr) = daemon.metrics_listen.filter(|a| beyond_loopback(*a)) {
+                        warn!(event = "metrics", listen = %addr, "{}", exposure_note(addr));
+                    }
                     Some(m)
                 }
                 Err(e) => {
@@ -171,6 +175,23 @@ impl Observer {
     }
 }
 
+/// Whether a listener bound to `addr` answers other hosts: anything but a loopback address
+/// (`0.0.0.0` and `::` mean every interface). An IPv4-mapped loopback (`::ffff:127.0.0.1`)
+/// is loopback.
+pub fn beyond_loopback(addr: SocketAddr) -> bool {
+    !addr.ip().to_canonical().is_loopback()
+}
+
+/// The warning for a metrics listener beyond loopback: allowed (a Prometheus server on
+/// another host may scrape it directly), but the operator should know what it exposes.
+pub fn exposure_note(addr: SocketAddr) -> String {
+    format!(
+        "daemon.metrics_listen = {addr} is not a loopback address: /metrics answers every host \
+         that can reach the port, without authentication or TLS (it carries WAL names and \
+         figures, never transaction ids or payloads); bind 127.0.0.1 or firewall the port"
+    )
+}
+
 fn applies(rule: &AlertRule, wal: &str) -> bool {
     rule.wal.as_deref().is_none_or(|w| w == wal)
 }
@@ -255,6 +276,26 @@ mod tests {
     use super::*;
     use crate::daemon::state::WalState;
     use crate::daemon::stats::WalStats;
+
+    #[test]
+    fn only_loopback_listeners_stay_local() {
+        for local in [
+            "127.0.0.1:9464",
+            "127.1.2.3:1",
+            "[::1]:9464",
+            "[::ffff:127.0.0.1]:9464",
+        ] {
+            assert!(!beyond_loopback(local.parse().unwrap()), "{local}");
+        }
+        for wide in [
+            "0.0.0.0:9464",
+            "[::]:9464",
+            "10.0.0.5:9464",
+            "[::ffff:10.0.0.5]:1",
+        ] {
+            assert!(beyond_loopback(wide.parse().unwrap()), "{wide}");
+        }
+    }
 
     #[test]
     fn values_follow_the_status_and_the_clock() {

@@ -1,9 +1,14 @@
 //! The daemon's persisted memory of one WAL: the commit-count base that count triggers
 //! measure from, and the last outcome that cooldown and backoff need. One JSON file per
 //! WAL in `daemon.state_dir`, written atomically; a corrupt file is rebuilt, never fatal.
+//!
+//! The daemon runs as root and these files steer it (a forged `commit_base` or outcome
+//! changes when a WAL is compacted), so the directory is created `0700` and an existing one
+//! other users can write is reported at startup ([`prepare_state_dir`]).
 
-use std::fs;
+use std::fs::{self, DirBuilder};
 use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -96,6 +101,119 @@ impl WalState {
     }
 }
 
+/// The mode the daemon creates its state directory (and any missing parent) with: only the
+/// daemon's user may list, add, replace or remove state files.
+pub const STATE_DIR_MODE: u32 = 0o700;
+
+/// Why the state directory could not be prepared at startup.
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirError {
+    #[error("cannot create the state directory {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot inspect the state directory {}: {source}", path.display())]
+    Inspect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the state directory {} exists but is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+}
+
+/// What [`prepare_state_dir`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateDir {
+    /// It was missing and was created here, with [`STATE_DIR_MODE`].
+    Created,
+    /// It was already there. `mode` holds its permission bits, `owner` its uid, `exposure`
+    /// why users other than the daemon's can change what is in it (empty: none can).
+    Existing {
+        mode: u32,
+        owner: u32,
+        exposure: Vec<String>,
+    },
+}
+
+/// Creates `dir` with [`STATE_DIR_MODE`] (missing parents too), or inspects the existing
+/// one. An existing directory is left as it is, whatever its mode: it may be shared on
+/// purpose, and changing an operator's directory behind their back is not the daemon's call
+/// (the caller warns instead). `Created` is only reported when this call made `dir` itself,
+/// so a directory someone else made in the meantime is inspected like any existing one.
+pub fn prepare_state_dir(dir: &Path) -> Result<StateDir, StateDirError> {
+    let create = |p: &Path| DirBuilder::new().mode(STATE_DIR_MODE).create(p);
+    let made = match create(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                create_private_dirs(parent).map_err(|source| StateDirError::Create {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
+            }
+            create(dir)
+        }
+        other => other,
+    };
+    match made {
+        Ok(()) => return Ok(StateDir::Created),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(source) => {
+            return Err(StateDirError::Create {
+                path: dir.to_path_buf(),
+                source,
+            });
+        }
+    }
+    let meta = fs::metadata(dir).map_err(|source| StateDirError::Inspect {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_dir() {
+        return Err(StateDirError::NotADirectory {
+            path: dir.to_path_buf(),
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    Ok(StateDir::Existing {
+        mode,
+        owner: meta.uid(),
+        exposure: exposure(mode, meta.uid(), euid),
+    })
+}
+
+/// Why users other than the daemon's (running as `euid`) can add, replace or remove files
+/// in a directory with permission bits `mode` owned by `owner`; empty when none can. Root
+/// owning it is fine: root can write anywhere anyway. A sticky bit does not make a
+/// world-writable directory safe: others can still plant a state file (or a symlink at its
+/// name) before the daemon writes one.
+pub fn exposure(mode: u32, owner: u32, euid: u32) -> Vec<String> {
+    let mut why = Vec::new();
+    if mode & 0o002 != 0 {
+        why.push("writable by every user".to_string());
+    }
+    if mode & 0o020 != 0 {
+        why.push("writable by its group".to_string());
+    }
+    if owner != euid && owner != 0 {
+        why.push(format!("owned by another user (uid {owner})"));
+    }
+    why
+}
+
+/// `create_dir_all` with [`STATE_DIR_MODE`] for every directory it creates (the umask can
+/// only narrow it); existing ones are left alone.
+fn create_private_dirs(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(STATE_DIR_MODE)
+        .create(dir)
+}
+
 /// The state file of one WAL.
 #[derive(Debug, Clone)]
 pub struct StateFile {
@@ -136,13 +254,14 @@ impl StateFile {
         }
     }
 
-    /// Writes the state atomically, creating the directory if missing. Blocking (a write,
-    /// two fsyncs, a rename): the daemon calls it through [`super::state_io::StateWriter`].
+    /// Writes the state atomically, creating the directory (private, [`STATE_DIR_MODE`]) if
+    /// it went missing since startup. Blocking (a write, two fsyncs, a rename): the daemon
+    /// calls it through [`super::state_io::StateWriter`].
     pub fn save(&self, state: &WalState) -> io::Result<()> {
         // A slow or stalled disk, for the test that the daemon's runtime never waits on it.
         fail::fail_point!("state::write::delay");
         if let Some(dir) = self.path.parent() {
-            fs::create_dir_all(dir)?;
+            create_private_dirs(dir)?;
         }
         let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
         crate::io_fault!(error "state::write")?;
@@ -171,6 +290,7 @@ mod tests {
         };
         s.record(LastOutcome::Success, t("2025-01-01T00:00:00Z"));
         f.save(&s).unwrap();
+        assert_eq!(mode_of(&d.path().join("a/b")), STATE_DIR_MODE);
         match f.load() {
             Loaded::Found(back) => assert_eq!(back, s),
             other => panic!("{other:?}"),
@@ -191,6 +311,76 @@ mod tests {
         }
         f.save(&WalState::default()).unwrap();
         assert!(matches!(f.load(), Loaded::Found(_)));
+    }
+
+    fn mode_of(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn state_dir_is_created_private_with_its_parents() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("a/b/state");
+        assert_eq!(prepare_state_dir(&dir).unwrap(), StateDir::Created);
+        assert_eq!(mode_of(&dir), STATE_DIR_MODE);
+        assert_eq!(mode_of(&d.path().join("a")), STATE_DIR_MODE);
+        // A second start finds it, private and ours.
+        match prepare_state_dir(&dir).unwrap() {
+            StateDir::Existing { mode, exposure, .. } => {
+                assert_eq!(mode, STATE_DIR_MODE);
+                assert!(exposure.is_empty(), "{exposure:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_existing_writable_state_dir_is_reported_and_left_alone() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
+        match prepare_state_dir(&dir).unwrap() {
+            StateDir::Existing { mode, exposure, .. } => {
+                assert_eq!(mode, 0o1777);
+                assert!(
+                    exposure.contains(&"writable by every user".to_string()),
+                    "{exposure:?}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(mode_of(&dir), 0o1777, "not chmod-ed");
+        // Saving into it does not change it either.
+        StateFile::new(&dir, "w")
+            .save(&WalState::default())
+            .unwrap();
+        assert_eq!(mode_of(&dir), 0o1777);
+    }
+
+    #[test]
+    fn a_file_at_the_state_dir_path_is_an_error_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("state");
+        fs::write(&dir, b"").unwrap();
+        let e = prepare_state_dir(&dir).unwrap_err();
+        assert!(matches!(e, StateDirError::NotADirectory { .. }), "{e:?}");
+        assert!(e.to_string().contains(&dir.display().to_string()), "{e}");
+    }
+
+    #[test]
+    fn exposure_names_group_other_and_foreign_owner() {
+        assert!(exposure(0o700, 1000, 1000).is_empty());
+        assert!(exposure(0o755, 0, 1000).is_empty(), "root-owned is fine");
+        assert_eq!(exposure(0o770, 1000, 1000), ["writable by its group"]);
+        assert_eq!(
+            exposure(0o777, 1000, 1000),
+            ["writable by every user", "writable by its group"]
+        );
+        assert_eq!(
+            exposure(0o700, 1001, 0),
+            ["owned by another user (uid 1001)"]
+        );
     }
 
     #[test]

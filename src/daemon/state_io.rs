@@ -4,13 +4,46 @@
 //! tokio's blocking pool; each WAL has one writer task, so its writes happen one at a time, in
 //! order, and a stalled write of one WAL delays nobody else.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use super::state::{Loaded, StateFile, WalState};
+use super::state::{self, Loaded, StateDir, StateFile, WalState};
+
+/// Creates the state directory private at startup, or warns (naming it and its mode) when an
+/// existing one lets other users add, replace or remove state files, which decide when WALs
+/// are compacted. An existing directory's mode is never changed. Not fatal: the daemon still
+/// compacts, and each failed state write is logged.
+pub async fn prepare_dir(dir: &Path) {
+    let owned = dir.to_path_buf();
+    let found = tokio::task::spawn_blocking(move || state::prepare_state_dir(&owned)).await;
+    let path = dir.display();
+    match found {
+        Ok(Ok(StateDir::Created)) => {
+            info!(event = "state", state_dir = %path, mode = %format!("{:04o}", state::STATE_DIR_MODE),
+                "created the state directory");
+        }
+        Ok(Ok(StateDir::Existing {
+            mode,
+            owner,
+            exposure,
+        })) if !exposure.is_empty() => {
+            let mode = format!("{mode:04o}");
+            warn!(event = "state", state_dir = %path, mode = %mode, owner,
+                "the state directory {path} (mode {mode}, owner uid {owner}) is {}: other users can \
+                 replace the state files that decide when WALs are compacted; make it 0700 and owned \
+                 by the daemon's user (left unchanged)",
+                exposure.join(", "));
+        }
+        Ok(Ok(StateDir::Existing { .. })) => {}
+        Ok(Err(e)) => error!(event = "state", state_dir = %path,
+            "{e}; state files cannot be saved until this is fixed"),
+        Err(e) => error!(event = "state", state_dir = %path, "state directory check panicked: {e}"),
+    }
+}
 
 /// A state write still running after this long is logged once (a slow or stalled disk):
 /// long enough that a healthy fsync never trips it, short enough to show up while it lasts.

@@ -409,6 +409,13 @@ pub fn free_port() -> std::net::SocketAddr {
     listener.local_addr().unwrap()
 }
 
+/// One GET of `/metrics` on a daemon's listener: its body, or `None` while it does not
+/// answer yet.
+pub fn scrape_text(addr: std::net::SocketAddr) -> Option<String> {
+    let mut resp = ureq::get(&format!("http://{addr}/metrics")).call().ok()?;
+    resp.body_mut().read_to_string().ok()
+}
+
 /// Prometheus exposition text, parsed (panics if it is not valid).
 pub fn parse_scrape(text: &str) -> prometheus_parse::Scrape {
     use std::io::BufRead;
