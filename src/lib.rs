@@ -3,7 +3,9 @@
 //!
 //! Modules, in data-flow order:
 //! - [`policy`]: the TOML policy — serde schema (`deny_unknown_fields`), validation with key
-//!   paths (every error collected), the embedded default. Reads the policy file, nothing else.
+//!   paths (every error collected), the embedded default; `policy::trust` refuses a policy
+//!   whose commands would run as root when others could change it. Reads the policy file and
+//!   the metadata of it, its commands' executables and their directories, nothing else.
 //! - [`wal`]: reading a WAL — line scanning (offsets, torn tail), decoding `op`/`tx_id` (or
 //!   finding a line corrupt), interning transaction ids. Never writes.
 //! - [`rules`]: the compaction rules as a pure index (16 bytes per transaction) →

@@ -19,7 +19,10 @@ use walcompactd::rules::CorruptLines;
 #[command(
     name = "walcompactd",
     version,
-    about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction"
+    about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction",
+    after_help = "Environment:\n  WALCOMPACTD_INSECURE_POLICY=1  `run` and `check-policy` skip the policy trust check \
+        (owners and modes of the policy file and of its hooks' and alert commands' executables) \
+        and warn instead"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -118,12 +121,22 @@ enum Command {
         json: bool,
     },
     /// Run the daemon: watch the policy's WALs and compact them when a trigger holds.
+    ///
+    /// Refuses (exit 2) a policy that `check-policy` refuses, including one it cannot trust;
+    /// a reload that fails either way keeps the running policy.
     Run {
         /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
         #[arg(long)]
         policy: Option<PathBuf>,
     },
     /// Validate a policy and print the effective policy; exit 2 listing every error.
+    ///
+    /// Hooks and alert commands run as the daemon's user, usually root. So when run as root,
+    /// or on a policy file another user owns, the policy file and the executables of its
+    /// commands, and every directory above them, must be owned by root or this user and not
+    /// be writable by group or others (a sticky directory such as /tmp excepted); else exit 2
+    /// naming each file, its mode or owner. WALCOMPACTD_INSECURE_POLICY=1 skips this check
+    /// with a warning.
     CheckPolicy {
         /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
         path: Option<PathBuf>,
@@ -174,14 +187,14 @@ fn main() -> ExitCode {
 
 /// Loads the policy, sets up logging from it, and runs the daemon until SIGTERM/SIGINT.
 fn run_daemon(path: Option<&Path>) -> ExitCode {
-    let (policy, source) = match policy::load(path) {
+    let (policy, source, trust) = match policy::load_trusted(path) {
         Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("walcompactd: {e}");
             return ExitCode::from(exit_code::USAGE as u8);
         }
     };
-    match start_daemon(path, policy, source) {
+    match start_daemon(path, policy, source, trust) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("walcompactd: error: {e:#}");
@@ -194,6 +207,7 @@ fn start_daemon(
     path: Option<&Path>,
     policy: policy::Policy,
     source: policy::PolicySource,
+    trust: policy::Trust,
 ) -> anyhow::Result<()> {
     let log = daemon::logging::init(&policy.daemon)?;
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -203,6 +217,7 @@ fn start_daemon(
         policy_path: path.map(Path::to_path_buf),
         policy,
         source,
+        trust,
         log,
     };
     let result = rt.block_on(daemon::run(opts));
@@ -214,10 +229,14 @@ fn start_daemon(
 /// After the daemon's own bounded shutdown, how long blocking work may still delay exit.
 const DAEMON_EXIT_GRACE: Duration = Duration::from_secs(5);
 
-/// `check-policy`: the effective policy as TOML plus notes; every error with its key path.
+/// `check-policy`: the effective policy as TOML plus notes; every error (invalid or not
+/// trusted) with its key path.
 fn check_policy(path: Option<&Path>) -> ExitCode {
-    match policy::load(path) {
-        Ok((p, source)) => {
+    match policy::load_trusted(path) {
+        Ok((p, source, trust)) => {
+            if trust == policy::Trust::Skipped {
+                eprintln!("walcompactd: warning: {}", policy::trust::INSECURE_WARNING);
+            }
             println!("# source: {source}");
             print!("{}", p.to_toml());
             for note in p.notes() {
@@ -225,7 +244,7 @@ fn check_policy(path: Option<&Path>) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Err(e @ policy::PolicyError::Invalid { .. }) => {
+        Err(e @ (policy::PolicyError::Invalid { .. } | policy::PolicyError::Untrusted { .. })) => {
             eprintln!("{e}");
             ExitCode::from(exit_code::USAGE as u8)
         }

@@ -38,7 +38,7 @@ use self::observe::{Observer, Watched};
 use self::schedule::{Schedules, WalSchedules};
 use self::supervisor::{Handle, Shared, StatusBoard};
 use self::watcher::Watcher;
-use crate::policy::{self, Policy, PolicyError, PolicySource};
+use crate::policy::{self, Policy, PolicyError, PolicySource, Trust};
 
 /// Editors write a file in several steps: reload this long after the last change event.
 const RELOAD_DEBOUNCE: Duration = Duration::from_secs(1);
@@ -53,6 +53,8 @@ pub struct Options {
     pub policy_path: Option<PathBuf>,
     pub policy: Policy,
     pub source: PolicySource,
+    /// How the policy passed the trust check (`Skipped` is warned about).
+    pub trust: Trust,
     pub log: LogHandle,
 }
 
@@ -93,6 +95,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         policy: opts.policy.clone(),
     };
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
+    warn_if_untrusted(opts.trust);
     log_notes(&d.policy);
     info!(event = "startup", state_dir = %d.shared.state_dir.display(), "state directory");
     state_io::prepare_dir(&d.shared.state_dir).await;
@@ -145,11 +148,14 @@ impl Daemon {
     }
 
     /// Re-reads the policy (on the blocking pool: a slow disk must not stall the runtime);
-    /// an invalid one is logged with every error and ignored.
+    /// an invalid or untrusted one is logged with every error and ignored.
     async fn reload(&mut self) {
         self.shared.systemd.reloading();
         let path = self.policy_path.clone();
-        let loaded = match tokio::task::spawn_blocking(move || policy::load(path.as_deref())).await
+        let loaded = match tokio::task::spawn_blocking(move || {
+            policy::load_trusted(path.as_deref())
+        })
+        .await
         {
             Ok(loaded) => loaded,
             Err(e) => {
@@ -163,9 +169,10 @@ impl Daemon {
             }
         };
         match loaded {
-            Ok((new, source)) => {
+            Ok((new, source, trust)) => {
                 crate::metrics::record_policy_reload(true);
                 info!(event = "policy", source = %source, wals = new.wals.len(), "policy reloaded from {source}");
+                warn_if_untrusted(trust);
                 log_notes(&new);
                 self.source = source;
                 self.watch_policy_file();
@@ -301,15 +308,31 @@ fn log_notes(policy: &Policy) {
     }
 }
 
+/// The escape hatch was used: say so at every start and reload, since nothing else will.
+fn warn_if_untrusted(trust: Trust) {
+    if trust == Trust::Skipped {
+        warn!(
+            event = "policy_trust",
+            "{}",
+            policy::trust::INSECURE_WARNING
+        );
+    }
+}
+
 /// One event per policy error (with its key path), then a summary.
 fn log_policy_error(e: &PolicyError) {
     match e {
-        PolicyError::Invalid { origin, errors } => {
+        PolicyError::Invalid { origin, errors } | PolicyError::Untrusted { origin, errors } => {
             for k in errors {
                 error!(event = "policy_error", origin = %origin, key = %k.key, "{origin}: {k}");
             }
+            let what = if matches!(e, PolicyError::Invalid { .. }) {
+                "invalid"
+            } else {
+                "not trusted"
+            };
             error!(event = "policy_error", origin = %origin, errors = errors.len(),
-                "policy is invalid ({} errors); keeping the running policy", errors.len());
+                "policy is {what} ({} errors); keeping the running policy", errors.len());
         }
         other => error!(
             event = "policy_error",

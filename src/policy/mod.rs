@@ -7,13 +7,16 @@
 //! types and unknown keys section by section; `validate` checks ranges,
 //! keywords, cron expressions, paths and cross references and fills in defaults.
 //! `parse` is pure; `load` is the thin layer that touches the filesystem and the
-//! environment.
+//! environment. `trust` decides whether a policy whose commands run as root may be
+//! believed (owners and modes of its file and of its commands' executables);
+//! `load_trusted`, what the daemon and `check-policy` use, loads and then checks.
 
 mod alerts;
 mod document;
 mod env;
 mod render;
 mod schema;
+pub mod trust;
 mod types;
 mod validate;
 mod wal;
@@ -23,6 +26,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use env::{ParseEnv, SYSTEM_STATE_DIR, normalize};
+pub use trust::Trust;
 pub use types::{
     AlertAction, AlertMetric, AlertRule, BackupPolicy, DaemonPolicy, Hooks, LogFormat, Mode,
     Policy, Schedule, Severity, Threshold, Triggers, WalPolicy,
@@ -110,6 +114,15 @@ pub enum PolicyError {
         /// Every problem found, in document order per pass.
         errors: Vec<KeyError>,
     },
+    /// The policy is valid, but its file or a command's executable could be changed by
+    /// someone other than root or the daemon's user (see `trust`); every problem is listed.
+    #[error("{}", list_errors(origin, errors))]
+    Untrusted {
+        /// The file path or "embedded default".
+        origin: String,
+        /// Every file that cannot be trusted, keyed like validation errors.
+        errors: Vec<KeyError>,
+    },
 }
 
 /// One error per line, each prefixed by the origin, like a compiler's output.
@@ -193,6 +206,14 @@ pub fn load_with(
     })?;
     let policy = parse(&text, &path.display().to_string(), env)?;
     Ok((policy, PolicySource::File(path.to_path_buf())))
+}
+
+/// `load`, then `trust::verify`: what the daemon (start and reload) and `check-policy` use,
+/// since the commands of the policy they accept run with the daemon's privileges.
+pub fn load_trusted(explicit: Option<&Path>) -> Result<(Policy, PolicySource, Trust), PolicyError> {
+    let (policy, source) = load(explicit)?;
+    let trust = trust::verify(&policy, &source)?;
+    Ok((policy, source, trust))
 }
 
 impl Policy {
