@@ -23,6 +23,15 @@ use std::path::{Path, PathBuf};
 
 use super::parent_dir;
 
+/// Who may own a persistent file we reopen.
+#[derive(Debug, Clone, Copy)]
+pub enum Owners {
+    /// This process's user, or this one (the WAL's owner, who may have run the tool first).
+    UsOr(Option<u32>),
+    /// Anyone (the writers' lock: created by the application, only ever `flock`ed).
+    Anyone,
+}
+
 /// An open directory: the anchor of every name below.
 #[derive(Debug)]
 pub struct Dir {
@@ -174,14 +183,9 @@ impl Dir {
     }
 
     /// Opens (creating it if missing) a file that persists between runs, read-write, never
-    /// truncating: it must then be a regular file with one link, owned by us or, where
-    /// `owner_may_differ` (the writers' lock, created by the application), by anyone.
-    pub fn open_persistent(
-        &self,
-        name: &OsStr,
-        mode: u32,
-        owner_may_differ: bool,
-    ) -> io::Result<File> {
+    /// truncating: it must then be a regular file with one link (never a link to another
+    /// file), owned as `owners` allows.
+    pub fn open_persistent(&self, name: &OsStr, mode: u32, owners: Owners) -> io::Result<File> {
         let file = match self.openat(name, libc::O_RDWR | libc::O_CREAT, mode) {
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 return Err(foreign(&self.path_of(name), "a symlink"));
@@ -191,7 +195,11 @@ impl Dir {
         let m = file.metadata()?;
         // SAFETY: geteuid has no preconditions.
         let euid = unsafe { libc::geteuid() };
-        if !m.is_file() || m.nlink() != 1 || (!owner_may_differ && m.uid() != euid) {
+        let owner_ok = match owners {
+            Owners::Anyone => true,
+            Owners::UsOr(other) => m.uid() == euid || Some(m.uid()) == other,
+        };
+        if !m.is_file() || m.nlink() != 1 || !owner_ok {
             let kind = match (m.is_file(), m.nlink()) {
                 (false, _) => "a special file",
                 (true, 1) => "a file",

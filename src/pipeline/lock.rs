@@ -7,7 +7,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::{PipelineError, Stage};
-use crate::fsutil::safe::Dir;
+use crate::fsutil::safe::{Dir, Owners};
 use crate::fsutil::sibling;
 
 /// The lock file names the holder's pid: ours alone to write, readable for diagnosis.
@@ -34,8 +34,13 @@ pub fn acquire(wal: &Path, who: &str) -> Result<CompactionLock, PipelineError> {
     // By the directory's descriptor, never through a link planted at the name (it persists
     // between runs, so it is reopened, checked to be our own one-link file, never truncated
     // before it is ours).
+    // The WAL's owner may have run this tool first: their lock file is theirs to keep.
+    let wal_owner = std::fs::metadata(wal)
+        .ok()
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+    let owners = Owners::UsOr(wal_owner);
     let mut file = Dir::of(&path)
-        .and_then(|(dir, name)| dir.open_persistent(&name, LOCK_FILE_MODE, false))
+        .and_then(|(dir, name)| dir.open_persistent(&name, LOCK_FILE_MODE, owners))
         .map_err(PipelineError::io(Stage::Lock, "open lock file", &path))?;
     match file.try_lock() {
         Ok(()) => {}

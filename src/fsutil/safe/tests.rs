@@ -23,7 +23,7 @@ fn a_planted_symlink_is_refused_and_its_target_untouched() {
     let e = dir.create_new("x.tmp".as_ref(), 0o600).unwrap_err();
     assert!(e.to_string().contains("a symlink owned by uid"), "{e}");
     let e = dir
-        .open_persistent("x.tmp".as_ref(), 0o600, true)
+        .open_persistent("x.tmp".as_ref(), 0o600, Owners::Anyone)
         .unwrap_err();
     assert!(e.to_string().contains("a symlink"), "{e}");
     assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
@@ -34,7 +34,7 @@ fn a_hard_link_to_another_file_is_refused() {
     let (_d, dir, victim) = setup();
     fs::hard_link(&victim, dir.path_of("x.lock".as_ref())).unwrap();
     let e = dir
-        .open_persistent("x.lock".as_ref(), 0o600, true)
+        .open_persistent("x.lock".as_ref(), 0o600, Owners::Anyone)
         .unwrap_err();
     assert!(e.to_string().contains("other hard links"), "{e}");
     let e = dir.create_new("x.lock".as_ref(), 0o600).unwrap_err();
@@ -65,11 +65,29 @@ fn rename_replaces_a_planted_link_not_its_target() {
 }
 
 #[test]
+fn a_persistent_file_of_another_owner_is_refused_unless_allowed() {
+    let (_d, dir, _victim) = setup();
+    let p = dir.path_of("x.lock".as_ref());
+    fs::write(&p, b"theirs").unwrap();
+    std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+    let e = dir
+        .open_persistent("x.lock".as_ref(), 0o600, Owners::UsOr(None))
+        .unwrap_err();
+    assert!(e.to_string().contains("a file owned by uid 65534"), "{e}");
+    let theirs = Owners::UsOr(Some(65534));
+    drop(
+        dir.open_persistent("x.lock".as_ref(), 0o600, theirs)
+            .unwrap(),
+    );
+    assert_eq!(fs::read(&p).unwrap(), b"theirs");
+}
+
+#[test]
 fn a_persistent_file_of_ours_is_reopened_without_truncation() {
     let (_d, dir, _victim) = setup();
     fs::write(dir.path_of("x.lock".as_ref()), b"holder").unwrap();
     drop(
-        dir.open_persistent("x.lock".as_ref(), 0o600, false)
+        dir.open_persistent("x.lock".as_ref(), 0o600, Owners::UsOr(None))
             .unwrap(),
     );
     assert_eq!(fs::read(dir.path_of("x.lock".as_ref())).unwrap(), b"holder");

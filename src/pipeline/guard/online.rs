@@ -229,7 +229,9 @@ pub(super) fn acquire_writer_lock(
     // The writers' lock is usually theirs (owner may differ), but never a link to another
     // file: opened by the directory's descriptor, one link, regular (see `fsutil::safe`).
     let file = crate::fsutil::safe::Dir::of(&path)
-        .and_then(|(dir, name)| dir.open_persistent(&name, 0o600, true))
+        .and_then(|(dir, name)| {
+            dir.open_persistent(&name, 0o600, crate::fsutil::safe::Owners::Anyone)
+        })
         .map_err(PipelineError::io(Stage::Swap, "open writer lock", &path))?;
     give_to_wal_owner(&file, wal);
     let deadline = Instant::now() + timeout;
