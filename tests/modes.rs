@@ -60,8 +60,7 @@ fn a_private_wal_stays_private_in_its_backup_and_quarantine_on_the_same_filesyst
 fn a_private_wal_stays_private_in_a_copied_backup_and_quarantine_on_another_filesystem() {
     let d = tempfile::tempdir().unwrap();
     let shm = Path::new("/dev/shm");
-    if !shm.is_dir() || fs::metadata(shm).unwrap().dev() == fs::metadata(d.path()).unwrap().dev()
-    {
+    if !shm.is_dir() || fs::metadata(shm).unwrap().dev() == fs::metadata(d.path()).unwrap().dev() {
         eprintln!("SKIPPED: no second filesystem at /dev/shm");
         return;
     }

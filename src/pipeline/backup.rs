@@ -147,9 +147,9 @@ pub const PARTIAL_SUFFIX: &str = ".partial";
 /// Copy under a partial name and fsync BEFORE it takes the backup's name, or a crash can
 /// leave a truncated file that restore or prune-backups would take for a backup.
 fn copy_new(src: &File, dest: &Path) -> io::Result<()> {
+    // Only a crashed copy of this same name leaves it behind: `create_new` replaces such a
+    // leftover of ours and refuses anything else there.
     let partial = crate::fsutil::sibling(dest, PARTIAL_SUFFIX);
-    // Only a crashed copy of this same name leaves it behind.
-    let _ = fs::remove_file(&partial);
     let copied = copy_into(src, &partial).and_then(|()| claim(&partial, dest));
     if copied.is_err() {
         let _ = fs::remove_file(&partial);

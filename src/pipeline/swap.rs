@@ -35,10 +35,12 @@ pub fn swap(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineE
             // Exchanged, not yet checked: recovery tells our old WAL from someone else's file.
             crate::crash_point!("swap::exchange::crash");
             check_exchanged(temp, wal, compacted)?;
-            sync_dir(wal)?;
-            // The old WAL: already a backup's inode, or copied into one.
+            let synced = sync_dir(wal);
+            // The old WAL: already a backup's inode, or copied into one. Removed even if the
+            // fsync failed: the swap happened, and once the run's journal is cleared nothing
+            // would tell this name from a file planted there.
             let _ = fs::remove_file(temp);
-            Ok(())
+            synced
         }
         Err(e) if exchange_unsupported(&e) => {
             fs::rename(temp, wal).map_err(PipelineError::io(Stage::Swap, "rename to", wal))?;
@@ -48,17 +50,17 @@ pub fn swap(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineE
     }
 }
 
-/// Lease mode's swap: `RENAME_EXCHANGE` only, since the old inode must stay at the temp's
+/// The leased swap: `RENAME_EXCHANGE` only, since the old inode must stay at the temp's
 /// path for the lines writers still append to it (a plain rename would unlink it). The
-/// old inode is checked as in [`swap`] (someone else's file goes back), the directory
-/// fsynced; the old inode stays where the exchange put it.
+/// old inode is checked as in [`swap`] (someone else's file goes back); the old inode stays
+/// where the exchange put it. The caller fsyncs the directory ([`sync_dir`]): a failure
+/// there comes after the swap, which must then still be finished.
 pub fn exchange_checked(temp: &Path, wal: &Path, compacted: &FileId) -> Result<(), PipelineError> {
     fail::fail_point!("swap::before_exchange::delay");
     match crate::io_fault!("swap::before_rename").and_then(|()| exchange(temp, wal)) {
         Ok(()) => {
             crate::crash_point!("swap::exchange::crash");
-            check_exchanged(temp, wal, compacted)?;
-            sync_dir(wal)
+            check_exchanged(temp, wal, compacted)
         }
         Err(e) if exchange_unsupported(&e) => Err(PipelineError::Lease {
             path: wal.into(),
@@ -119,7 +121,8 @@ pub(super) fn exchange_back(temp: &Path, wal: &Path) -> Result<(), PipelineError
     sync_dir(wal)
 }
 
-fn sync_dir(wal: &Path) -> Result<(), PipelineError> {
+/// fsyncs the WAL's directory after a swap.
+pub fn sync_dir(wal: &Path) -> Result<(), PipelineError> {
     crate::io_fault!("swap::after_rename")
         .and_then(|()| fsync_dir(&parent_dir(wal)))
         .map_err(PipelineError::io(Stage::Swap, "fsync dir of", wal))

@@ -136,7 +136,7 @@ pub(in crate::pipeline) fn exchange(
     };
     write_record(x.wal, &record)?;
     let swapped = leased_swap(x, held, sink, &mut stats);
-    let (old, write_lease, granted) = match swapped {
+    let (old, write_lease, granted, synced) = match swapped {
         Ok(swapped) => swapped,
         Err(e) => {
             let _ = remove_record(x.wal);
@@ -148,17 +148,23 @@ pub(in crate::pipeline) fn exchange(
     if quiet {
         finish(x)?;
     }
-    Ok(stats)
+    // A directory fsync that failed after the exchange is reported once the swap is finished
+    // (late lines merged, the old inode's name gone): the swap itself did happen.
+    synced.map(|()| stats)
 }
 
-/// Steps 2 to 6: returns the old inode's descriptor with its lease released, the write
-/// lease on the new file (now the WAL) and when the read lease was granted.
+/// What the exchange leaves: the old inode's descriptor (its lease released), the write
+/// lease on the new file (now the WAL), when the read lease was granted, and whether the
+/// directory fsync after the exchange succeeded.
+type Exchanged = (File, WriteLease, Instant, Result<(), PipelineError>);
+
+/// Steps 2 to 6.
 fn leased_swap(
     x: &Exchange,
     held: Option<ReadLease>,
     sink: &mut dyn Sink,
     stats: &mut LeaseStats,
-) -> Result<(File, WriteLease, Instant), PipelineError> {
+) -> Result<Exchanged, PipelineError> {
     let wait = Instant::now();
     let lease = match held {
         Some(lease) => lease,
@@ -196,9 +202,10 @@ fn leased_swap(
         })?;
     let copied = FileId { len, ..x.old };
     swap::exchange_checked(x.new_path, x.wal, &copied)?;
+    let synced = swap::sync_dir(x.wal);
     let old = lease.unlock();
     stats.lease_held_ms = ms(granted.elapsed());
-    Ok((old, write_lease, granted))
+    Ok((old, write_lease, granted, synced))
 }
 
 /// Step 7 and 8: copies what writers append to the old inode until it is quiet, then

@@ -28,6 +28,10 @@ use crate::lease::{LeaseError, ReadLease, check_filesystem};
 /// How often the watcher asks whether a writer is breaking the lease: the writer waits at
 /// most about this long.
 const WATCH_POLL: Duration = Duration::from_millis(1);
+/// How long offline mode retries its lease before calling the WAL held open: a descriptor
+/// can be open for writing for a moment without any writer (a fork between `fork` and
+/// `exec` holds its parent's descriptors).
+const LEASE_WAIT: Duration = Duration::from_millis(200);
 /// The offline swap's lease is already held; this bounds only the merge of a writer that
 /// opened during the swap itself.
 const SWAP_LEASE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -64,7 +68,11 @@ pub fn admit(wal: &Path) -> Admission {
 /// A lease taken and let go at once: `Ok(false)` if a writer has the WAL open.
 fn trial_lease(wal: &Path) -> Result<bool, LeaseError> {
     check_filesystem(wal)?;
-    Ok(ReadLease::try_take(wal, None)?.is_some())
+    match ReadLease::take(wal, None, LEASE_WAIT) {
+        Ok(_) => Ok(true),
+        Err(LeaseError::Busy { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Who holds the WAL open, for messages.
@@ -109,10 +117,13 @@ impl Watch {
     /// Takes the lease (a writer with the WAL open: [`LeaseError::HeldOpen`]) and starts watching.
     pub fn start(wal: &Path) -> Result<Watch, LeaseError> {
         check_filesystem(wal)?;
-        let lease = ReadLease::try_take(wal, None)?.ok_or_else(|| LeaseError::HeldOpen {
-            path: wal.into(),
-            holders: holders_note(wal),
-        })?;
+        let lease = match ReadLease::take(wal, None, LEASE_WAIT) {
+            Err(LeaseError::Busy { .. }) => Err(LeaseError::HeldOpen {
+                path: wal.into(),
+                holders: holders_note(wal),
+            }),
+            other => other,
+        }?;
         let (stop, given_up) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(AtomicBool::new(false)),
