@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use sha2::{Digest as _, Sha256};
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::rules::{CorruptLines, TxStatus};
+use crate::rules::{CorruptLines, NO_STAMP, Retention, Stamp, TxStatus};
 use crate::wal::{Ids, Op, TxIdx};
 
 /// Prefix of the encoding, so a format change can never compare equal to an old digest.
@@ -69,6 +69,8 @@ pub fn torn_tail_hash(tail: &[u8]) -> [u8; 32] {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplayState {
     pub digest: [u8; 32],
+    /// Transactions retention removed from the state (0 without retention).
+    pub expired: u64,
     pub committed: u64,
     pub aborted: u64,
     pub in_flight: u64,
@@ -171,6 +173,14 @@ pub struct Replayer {
     sets_aside_corrupt: bool,
     set_aside: SetAsideHasher,
     torn_tail: Option<(u64, [u8; 32])>,
+    /// Retention: the state is the original's minus the transactions this expires, decided
+    /// here from the replay's own records (not the rules'), so verification is independent.
+    retention: Retention,
+    /// The transactions `retention` expires, decided when finishing.
+    expired: Bits,
+    /// With retention: per transaction the stamps of its last final (`2 * tx`) and last
+    /// PREPARE (`2 * tx + 1`).
+    stamps: Vec<Stamp>,
 }
 
 /// A replay state being finished on a thread of its own: compaction needs the original's
@@ -242,10 +252,22 @@ impl Replayer {
         self
     }
 
+    /// The state to compute is the WAL's minus the transactions `r` expires.
+    pub fn with_retention(mut self, r: Retention) -> Replayer {
+        self.retention = r;
+        self
+    }
+
     /// A recognized line of transaction `tx` at `offset`; `data` is [`payload_hash`] of a
-    /// PREPARE line (ignored for COMMIT/ABORT).
-    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, offset: u64, data: PayloadHash) {
+    /// PREPARE line (ignored for COMMIT/ABORT); `stamp` its whole-second `timestamp`.
+    pub fn observe_tx(&mut self, op: Op, tx: TxIdx, offset: u64, data: PayloadHash, stamp: Stamp) {
         let i = tx as usize;
+        if self.retention.is_enabled() {
+            while 2 * i >= self.stamps.len() {
+                self.stamps.extend_from_slice(&[NO_STAMP, NO_STAMP]);
+            }
+            self.stamps[2 * i + usize::from(!op.is_final())] = stamp;
+        }
         // Ids are dense in order of appearance: a new one is the next index (a push, not a
         // `resize`, which called `memset` for each new transaction).
         while i >= self.last_data.len() {
@@ -312,6 +334,8 @@ impl Replayer {
 
     /// [`Replayer::finish`], sorting the by-id lists on a thread of their own or not.
     fn finish_with(mut self, ids: &Ids, parallel: bool) -> ReplayState {
+        let (expired, expired_count) = self.expired();
+        self.expired = expired;
         let mut h = Encoder::default();
         h.update(REPLAY_DIGEST_DOMAIN);
         let finals = std::mem::take(&mut self.finals);
@@ -351,6 +375,7 @@ impl Replayer {
         h.update(tail_hash);
         ReplayState {
             digest: h.finalize(),
+            expired: expired_count,
             committed,
             aborted,
             in_flight,
@@ -360,6 +385,35 @@ impl Replayer {
             set_aside: self.set_aside.finish(),
             torn_tail_bytes: tail_len,
         }
+    }
+
+    /// The transactions retention removes from the state, and how many: finished ones whose
+    /// last final is older than the cutoff with no PREPARE after it, and (if asked) in-flight
+    /// ones whose last PREPARE is older than the in-flight cutoff.
+    fn expired(&self) -> (Bits, u64) {
+        let (mut bits, mut count) = (Bits::default(), 0);
+        if !self.retention.is_enabled() {
+            return (bits, count);
+        }
+        // Transactions with a PREPARE after their last final: they stay whole.
+        let mut anomalous = Bits::default();
+        for &(tx, offset, _) in &self.after_final {
+            if self.final_after_anomaly.get(&tx).is_some_and(|&f| offset > f) {
+                anomalous.set(tx as usize, true);
+            }
+        }
+        for tx in 0..self.last_data.len() {
+            let (fin, prep) = (self.stamps[2 * tx], self.stamps[2 * tx + 1]);
+            let gone = match self.decided.get(tx) {
+                true => !anomalous.get(tx) && self.retention.expires_finished(fin),
+                false => self.retention.expires_in_flight(prep),
+            };
+            if gone {
+                bits.set(tx, true);
+                count += 1;
+            }
+        }
+        (bits, count)
     }
 
     /// The payload a final COMMIT of `tx` was decided by.
@@ -390,7 +444,7 @@ impl Replayer {
         for (at, &tx) in finals.iter().enumerate().rev() {
             if !seen.get(tx as usize) {
                 seen.set(tx as usize, true);
-                if self.committed.get(tx as usize) {
+                if self.committed.get(tx as usize) && !self.expired.get(tx as usize) {
                     last.set(at, true);
                     count += 1;
                 }
@@ -429,6 +483,9 @@ impl Replayer {
     fn by_id_lists(&self, ids: &Ids) -> (Vec<TxIdx>, Vec<TxIdx>) {
         let (mut aborted, mut in_flight) = (Vec::new(), Vec::new());
         for tx in 0..self.last_data.len() as TxIdx {
+            if self.expired.get(tx as usize) {
+                continue;
+            }
             match self.status(tx) {
                 TxStatus::Aborted => aborted.push((id_prefix(ids.get_bytes(tx)), tx)),
                 TxStatus::InFlight => in_flight.push((id_prefix(ids.get_bytes(tx)), tx)),

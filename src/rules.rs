@@ -21,7 +21,9 @@ use std::ops::Range;
 use crate::wal::{Op, TxIdx};
 
 mod corrupt;
+pub mod retention;
 pub use corrupt::{CorruptLines, SetAside};
+pub use retention::{Expiry, NO_STAMP, Retention, Stamp};
 
 /// One complete line on disk: its offset and its length including the `\n`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +40,8 @@ pub enum LineKind {
     Tx {
         op: Op,
         tx: TxIdx,
+        /// Its `timestamp` in whole seconds, or [`NO_STAMP`] (see [`retention`]).
+        stamp: Stamp,
     },
     /// Not a JSON object (a torn write followed by later appends, damaged bytes): `line` is
     /// its 1-based number, which the quarantine file records.
@@ -227,6 +231,11 @@ pub struct Indexer {
     kept_bytes: u64,
     /// Transactions by status, kept current line by line.
     tx_counts: TxCounts,
+    /// Whether to keep `stamps` (retention may be asked of the plan).
+    tracks_stamps: bool,
+    /// Per transaction the stamps of its last final (`2 * tx`) and last PREPARE
+    /// (`2 * tx + 1`), [`NO_STAMP`] when absent: 8 bytes each, only with retention.
+    stamps: Vec<Stamp>,
 }
 
 impl Indexer {
@@ -236,6 +245,55 @@ impl Indexer {
             lines: Vec::with_capacity(2 * txs),
             ..Indexer::default()
         }
+    }
+
+    /// Keeps each transaction's timestamps, so the plan can expire old transactions
+    /// ([`Indexer::into_plan_retaining`], [`Indexer::expirable`]).
+    pub fn with_stamps(mut self) -> Indexer {
+        self.tracks_stamps = true;
+        self
+    }
+
+    fn observe_stamp(&mut self, op: Op, tx: TxIdx, stamp: Stamp) {
+        let i = 2 * tx as usize;
+        while i >= self.stamps.len() {
+            self.stamps.extend_from_slice(&[NO_STAMP, NO_STAMP]);
+        }
+        self.stamps[i + usize::from(!op.is_final())] = stamp;
+    }
+
+    /// The stamp `tx` expires by under `r` (its final's, or in flight its last PREPARE's),
+    /// or `None` when it stays. A PREPARE after the final keeps the whole transaction.
+    fn expires(&self, tx: TxIdx, r: &Retention) -> Option<Stamp> {
+        let i = 2 * tx as usize;
+        let (fin, prep) = (*self.stamps.get(i)?, *self.stamps.get(i + 1)?);
+        if !self.after_final.is_empty() && self.after_final.contains_key(&tx) {
+            return None;
+        }
+        match self.fin(tx) {
+            NONE => (self.prepare_slot(tx).is_some() && r.expires_in_flight(prep)).then_some(prep),
+            _ => r.expires_finished(fin).then_some(fin),
+        }
+    }
+
+    /// What expiring under `r` would remove now: for `status`, `--dry-run` and triggers.
+    /// Walks every transaction. Without [`Indexer::with_stamps`], nothing.
+    pub fn expirable(&self, r: &Retention) -> Expiry {
+        let mut e = Expiry::default();
+        if !r.is_enabled() || !self.tracks_stamps {
+            return e;
+        }
+        for tx in 0..self.transactions() as TxIdx {
+            if let Some(stamp) = self.expires(tx, r) {
+                let (mut lines, mut bytes) = (0, 0);
+                self.survivors_of(tx, |s| {
+                    lines += 1;
+                    bytes += u64::from(s.len);
+                });
+                e.add(stamp, lines, bytes);
+            }
+        }
+        e
     }
 
     /// What the index does with corrupt lines from now on (the default is to keep them).
@@ -261,7 +319,12 @@ impl Indexer {
                     false => self.keep_verbatim(slot),
                 }
             }
-            LineKind::Tx { op, tx } => self.observe_tx(slot, op, tx),
+            LineKind::Tx { op, tx, stamp } => {
+                self.observe_tx(slot, op, tx);
+                if self.tracks_stamps {
+                    self.observe_stamp(op, tx, stamp);
+                }
+            }
         }
     }
 
@@ -441,13 +504,36 @@ impl Indexer {
 
     /// The surviving lines, in file order, built in the index's own memory: each
     /// transaction's two packed lines become its survivors or `NONE` (dropped), then one sort.
-    pub fn into_plan(mut self) -> Plan {
+    pub fn into_plan(self) -> Plan {
+        self.into_plan_retaining(&Retention::default())
+    }
+
+    /// [`Indexer::into_plan`] that also expires transactions under `r`: their surviving
+    /// lines leave the plan's survivors for [`Plan::archived`], in file order.
+    pub fn into_plan_retaining(mut self, r: &Retention) -> Plan {
         let txs = self.transactions() as TxIdx;
+        let mut archived = Vec::new();
+        let mut expiry = Expiry::default();
+        let retaining = r.is_enabled() && self.tracks_stamps;
         for tx in 0..txs {
             let (fin, prep) = self.survivor_pair(tx);
+            let (fin, prep) = match retaining.then(|| self.expires(tx, r)).flatten() {
+                Some(stamp) => {
+                    let gone: Vec<u64> = [fin, prep].into_iter().filter(|&p| p != NONE).collect();
+                    let bytes = gone
+                        .iter()
+                        .map(|&p| u64::from(unpack(p, &self.long_lens).len))
+                        .sum();
+                    expiry.add(stamp, gone.len() as u64, bytes);
+                    archived.extend(gone);
+                    (NONE, NONE)
+                }
+                None => (fin, prep),
+            };
             self.lines[2 * tx as usize] = fin;
             self.lines[2 * tx as usize + 1] = prep;
         }
+        self.stamps = Vec::new();
         for s in &self.verbatim {
             if u64::from(s.len) >= LONG_LEN {
                 self.long_lens.insert(s.offset, s.len);
@@ -466,8 +552,11 @@ impl Indexer {
         let dropped = survivors.partition_point(|&p| p != NONE);
         survivors.truncate(dropped);
         survivors.shrink_to_fit();
+        archived.sort_unstable();
         let mut plan = Plan::new(survivors, self.long_lens, self.bytes, self.counts.lines);
         plan.set_aside = self.set_aside;
+        plan.archived = archived;
+        plan.expiry = expiry;
         plan
     }
 
@@ -496,6 +585,11 @@ pub struct Plan {
     released: bool,
     /// Corrupt lines leaving for the quarantine file, in file order (not survivors).
     pub set_aside: Vec<SetAside>,
+    /// Lines of expired transactions leaving for the archive, packed and sorted by offset
+    /// (not survivors; see [`Plan::archived`]).
+    archived: Vec<u64>,
+    /// What expired: transactions, archived lines and bytes, oldest and newest stamp.
+    pub expiry: Expiry,
     /// Bytes of complete lines the plan covers (its input), i.e. `[0, scanned_len)`.
     pub scanned_len: u64,
     pub survivor_lines: u64,
@@ -515,6 +609,8 @@ impl Plan {
             survivor_bytes,
             released: false,
             set_aside: Vec::new(),
+            archived: Vec::new(),
+            expiry: Expiry::default(),
             scanned_len,
             survivor_lines,
             dropped_lines: lines - survivor_lines,
@@ -539,12 +635,19 @@ impl Plan {
         self.survivors.iter().map(|&p| unpack(p, &self.long_lens))
     }
 
+    /// The lines leaving for the archive (expired transactions' survivors), in file order.
+    pub fn archived(&self) -> impl Iterator<Item = Slot> + '_ {
+        assert!(!self.released, "the plan's lines were released");
+        self.archived.iter().map(|&p| unpack(p, &self.long_lens))
+    }
+
     /// Frees the surviving lines once they are written: verification would otherwise hold
     /// them at the peak of a run's memory. The figures stay; [`Plan::ranges`] and
     /// [`Plan::keeps`] panic afterwards.
     pub fn release_lines(&mut self) {
         self.released = true;
         self.survivors = Vec::new();
+        self.archived = Vec::new();
     }
 
     /// Bytes of the scanned prefix that survive.
@@ -552,7 +655,7 @@ impl Plan {
         self.survivor_bytes
     }
 
-    /// Bytes of the scanned prefix that compaction removes.
+    /// Bytes of the scanned prefix that leave the WAL: reclaimed, quarantined or archived.
     pub fn reclaimable_bytes(&self) -> u64 {
         self.scanned_len - self.survivor_bytes()
     }

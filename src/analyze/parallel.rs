@@ -22,7 +22,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use super::pass::{DecodeOpts, Decoded, Pass, decode_line, decode_tail};
+use super::pass::{DecodeOpts, Decoded, Pass, TxLine, decode_line, decode_tail};
+use crate::rules::{NO_STAMP, Stamp};
 use super::{Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Want};
 use crate::replay::{NO_PREPARE, PayloadHash, Replayer};
 use crate::wal::Op;
@@ -252,6 +253,8 @@ struct Rec {
     hash: PayloadHash,
     /// The interner's hash of the tx_id.
     id_hash: u64,
+    /// The line's whole-second `timestamp` (retention).
+    stamp: Stamp,
 }
 
 /// The decoded lines that start in one chunk.
@@ -453,6 +456,7 @@ fn line(
         reason: usize::MAX,
         hash: NO_PREPARE,
         id_hash: 0,
+        stamp: NO_STAMP,
     };
     let verbatim = |rec: &mut Rec, batch: &mut Batch| {
         if want.replay {
@@ -472,8 +476,10 @@ fn line(
             tx_id,
             id_hash,
             payload,
+            stamp,
         } => {
             rec.kind = RecKind::Tx(op);
+            rec.stamp = stamp;
             rec.a = batch.ids.len();
             batch.ids.extend_from_slice(&tx_id);
             rec.b = batch.ids.len();
@@ -503,7 +509,13 @@ fn consume(pass: &mut Pass, batch: &mut Batch) -> Result<(), AnalyzeError> {
             RecKind::Unrecognized => pass.observe_unrecognized(offset, len, &batch.bytes[span]),
             RecKind::Tx(op) => {
                 let id = &batch.ids[span];
-                pass.observe_tx(offset, len, op, id, rec.id_hash, rec.hash)
+                let line = TxLine {
+                    op,
+                    id_hash: rec.id_hash,
+                    payload: rec.hash,
+                    stamp: rec.stamp,
+                };
+                pass.observe_tx(offset, len, id, line)
             }
             RecKind::Corrupt => {
                 let reason = batch.reasons.get_mut(rec.reason).map(std::mem::take);

@@ -12,6 +12,7 @@ use hashbrown::DefaultHashBuilder;
 use super::{Analysis, AnalyzeError, CorruptLine, MAX_REPORTED_CORRUPT_LINES, Want};
 use crate::replay::{NO_PREPARE, PayloadHash, Replayer, payload_hash, torn_tail_hash};
 use crate::rules::{Indexer, LineKind, MAX_WAL_BYTES, Slot};
+use crate::rules::Stamp;
 use crate::wal::{DecodeError, Interner, Op, RawEntry, decode_raw, hash_id};
 
 /// What one complete line is, as [`decode_line`] found it.
@@ -26,11 +27,23 @@ pub(super) enum Decoded<'a> {
         id_hash: u64,
         /// [`payload_hash`] of a PREPARE line when asked for, else [`NO_PREPARE`].
         payload: PayloadHash,
+        /// The line's `timestamp` in whole seconds (retention), or `NO_STAMP`.
+        stamp: Stamp,
     },
     /// Not a JSON object; `reason` only when asked to describe it (the first few).
     Corrupt {
         reason: Option<String>,
     },
+}
+
+/// A decoded transaction line as the consuming thread needs it (its id apart).
+#[derive(Clone, Copy)]
+pub(super) struct TxLine {
+    pub op: Op,
+    /// [`hash_id`] of the tx_id with the interner's hasher.
+    pub id_hash: u64,
+    pub payload: PayloadHash,
+    pub stamp: Stamp,
 }
 
 /// What [`decode_line`] computes beyond the line's kind: each costs time per line.
@@ -59,8 +72,9 @@ pub(super) fn decode_line<'a>(
     match decode_raw(bytes) {
         Ok(RawEntry::Blank) => Decoded::Blank,
         Ok(RawEntry::Unrecognized) => Decoded::Unrecognized,
-        Ok(RawEntry::Tx { op, tx_id }) => Decoded::Tx {
+        Ok(RawEntry::Tx { op, tx_id, stamp }) => Decoded::Tx {
             op,
+            stamp,
             id_hash: hash_id(ids, &tx_id),
             payload: match opts.payload && !op.is_final() {
                 true => payload_hash(bytes),
@@ -154,7 +168,16 @@ impl Pass {
                 tx_id,
                 id_hash,
                 payload,
-            } => self.observe_tx(offset, len, op, &tx_id, id_hash, payload),
+                stamp,
+            } => {
+                let line = TxLine {
+                    op,
+                    id_hash,
+                    payload,
+                    stamp,
+                };
+                self.observe_tx(offset, len, &tx_id, line)
+            }
             Decoded::Corrupt { reason } => self.observe_corrupt(offset, len, line, reason),
         }
     }
@@ -187,26 +210,30 @@ impl Pass {
         Ok(self.index(slot, LineKind::Unrecognized))
     }
 
-    /// `id_hash` and `payload` as [`decode_line`] computed them.
+    /// `line` as [`decode_line`] decoded it.
     #[inline(always)]
     pub fn observe_tx(
         &mut self,
         offset: u64,
         len: usize,
-        op: Op,
         tx_id: &[u8],
-        id_hash: u64,
-        payload: PayloadHash,
+        line: TxLine,
     ) -> Result<LineKind, AnalyzeError> {
+        let TxLine {
+            op,
+            id_hash,
+            payload,
+            stamp,
+        } = line;
         let slot = self.begin(offset, len)?;
         let tx = self
             .ids
             .intern_hashed(tx_id, id_hash)
             .ok_or(AnalyzeError::TooManyTransactions)?;
         if self.want.replay {
-            self.replay.observe_tx(op, tx, offset, payload);
+            self.replay.observe_tx(op, tx, offset, payload, stamp);
         }
-        Ok(self.index(slot, LineKind::Tx { op, tx }))
+        Ok(self.index(slot, LineKind::Tx { op, tx, stamp }))
     }
 
     /// `line` as for [`Pass::observe_unrecognized`]; `reason` when described.

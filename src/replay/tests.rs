@@ -26,7 +26,7 @@ fn finishing_on_two_threads_equals_one() {
         let mut ids = crate::wal::Interner::default();
         let mut r = Replayer::default();
         for (n, line) in wal.lines().enumerate() {
-            let Ok(crate::wal::RawEntry::Tx { op, tx_id }) =
+            let Ok(crate::wal::RawEntry::Tx { op, tx_id, stamp }) =
                 crate::wal::decode_raw(line.as_bytes())
             else {
                 unreachable!("only transactions")
@@ -36,7 +36,7 @@ fn finishing_on_two_threads_equals_one() {
             } else {
                 payload_hash(line.as_bytes())
             };
-            r.observe_tx(op, ids.intern(&tx_id).unwrap(), n as u64 * 100, h);
+            r.observe_tx(op, ids.intern(&tx_id).unwrap(), n as u64 * 100, h, stamp);
         }
         (r, ids.into_ids())
     };

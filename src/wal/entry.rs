@@ -1,12 +1,14 @@
-//! Decoding one complete WAL line into the two fields compaction and replay look at: `op`
-//! and `tx_id`. Every other member (`changes`, `data`, `timestamp`, ...) is validated and
-//! skipped; replay hashes a PREPARE's whole line, so none of them needs decoding, and the
-//! line's bytes are never re-serialized.
+//! Decoding one complete WAL line into the fields compaction and replay look at: `op`,
+//! `tx_id` and, for retention, a numeric `timestamp` (as a whole-second [`Stamp`]). Every
+//! other member (`changes`, `data`, ...) is validated and skipped; replay hashes a PREPARE's
+//! whole line, so none of them needs decoding, and the line's bytes are never re-serialized.
 
 use std::borrow::Cow;
 use std::fmt;
 
 use serde::Deserializer as _;
+
+pub use crate::rules::retention::{NO_STAMP, Stamp, stamp_of};
 use serde::de::{self, Deserialize, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// The three operations of the two-phase-commit protocol.
@@ -69,6 +71,9 @@ pub enum Entry<'a> {
 pub struct TxEntry<'a> {
     pub op: Op,
     pub tx_id: Cow<'a, str>,
+    /// The numeric `timestamp` member, floored to whole seconds; [`NO_STAMP`] when absent,
+    /// not a number, or in the far future.
+    pub stamp: Stamp,
 }
 
 /// Why a complete line makes the WAL corrupt.
@@ -107,6 +112,8 @@ pub enum RawEntry<'a> {
         op: Op,
         /// The decoded JSON string's bytes (valid UTF-8: the decoder checked it).
         tx_id: Cow<'a, [u8]>,
+        /// As [`TxEntry::stamp`].
+        stamp: Stamp,
     },
 }
 
@@ -121,6 +128,7 @@ impl<'a> From<Entry<'a>> for RawEntry<'a> {
                     Cow::Borrowed(s) => Cow::Borrowed(s.as_bytes()),
                     Cow::Owned(s) => Cow::Owned(s.into_bytes()),
                 },
+                stamp: t.stamp,
             },
         }
     }
@@ -174,6 +182,7 @@ fn classify(e: serde_json::Error, text: &str) -> DecodeError {
 struct Fields<'a> {
     op: Option<MaybeStr<'a>>,
     tx_id: Option<MaybeStr<'a>>,
+    timestamp: Option<f64>,
 }
 
 impl<'a> Fields<'a> {
@@ -183,7 +192,11 @@ impl<'a> Fields<'a> {
             _ => None,
         };
         match (op, self.tx_id) {
-            (Some(op), Some(MaybeStr::Str(tx_id))) => Entry::Tx(TxEntry { op, tx_id }),
+            (Some(op), Some(MaybeStr::Str(tx_id))) => Entry::Tx(TxEntry {
+                op,
+                tx_id,
+                stamp: self.timestamp.map_or(NO_STAMP, stamp_of),
+            }),
             _ => Entry::Unrecognized,
         }
     }
@@ -204,6 +217,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
             match key {
                 Key::Op => fields.op = Some(map.next_value()?),
                 Key::TxId => fields.tx_id = Some(map.next_value()?),
+                Key::Timestamp => fields.timestamp = map.next_value::<MaybeNum>()?.0,
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -217,6 +231,7 @@ impl<'de> Visitor<'de> for FieldsVisitor {
 enum Key {
     Op,
     TxId,
+    Timestamp,
     Other,
 }
 
@@ -239,8 +254,54 @@ impl Visitor<'_> for KeyVisitor {
         Ok(match v {
             "op" => Key::Op,
             "tx_id" => Key::TxId,
+            "timestamp" => Key::Timestamp,
             _ => Key::Other,
         })
+    }
+}
+
+/// A value that is a number (as `f64`), or anything else (`None`).
+struct MaybeNum(Option<f64>);
+
+impl<'de> Deserialize<'de> for MaybeNum {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(MaybeNumVisitor)
+    }
+}
+
+struct MaybeNumVisitor;
+
+impl<'de> Visitor<'de> for MaybeNumVisitor {
+    type Value = MaybeNum;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<MaybeNum, E> {
+        Ok(MaybeNum(Some(v as f64)))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<MaybeNum, E> {
+        Ok(MaybeNum(Some(v as f64)))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<MaybeNum, E> {
+        Ok(MaybeNum(Some(v)))
+    }
+    fn visit_str<E>(self, _: &str) -> Result<MaybeNum, E> {
+        Ok(MaybeNum(None))
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<MaybeNum, E> {
+        Ok(MaybeNum(None))
+    }
+    fn visit_unit<E>(self) -> Result<MaybeNum, E> {
+        Ok(MaybeNum(None))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeNum, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(MaybeNum(None))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeNum, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(MaybeNum(None))
     }
 }
 
@@ -458,7 +519,30 @@ mod tests {
             Some(RawEntry::Tx {
                 op: Op::Prepare,
                 tx_id: Cow::Borrowed(b"a"),
+                stamp: NO_STAMP,
             })
         );
+    }
+
+    #[test]
+    fn timestamps_are_whole_seconds_by_either_decoder_and_only_numbers_count() {
+        for (line, want) in [
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1732780000.75}"#, 1_732_780_000),
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1732780000}"#, 1_732_780_000),
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1.7e9}"#, 1_700_000_000),
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":"1732780000"}"#, NO_STAMP),
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":null}"#, NO_STAMP),
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":[1]}"#, NO_STAMP),
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":5,"timestamp":7}"#, 7),
+            (r#"{"op":"COMMIT","tx_id":"a\u0041","timestamp":9.5}"#, 9),
+            (r#"{"op":"COMMIT","tx_id":"a"}"#, NO_STAMP),
+        ] {
+            let fast = decode_raw(line.as_bytes()).unwrap();
+            let slow = RawEntry::from(decode(line.as_bytes()).unwrap());
+            for e in [fast, slow] {
+                let RawEntry::Tx { stamp, .. } = e else { panic!("{line}") };
+                assert_eq!(stamp, want, "{line}");
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 
-use super::{Op, RawEntry};
+use super::{NO_STAMP, Op, RawEntry, Stamp, stamp_of};
 
 /// Deeper nesting is left to serde_json (whose limit is higher).
 const MAX_DEPTH: u32 = 64;
@@ -78,6 +78,20 @@ impl Scan<'_> {
             }
         }
         Some(())
+    }
+
+    /// A `timestamp` value: a number's [`Stamp`], anything else [`NO_STAMP`].
+    fn stamp(&mut self) -> Option<Stamp> {
+        let start = self.i;
+        match self.peek()? {
+            b'-' | b'0'..=b'9' => {
+                self.number()?;
+                // The span is JSON number grammar: ASCII, and what `f64` parses.
+                let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
+                Some(text.parse::<f64>().map_or(NO_STAMP, stamp_of))
+            }
+            _ => self.value(1).map(|()| NO_STAMP),
+        }
     }
 
     fn literal(&mut self, word: &[u8]) -> Option<()> {
@@ -257,6 +271,7 @@ pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
     let mut p = Scan { s: line, i: 0 };
     let mut op = None;
     let mut tx_id = None;
+    let mut stamp = NO_STAMP;
     p.ws();
     p.eat(b'{')?;
     p.ws();
@@ -270,6 +285,7 @@ pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
             match &p.s[ks..ke] {
                 b"op" => op = Some(p.string()?),
                 b"tx_id" => tx_id = Some(p.string()?),
+                b"timestamp" => stamp = p.stamp()?,
                 _ => p.value(1)?,
             }
             p.ws();
@@ -290,6 +306,7 @@ pub(super) fn object(line: &[u8]) -> Option<RawEntry<'_>> {
             op,
             // UTF-8 checked by `string` already.
             tx_id: Cow::Borrowed(&line[a..b]),
+            stamp,
         },
         _ => RawEntry::Unrecognized,
     })
