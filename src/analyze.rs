@@ -17,7 +17,7 @@ pub use parallel::{
 };
 
 use crate::replay::ReplayState;
-use crate::rules::{CorruptLines, Indexer, LineKind, MAX_WAL_BYTES};
+use crate::rules::{CorruptLines, Indexer, LineKind, MAX_WAL_BYTES, Retention};
 use crate::wal::{Ids, Item, LineScanner};
 use pass::{Pass, decode_tail};
 
@@ -62,15 +62,25 @@ pub struct Want {
     pub replay: bool,
     /// What the index and the replay do with corrupt lines.
     pub corrupt_lines: CorruptLines,
+    /// Retention: the index keeps timestamps and the replay computes the state minus the
+    /// transactions this expires ([`Retention::NONE`]: nothing expires).
+    pub retention: Retention,
 }
 
 impl Want {
+    /// This want, with retention `r` (see [`Want::retention`]).
+    pub const fn retaining(mut self, r: Retention) -> Want {
+        self.retention = r;
+        self
+    }
+
     /// The index and the replay state, corrupt lines per `corrupt_lines`: a compaction.
     pub const fn both(corrupt_lines: CorruptLines) -> Want {
         Want {
             index: true,
             replay: true,
             corrupt_lines,
+            retention: Retention::NONE,
         }
     }
 
@@ -80,6 +90,7 @@ impl Want {
             index: false,
             replay: true,
             corrupt_lines,
+            retention: Retention::NONE,
         }
     }
 
@@ -89,6 +100,7 @@ impl Want {
             index: true,
             replay: false,
             corrupt_lines,
+            retention: Retention::NONE,
         }
     }
 }
@@ -250,6 +262,7 @@ pub fn explain<R: BufRead>(
         index: false,
         replay: false,
         corrupt_lines: CorruptLines::default(),
+        retention: Retention::NONE,
     });
     let mut out = DropBreakdown::new();
     scan(LineScanner::new(reader), |item| {
@@ -264,9 +277,11 @@ pub fn explain<R: BufRead>(
             LineKind::Tx { tx, .. } => index.status(tx),
             _ => None,
         };
-        let e = out
-            .entry(crate::rules::drop_reason(kind, status))
-            .or_default();
+        let reason = match plan.archives(line.offset) {
+            true => crate::rules::DropReason::Expired,
+            false => crate::rules::drop_reason(kind, status),
+        };
+        let e = out.entry(reason).or_default();
         e.0 += 1;
         e.1 += line.len_on_disk();
         Ok(())

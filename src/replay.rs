@@ -398,7 +398,11 @@ impl Replayer {
         // Transactions with a PREPARE after their last final: they stay whole.
         let mut anomalous = Bits::default();
         for &(tx, offset, _) in &self.after_final {
-            if self.final_after_anomaly.get(&tx).is_some_and(|&f| offset > f) {
+            if self
+                .final_after_anomaly
+                .get(&tx)
+                .is_some_and(|&f| offset > f)
+            {
                 anomalous.set(tx as usize, true);
             }
         }

@@ -73,6 +73,9 @@ pub enum DropReason {
     SupersededInFlightPrepare,
     /// A corrupt line moved to the quarantine file (`corrupt_lines = "quarantine"`).
     QuarantinedCorruptLine,
+    /// A line of an expired transaction that compaction alone would keep: it goes to the
+    /// archive (retention).
+    Expired,
 }
 
 impl DropReason {
@@ -85,6 +88,7 @@ impl DropReason {
             DropReason::AbortedPrepare => "aborted_prepare",
             DropReason::SupersededInFlightPrepare => "superseded_in_flight_prepare",
             DropReason::QuarantinedCorruptLine => "quarantined_corrupt_line",
+            DropReason::Expired => "expired",
         }
     }
 }
@@ -658,6 +662,14 @@ impl Plan {
     /// Bytes of the scanned prefix that leave the WAL: reclaimed, quarantined or archived.
     pub fn reclaimable_bytes(&self) -> u64 {
         self.scanned_len - self.survivor_bytes()
+    }
+
+    /// True if the line starting at `offset` leaves for the archive.
+    pub fn archives(&self, offset: u64) -> bool {
+        assert!(!self.released, "the plan's lines were released");
+        self.archived
+            .binary_search_by_key(&offset, |&p| packed_offset(p))
+            .is_ok()
     }
 
     /// True if the line starting at `offset` survives.

@@ -11,6 +11,8 @@ fn line() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         4 => (tx.clone(), 0u8..5).prop_map(|(t, d)| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{t}\", \"data\": {{\"v\": {d}}}}}\n").into_bytes()),
         2 => (tx.clone(), any::<bool>()).prop_map(|(t, cr)| format!("{{\"op\":\"COMMIT\",\"tx_id\":\"{t}\"}}{}\n", if cr { "\r" } else { "" }).into_bytes()),
+        2 => (tx.clone(), 0u8..5, prop::sample::select(vec!["", ".5", "e0"])).prop_map(|(t, s, frac)| format!("{{\"op\":\"COMMIT\",\"tx_id\":\"{t}\",\"timestamp\":{s}{frac}}}\n").into_bytes()),
+        1 => (tx.clone(), 0u8..5).prop_map(|(t, s)| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{t}\", \"timestamp\": {s}.25}}\n").into_bytes()),
         1 => tx.clone().prop_map(|t| format!("{{\"op\": \"ABORT\", \"tx_id\": \"{t}\"}}\n").into_bytes()),
         1 => tx.prop_map(|t| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{t}\"}}\n").into_bytes()),
         1 => prop::sample::select(vec!["\n", " \t\n", "\r\n"]).prop_map(|s| s.as_bytes().to_vec()),
@@ -35,10 +37,10 @@ fn wal() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
-fn summary(a: &Analysis) -> impl PartialEq + std::fmt::Debug {
+fn summary(a: &Analysis, r: &walcompactd::rules::Retention) -> impl PartialEq + std::fmt::Debug {
     (
         a.replay.clone(),
-        a.index.plan(),
+        a.index.clone().into_plan_retaining(r),
         a.index.counts(),
         a.index.tx_counts(),
         a.index.reclaimable_bytes(),
@@ -58,8 +60,11 @@ proptest! {
         index in any::<bool>(),
         replay in any::<bool>(),
         corrupt_lines in proptest::sample::select(walcompactd::rules::CorruptLines::ALL.to_vec()),
+        cutoff in proptest::option::of(0u32..4),
     ) {
-        let want = Want { index, replay, corrupt_lines };
+        // Retention too: the timestamps the parallel pass carries must be the same.
+        let retention = walcompactd::rules::Retention { cutoff, in_flight_cutoff: cutoff };
+        let want = Want { index, replay, corrupt_lines, retention };
         let seq = analyze(&input[..], want, &mut |_| {}).unwrap();
         let par = analyze_source(
             &input[..],
@@ -69,7 +74,7 @@ proptest! {
             &mut |_| {},
         )
         .unwrap();
-        prop_assert_eq!(summary(&seq), summary(&par));
+        prop_assert_eq!(summary(&seq, &retention), summary(&par, &retention));
         // The incrementally maintained figure agrees with the plan it summarizes.
         prop_assert_eq!(par.index.reclaimable_bytes(), par.index.plan().reclaimable_bytes());
     }
@@ -122,7 +127,7 @@ fn json_line() -> impl Strategy<Value = String> {
         ]
     });
     prop_oneof![
-        4 => prop::collection::vec((prop::sample::select(vec!["op", "tx_id", "data", "ts", "o\\u0070"]), value.clone()), 0..5)
+        4 => prop::collection::vec((prop::sample::select(vec!["op", "tx_id", "data", "timestamp", "o\\u0070"]), value.clone()), 0..5)
             .prop_map(|v| format!(" {{{}}}\r", v.iter().map(|(k, v)| format!("\"{k}\" :{v}")).collect::<Vec<_>>().join(","))),
         1 => value,
         1 => "[ {}\\[\\]\",:0-9a-z.eE+\\-\\\\\t]{0,24}",

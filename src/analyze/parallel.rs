@@ -23,9 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use super::pass::{DecodeOpts, Decoded, Pass, TxLine, decode_line, decode_tail};
-use crate::rules::{NO_STAMP, Stamp};
 use super::{Analysis, AnalyzeError, MAX_REPORTED_CORRUPT_LINES, PROGRESS_EVERY_BYTES, Want};
 use crate::replay::{NO_PREPARE, PayloadHash, Replayer};
+use crate::rules::{NO_STAMP, Stamp};
 use crate::wal::Op;
 use hashbrown::DefaultHashBuilder;
 

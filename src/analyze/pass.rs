@@ -11,8 +11,8 @@ use hashbrown::DefaultHashBuilder;
 
 use super::{Analysis, AnalyzeError, CorruptLine, MAX_REPORTED_CORRUPT_LINES, Want};
 use crate::replay::{NO_PREPARE, PayloadHash, Replayer, payload_hash, torn_tail_hash};
-use crate::rules::{Indexer, LineKind, MAX_WAL_BYTES, Slot};
 use crate::rules::Stamp;
+use crate::rules::{Indexer, LineKind, MAX_WAL_BYTES, Slot};
 use crate::wal::{DecodeError, Interner, Op, RawEntry, decode_raw, hash_id};
 
 /// What one complete line is, as [`decode_line`] found it.
@@ -97,6 +97,16 @@ pub(super) fn decode_tail(want: Want, tail: &[u8]) -> (u64, [u8; 32]) {
     (tail.len() as u64, hash)
 }
 
+/// The index a pass builds: with timestamps when retention is asked for.
+fn index_for(want: Want, txs: usize) -> Indexer {
+    let index = Indexer::with_capacity(if want.index { txs } else { 0 })
+        .with_corrupt_lines(want.corrupt_lines);
+    match want.retention.is_enabled() {
+        true => index.with_stamps(),
+        false => index,
+    }
+}
+
 /// State of one pass: the interner, the index, the replay and the line figures.
 pub(super) struct Pass {
     pub want: Want,
@@ -123,10 +133,10 @@ impl Pass {
             want,
             hasher: ids.hasher(),
             ids,
-            index: Indexer::with_capacity(if want.index { txs } else { 0 })
-                .with_corrupt_lines(want.corrupt_lines),
+            index: index_for(want, txs),
             replay: Replayer::with_capacity(if want.replay { txs } else { 0 })
-                .with_corrupt_lines(want.corrupt_lines),
+                .with_corrupt_lines(want.corrupt_lines)
+                .with_retention(want.retention),
             lines: 0,
             torn_tail_bytes: 0,
             corrupt: Vec::new(),

@@ -128,6 +128,32 @@ pub fn compact_bytes(input: &[u8]) -> Result<Vec<u8>, CompactBytesError> {
     compact_bytes_with(input, CorruptLines::Refuse).map(|(out, _)| out)
 }
 
+/// In-memory compaction with retention `r` (corrupt lines kept): the compacted bytes and the
+/// archive's lines (expired transactions' survivors, with their `\n`, in file order), and
+/// what expired. The same plan and writer as a run; for tests and the fuzzers.
+pub fn compact_bytes_retaining(
+    input: &[u8],
+    r: &crate::rules::Retention,
+) -> Result<(Vec<u8>, Vec<u8>, crate::rules::Expiry), CompactBytesError> {
+    let want = Want::index(CorruptLines::Keep).retaining(*r);
+    let analysis = analyze(input, want, &mut |_| {})?;
+    let plan = analysis.index.into_plan_retaining(r);
+    let mut out = Vec::with_capacity(input.len());
+    write_plan(
+        &mut io::Cursor::new(input),
+        &plan,
+        input.len() as u64,
+        &mut out,
+    )
+    .expect("in-memory copy");
+    let mut archive = Vec::new();
+    for s in plan.archived() {
+        archive
+            .extend_from_slice(&input[s.offset as usize..(s.offset + u64::from(s.len)) as usize]);
+    }
+    Ok((out, archive, plan.expiry))
+}
+
 /// [`compact_bytes`] with corrupt lines per `corrupt_lines`; also returns the lines a
 /// quarantine would receive (without their `\n`), in order.
 pub fn compact_bytes_with(

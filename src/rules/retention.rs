@@ -47,9 +47,19 @@ pub struct Retention {
 }
 
 impl Retention {
+    /// Retention off: nothing expires.
+    pub const NONE: Retention = Retention {
+        cutoff: None,
+        in_flight_cutoff: None,
+    };
+
     /// The cutoffs `now − horizon` from one reading of the clock (`now`, whole seconds since
     /// the epoch); a horizon of `None` (or 0 for in-flight) expires nothing of that kind.
-    pub fn at(now: i64, expire_after: Option<u64>, expire_in_flight_after: Option<u64>) -> Retention {
+    pub fn at(
+        now: i64,
+        expire_after: Option<u64>,
+        expire_in_flight_after: Option<u64>,
+    ) -> Retention {
         let cut = |h: u64| -> Stamp {
             let c = now.saturating_sub(i64::try_from(h).unwrap_or(i64::MAX));
             c.clamp(0, i64::from(NO_STAMP - 1)) as Stamp

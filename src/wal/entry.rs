@@ -527,20 +527,37 @@ mod tests {
     #[test]
     fn timestamps_are_whole_seconds_by_either_decoder_and_only_numbers_count() {
         for (line, want) in [
-            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1732780000.75}"#, 1_732_780_000),
-            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1732780000}"#, 1_732_780_000),
-            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1.7e9}"#, 1_700_000_000),
-            (r#"{"op":"COMMIT","tx_id":"a","timestamp":"1732780000"}"#, NO_STAMP),
+            (
+                r#"{"op":"COMMIT","tx_id":"a","timestamp":1732780000.75}"#,
+                1_732_780_000,
+            ),
+            (
+                r#"{"op":"COMMIT","tx_id":"a","timestamp":1732780000}"#,
+                1_732_780_000,
+            ),
+            (
+                r#"{"op":"COMMIT","tx_id":"a","timestamp":1.7e9}"#,
+                1_700_000_000,
+            ),
+            (
+                r#"{"op":"COMMIT","tx_id":"a","timestamp":"1732780000"}"#,
+                NO_STAMP,
+            ),
             (r#"{"op":"COMMIT","tx_id":"a","timestamp":null}"#, NO_STAMP),
             (r#"{"op":"COMMIT","tx_id":"a","timestamp":[1]}"#, NO_STAMP),
-            (r#"{"op":"COMMIT","tx_id":"a","timestamp":5,"timestamp":7}"#, 7),
+            (
+                r#"{"op":"COMMIT","tx_id":"a","timestamp":5,"timestamp":7}"#,
+                7,
+            ),
             (r#"{"op":"COMMIT","tx_id":"a\u0041","timestamp":9.5}"#, 9),
             (r#"{"op":"COMMIT","tx_id":"a"}"#, NO_STAMP),
         ] {
             let fast = decode_raw(line.as_bytes()).unwrap();
             let slow = RawEntry::from(decode(line.as_bytes()).unwrap());
             for e in [fast, slow] {
-                let RawEntry::Tx { stamp, .. } = e else { panic!("{line}") };
+                let RawEntry::Tx { stamp, .. } = e else {
+                    panic!("{line}")
+                };
                 assert_eq!(stamp, want, "{line}");
             }
         }
