@@ -17,6 +17,7 @@ mod litter;
 pub mod lock;
 pub mod quarantine;
 mod report;
+pub mod retain;
 pub mod rollback;
 mod snapshot;
 pub mod swap;
@@ -58,6 +59,8 @@ pub struct Request<'a> {
     pub corrupt_lines: CorruptLines,
     /// Compact a WAL whose inode has other hard links too (they keep the old file).
     pub allow_hard_links: bool,
+    /// Opt-in retention: old finished transactions leave for an archive.
+    pub retention: Option<retain::RetentionRequest>,
 }
 
 impl Request<'_> {
@@ -73,6 +76,7 @@ impl Request<'_> {
             guard: Guard::Offline,
             corrupt_lines: CorruptLines::default(),
             allow_hard_links: false,
+            retention: None,
         }
     }
 }

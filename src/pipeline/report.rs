@@ -118,6 +118,10 @@ pub struct Report {
     pub quarantined_lines: u64,
     /// The quarantine file, when this run appended to it.
     pub quarantine: Option<PathBuf>,
+    /// Retention: what expired (or, before the swap, would), when anything did.
+    pub expired: Option<crate::rules::Expiry>,
+    /// The archive the expired transactions' lines went to.
+    pub archive: Option<PathBuf>,
 }
 
 /// Timing of stages in a run.
@@ -195,5 +199,7 @@ pub(super) fn report(
             0
         },
         quarantine: None,
+        expired: (changed && snap.plan.expiry.transactions > 0).then_some(snap.plan.expiry),
+        archive: None,
     }
 }
