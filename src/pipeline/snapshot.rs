@@ -9,7 +9,7 @@ use super::{PipelineError, Request, Stage};
 use crate::analyze::{Want, analyze_file_deferred};
 use crate::fsutil::FileId;
 use crate::replay::PendingReplay;
-use crate::rules::{Counts, Plan};
+use crate::rules::{Counts, Plan, Retention};
 
 /// One consistent view of the WAL.
 pub struct Snapshot {
@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub counts: Counts,
     /// Transactions in the original: the compacted file has as many.
     pub transactions: usize,
+    /// Retention: the cutoffs of this run, from the one clock reading it takes
+    /// ([`Retention::NONE`] without retention); the plan and the replay both use them.
+    pub retention: Retention,
     /// Online mode: ids whose deciding PREPARE the plan drops (see
     /// [`crate::rules::Indexer::txs_with_dropped_last_prepare`]); empty offline.
     pub at_risk: HashSet<String>,
@@ -66,9 +69,13 @@ impl Snapshot {
                 p(Stage::Analyze, done, id.len)
             }
         };
-        let (analysis, replayer) =
-            analyze_file_deferred(&file, id.len, Want::both(req.corrupt_lines), &mut tick)
-                .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
+        let retention = req
+            .retention
+            .as_ref()
+            .map_or(Retention::NONE, |r| r.at(chrono::Utc::now()));
+        let want = Want::both(req.corrupt_lines).retaining(retention);
+        let (analysis, replayer) = analyze_file_deferred(&file, id.len, want, &mut tick)
+            .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
         if req.corrupt_lines == crate::rules::CorruptLines::Refuse {
             super::verify::refuse_corrupt(wal, &analysis)?;
         }
@@ -85,8 +92,10 @@ impl Snapshot {
         let crate::analyze::Analysis { index, ids, .. } = analysis;
         let replay = PendingReplay::spawn(replayer.expect("replay requested"), ids);
         let counts = index.counts();
-        let transactions = index.transactions();
-        let plan = index.into_plan();
+        let index_transactions = index.transactions();
+        let plan = index.into_plan_retaining(&retention);
+        // Expired transactions are not in the compacted file (a capacity hint).
+        let transactions = index_transactions - plan.expiry.transactions as usize;
         Ok(Snapshot {
             file,
             meta,
@@ -95,6 +104,7 @@ impl Snapshot {
             replay,
             counts,
             transactions,
+            retention,
             at_risk,
         })
     }
