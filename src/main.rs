@@ -90,20 +90,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Replace the WAL with a backup, after backing up the current WAL.
+    /// Replace the WAL with a backup, after backing up the current WAL; or, with
+    /// --from-archive, append an archive's expired lines to the (stopped) WAL.
     Restore {
         wal: PathBuf,
-        backup: PathBuf,
+        #[arg(required_unless_present = "from_archive")]
+        backup: Option<PathBuf>,
+        /// Append this archive's lines, in order, to the WAL instead, after backing up the
+        /// WAL (a copy). Offline only: refused (exit 4) if any process has the WAL open, or
+        /// if the WAL ends without a newline (a torn tail).
+        #[arg(long, value_name = "ARCHIVE", conflicts_with = "backup")]
+        from_archive: Option<PathBuf>,
+        /// With --from-archive: write the archive's lines to stdout, exactly; change nothing.
+        #[arg(long, requires = "from_archive", conflicts_with_all = ["backup", "json", "backup_dir"])]
+        print: bool,
         #[arg(long)]
         backup_dir: Option<PathBuf>,
         /// How writers are kept out while the backup is put back: offline (none runs), lease
         /// (a kernel lease holds writers back for the swap; late lines are kept) or online
         /// (the writers' lock of docs/PROTOCOL.md is held for the rename).
-        #[arg(long, value_name = "MODE", value_parser = parse_mode, default_value = "offline")]
+        #[arg(long, value_name = "MODE", value_parser = parse_mode, default_value = "offline",
+            conflicts_with = "from_archive")]
         mode: Mode,
         /// Online and lease: give up (exit 5, nothing changed) if writers hold the lock (or
         /// keep the WAL open) this long.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "from_archive")]
         lock_timeout_ms: Option<u64>,
         #[arg(long)]
         json: bool,
@@ -362,24 +373,42 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
         Command::Restore {
             wal,
             backup,
+            from_archive,
+            print: print_only,
             backup_dir,
             mode,
             lock_timeout_ms,
             json,
-        } => {
-            let Some(guard) = guard_of(mode, lock_timeout_ms) else {
-                eprintln!(
-                    "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
+        } => match (backup, from_archive) {
+            (_, Some(archive)) if print_only => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                commands::print_archive(&archive, &mut out)?;
+                Ok(exit_code::OK)
+            }
+            (_, Some(archive)) => {
+                let r = commands::restore_from_archive(&wal, &archive, backup_dir.as_deref())?;
+                print(json, &r, output::archive_restore);
+                Ok(exit_code::OK)
+            }
+            (Some(backup), None) => {
+                let Some(guard) = guard_of(mode, lock_timeout_ms) else {
+                    eprintln!(
+                        "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
+                    );
+                    return Ok(exit_code::USAGE);
+                };
+                print(
+                    json,
+                    &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
+                    output::restore,
                 );
-                return Ok(exit_code::USAGE);
-            };
-            print(
-                json,
-                &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
-                output::restore,
-            );
-            Ok(exit_code::OK)
-        }
+                Ok(exit_code::OK)
+            }
+            (None, None) => {
+                eprintln!("walcompactd: restore needs BACKUP or --from-archive ARCHIVE");
+                Ok(exit_code::USAGE)
+            }
+        },
         Command::PruneBackups {
             wal,
             keep_days,

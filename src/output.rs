@@ -3,7 +3,9 @@
 
 use std::fmt::Write as _;
 
-use crate::commands::{DryRun, PruneReport, RestoreReport, Status, VerifyReport};
+use crate::commands::{
+    ArchiveRestoreReport, DryRun, PruneReport, RestoreReport, Status, VerifyReport,
+};
 use crate::pipeline::Report;
 
 fn pct(ratio: f64) -> String {
@@ -223,6 +225,18 @@ pub fn restore(r: &RestoreReport) -> String {
         r.digest
     );
     o
+}
+
+/// `walcompactd restore --from-archive`.
+pub fn archive_restore(r: &ArchiveRestoreReport) -> String {
+    format!(
+        "backed up the current WAL to {}\nappended {} lines ({} bytes) from {} to {}\n",
+        r.previous_backup.display(),
+        r.lines,
+        r.bytes,
+        r.archive.display(),
+        r.wal.display()
+    )
 }
 
 /// `walcompactd prune-backups`.

@@ -234,6 +234,21 @@ impl Dir {
         }
     }
 
+    /// `linkat(from, to)` within this directory: a second name for `from`'s inode (a symlink at
+    /// `from` is linked itself, never followed). Anything at `to`, a planted symlink included,
+    /// makes it fail with `AlreadyExists` and is neither followed nor replaced: the no-clobber
+    /// way to give a finished temp file its final name.
+    pub fn link(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+        let (f, t) = (cname(from)?, cname(to)?);
+        let fd = self.fd.as_raw_fd();
+        // SAFETY: linkat(2) on our directory descriptor and NUL-terminated names; flags 0
+        // (no AT_SYMLINK_FOLLOW) never follow a symlink at `from`.
+        match unsafe { libc::linkat(fd, f.as_ptr(), fd, t.as_ptr(), 0) } {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
     /// `unlinkat(name)`: removes the name itself, whatever it is (a symlink is not followed).
     pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
         let c = cname(name)?;

@@ -115,6 +115,32 @@ pub fn create(
     })
 }
 
+/// Backs up `wal` (opened as `src`) into `dir` as a copy, never a hard link: for a caller
+/// about to change the WAL's inode in place (`restore --from-archive` appends to it), which
+/// a hard-link backup would follow.
+pub fn create_copy(
+    wal: &Path,
+    src: &File,
+    dir: &Path,
+    now: DateTime<Utc>,
+) -> Result<Backup, PipelineError> {
+    for n in 0..MAX_COLLISION_SUFFIX {
+        let path = dir.join(backup_name(wal, now, n));
+        match copy_new(src, &path) {
+            Ok(()) => {
+                let linked = false;
+                return finish(Backup { path, linked }, dir);
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(PipelineError::io(Stage::Backup, "copy to", path)(e)),
+        }
+    }
+    Err(PipelineError::BadInput {
+        path: dir.into(),
+        what: "too many backups with the same timestamp".into(),
+    })
+}
+
 /// Cross-device links (EXDEV) and filesystems without hard links fall back to a copy.
 fn link_unsupported(e: &io::Error) -> bool {
     matches!(

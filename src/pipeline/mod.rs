@@ -6,6 +6,7 @@
 //! the original until the rename, the verified compacted file after it. Everything else
 //! (temp file, journal) is beside it under names [`journal::recover`] recognizes.
 
+pub mod archive;
 pub mod backup;
 pub mod compact;
 mod error;

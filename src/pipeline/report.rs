@@ -26,6 +26,8 @@ pub enum Stage {
     Rollback,
     Journal,
     Prune,
+    /// Writing, reading back or restoring an archive of expired transactions.
+    Archive,
 }
 
 impl Stage {
@@ -44,6 +46,7 @@ impl Stage {
             Stage::Rollback => "rollback",
             Stage::Journal => "journal",
             Stage::Prune => "prune",
+            Stage::Archive => "archive",
         }
     }
 }

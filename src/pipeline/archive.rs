@@ -1,0 +1,579 @@
+//! Archives of expired transactions (opt-in retention): the lines an expiring run removes
+//! from the WAL (each expired transaction's deciding PREPARE and final line, original bytes,
+//! original order) are written here BEFORE the swap, so they leave the WAL without leaving
+//! the disk, and `walcompactd restore WAL --from-archive ARCHIVE` can append them back.
+//!
+//! Naming, like backups: `wal.log` → `wal_archive_YYYYmmdd_HHMMSS.log.zst` (UTC), `_N` before
+//! the extension on collision, beside the backups. Format: one zstd stream (level 3) of the
+//! lines exactly as they were in the WAL, each ending with `\n`; nothing added. The file has
+//! the WAL's owner, group and mode (never wider): it holds the same transaction data.
+//!
+//! Crash safety: an archive is written under `<name>.partial` (a name that never parses as an
+//! archive), fsynced, and only then given its name by a no-clobber `linkat`, then its
+//! directory is fsynced: a crash never leaves a truncated file under an archive's name. A
+//! writer dropped before [`ArchiveWriter::finish`] removes its partial. A run that writes an
+//! archive and then does not swap must [`remove`] it: the WAL still holds those lines, and a
+//! restore of the archive would append them twice.
+//!
+//! Every name is created, linked and removed through the directory's descriptor without
+//! following links ([`crate::fsutil::safe`]): the directory may belong to the application's
+//! user, who could plant a symlink at the next archive's name.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::backup::{COMPRESSED_EXT, name_parts};
+use super::{PipelineError, Stage};
+use crate::fsutil::safe::Dir;
+
+/// Timestamp format inside archive names (the backups' one).
+const STAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
+/// Collision suffixes tried before giving up (more than one archive a second per WAL is odd).
+const MAX_COLLISION_SUFFIX: u32 = 1000;
+/// zstd level: fast, still ~5-10x on JSON lines (the backups' level).
+const ZSTD_LEVEL: i32 = 3;
+/// Seed of the XXH3-64 hash over the archive's uncompressed bytes.
+pub const HASH_SEED: u64 = 0;
+/// Suffix of an archive while it is written: never parsed as an archive.
+pub const PARTIAL_SUFFIX: &str = ".partial";
+/// Read buffer for decompressed lines.
+const READ_BUFFER_BYTES: usize = 1 << 16;
+
+/// The archive file name for `wal` at `now`, with collision number `n` (0 = none):
+/// `wal.log` → `wal_archive_20261130_120000.log.zst`, `wal_archive_20261130_120000_2.log.zst`.
+pub fn archive_name(wal: &Path, now: DateTime<Utc>, n: u32) -> String {
+    let (stem, ext) = name_parts(wal);
+    let stamp = now.format(STAMP_FORMAT);
+    match n {
+        0 => format!("{stem}_archive_{stamp}{ext}.{COMPRESSED_EXT}"),
+        n => format!("{stem}_archive_{stamp}_{n}{ext}.{COMPRESSED_EXT}"),
+    }
+}
+
+/// When the archive named `name` of `wal` was written; `None` for any other name (a
+/// `.partial`, a backup, another WAL's archive).
+pub fn parse_archive_name(wal: &Path, name: &str) -> Option<DateTime<Utc>> {
+    parse(wal, name).map(|(t, _)| t)
+}
+
+/// Time and collision number of an archive's name.
+fn parse(wal: &Path, name: &str) -> Option<(DateTime<Utc>, u32)> {
+    let (stem, ext) = name_parts(wal);
+    let rest = name
+        .strip_suffix(&format!(".{COMPRESSED_EXT}"))?
+        .strip_prefix(&format!("{stem}_archive_"))?
+        .strip_suffix(ext.as_str())?;
+    let stamp = rest.get(..15)?;
+    let n = match &rest[15..] {
+        "" => 0,
+        suffix => {
+            let digits = suffix.strip_prefix('_')?;
+            // `archive_name` never writes `_0` or leading zeros: such a name is not ours.
+            if digits.is_empty() || digits.starts_with('0') {
+                return None;
+            }
+            if !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            digits.parse().ok()?
+        }
+    };
+    let t = NaiveDateTime::parse_from_str(stamp, STAMP_FORMAT).ok()?;
+    Some((Utc.from_utc_datetime(&t), n))
+}
+
+/// An archive as written (by [`ArchiveWriter::finish`]) or as read back from disk
+/// ([`read_back`]): the pipeline checks the two are equal before it swaps.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Archive {
+    pub path: PathBuf,
+    pub lines: u64,
+    /// Uncompressed bytes: the lines with their newlines.
+    pub bytes: u64,
+    /// XXH3-64 (seed [`HASH_SEED`]) of the uncompressed bytes.
+    pub hash: u64,
+    /// The file's size on disk.
+    pub compressed_bytes: u64,
+}
+
+/// Writes one new archive: lines in, [`ArchiveWriter::finish`] names it durably. Dropped
+/// unfinished (or [`ArchiveWriter::discard`]ed), it removes its partial file. Callers hold
+/// the WAL's compaction lock: another writer of the same second would reuse the partial name.
+pub struct ArchiveWriter {
+    dir: Dir,
+    wal: PathBuf,
+    now: DateTime<Utc>,
+    /// The collision number the partial was named for; [`ArchiveWriter::finish`] starts there.
+    n: u32,
+    partial: OsString,
+    enc: Option<zstd::Encoder<'static, File>>,
+    /// The WAL's owner, group and permission bits, given to the archive when it is finished.
+    owner: (u32, u32),
+    mode: u32,
+    lines: u64,
+    bytes: u64,
+    hash: Xxh3,
+    /// The partial has its final name (or was removed): nothing for `Drop` to do.
+    claimed: bool,
+}
+
+impl ArchiveWriter {
+    /// Creates `<archive name>.partial` in `dir` for the first archive name of `wal` at `now`
+    /// that is free: a name taken by anything (an earlier archive, a planted symlink) is
+    /// skipped, and so is a partial name held by something not ours; nothing is written
+    /// through either. `wal_meta` gives the archive its owner and mode.
+    pub fn create(
+        wal: &Path,
+        dir: &Path,
+        now: DateTime<Utc>,
+        wal_meta: &fs::Metadata,
+    ) -> Result<ArchiveWriter, PipelineError> {
+        let d = Dir::open(dir).map_err(PipelineError::io(Stage::Archive, "open directory", dir))?;
+        for n in 0..MAX_COLLISION_SUFFIX {
+            let name = OsString::from(archive_name(wal, now, n));
+            let taken = d.stat(&name).map_err(PipelineError::io(
+                Stage::Archive,
+                "stat",
+                d.path_of(&name),
+            ))?;
+            if taken.is_some() {
+                continue;
+            }
+            let mut partial = name;
+            partial.push(PARTIAL_SUFFIX);
+            // A leftover of ours (a crash in the same second) is replaced; anything else at
+            // the partial name is refused by `create_new`, never written through: next name.
+            let file = match d.create_new(&partial, 0o600) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    tracing::warn!(event = "archive", reason = %e, "archive name skipped");
+                    continue;
+                }
+                Err(e) => {
+                    let path = d.path_of(&partial);
+                    return Err(PipelineError::io(Stage::Archive, "create", path)(e));
+                }
+            };
+            let mut w = ArchiveWriter {
+                dir: d,
+                wal: wal.to_path_buf(),
+                now,
+                n,
+                partial,
+                enc: None,
+                owner: (wal_meta.uid(), wal_meta.gid()),
+                mode: wal_meta.mode() & 0o777,
+                lines: 0,
+                bytes: 0,
+                hash: Xxh3::with_seed(HASH_SEED),
+                claimed: false,
+            };
+            // On error `w` is dropped, which removes the partial.
+            let enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(PipelineError::io(
+                Stage::Archive,
+                "compress",
+                w.partial_path(),
+            ))?;
+            w.enc = Some(enc);
+            return Ok(w);
+        }
+        Err(PipelineError::BadInput {
+            path: dir.into(),
+            what: "too many archives with the same timestamp".into(),
+        })
+    }
+
+    /// The partial file's path, for messages.
+    pub fn partial_path(&self) -> PathBuf {
+        self.dir.path_of(&self.partial)
+    }
+
+    /// Appends one line, which must end with its `\n` and hold no other.
+    pub fn write_line(&mut self, line_with_newline: &[u8]) -> Result<(), PipelineError> {
+        let line = line_with_newline;
+        let one_line = match line.split_last() {
+            Some((b'\n', rest)) => memchr::memchr(b'\n', rest).is_none(),
+            _ => false,
+        };
+        if !one_line {
+            return Err(PipelineError::BadInput {
+                path: self.partial_path(),
+                what: format!(
+                    "archive line {} is not one line ending with a newline; nothing written",
+                    self.lines + 1
+                ),
+            });
+        }
+        let enc = self
+            .enc
+            .as_mut()
+            .expect("an unfinished writer has its encoder");
+        if let Err(e) = enc.write_all(line) {
+            return Err(PipelineError::io(
+                Stage::Archive,
+                "write",
+                self.partial_path(),
+            )(e));
+        }
+        self.lines += 1;
+        self.bytes += line.len() as u64;
+        self.hash.update(line);
+        Ok(())
+    }
+
+    /// Lines written so far.
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Ends the zstd stream, gives the file the WAL's owner and mode, fsyncs it, claims the
+    /// first free archive name and fsyncs the directory.
+    pub fn finish(mut self) -> Result<Archive, PipelineError> {
+        let partial_path = self.partial_path();
+        let io_err = |op| PipelineError::io(Stage::Archive, op, &partial_path);
+        let enc = self
+            .enc
+            .take()
+            .expect("an unfinished writer has its encoder");
+        let file = enc.finish().map_err(io_err("compress"))?;
+        // The WAL's owner and mode, never wider, set on the descriptor. Only now: while it
+        // was written, the partial was this process's alone (0600), and a crash left a
+        // leftover `create_new` and `remove_leftovers` recognize as ours.
+        let _ = std::os::unix::fs::fchown(&file, Some(self.owner.0), Some(self.owner.1));
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(self.mode))
+            .map_err(io_err("chmod"))?;
+        // fsync BEFORE the archive takes its name, or a crash can leave a truncated file
+        // under an archive's name, which a restore would append as if complete.
+        crate::io_fault!("archive::fsync")
+            .and_then(|()| file.sync_all())
+            .map_err(io_err("fsync"))?;
+        let compressed_bytes = file.metadata().map_err(io_err("stat"))?.len();
+        drop(file);
+        let name = self.claim()?;
+        let path = self.dir.path_of(&name);
+        // fsync the archive (above) and its directory BEFORE the swap, or a crash loses the
+        // expired lines: the swap would survive and the archive's name might not. If the
+        // directory cannot be fsynced the name is removed again: the caller will not swap.
+        if let Err(e) = crate::io_fault!("archive::fsync_dir").and_then(|()| self.dir.sync()) {
+            let _ = self.dir.unlink(&name);
+            return Err(PipelineError::io(
+                Stage::Archive,
+                "fsync directory of",
+                path,
+            )(e));
+        }
+        Ok(Archive {
+            path,
+            lines: self.lines,
+            bytes: self.bytes,
+            hash: self.hash.digest(),
+            compressed_bytes,
+        })
+    }
+
+    /// Gives the complete partial its final name, never replacing anything: a hard link
+    /// (fails on any existing name, a planted symlink included; the next name is tried),
+    /// else, on filesystems without hard links, a rename after a check (the compaction lock
+    /// keeps our other runs away; `renameat` replaces a name planted meanwhile, never its
+    /// target).
+    fn claim(&mut self) -> Result<OsString, PipelineError> {
+        for n in self.n..MAX_COLLISION_SUFFIX {
+            let name = OsString::from(archive_name(&self.wal, self.now, n));
+            let claimed = crate::io_fault!("archive::claim")
+                .and_then(|()| match self.dir.link(&self.partial, &name) {
+                    Ok(()) => {
+                        // The archive has its name; a partial name left behind is only space.
+                        let _ = self.dir.unlink(&self.partial);
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) if link_unsupported(&e) => match self.dir.stat(&name)? {
+                        Some(_) => Ok(false),
+                        None => self.dir.rename(&self.partial, &name).map(|()| true),
+                    },
+                    Err(e) => Err(e),
+                })
+                .map_err(PipelineError::io(
+                    Stage::Archive,
+                    "name",
+                    self.dir.path_of(&name),
+                ))?;
+            if claimed {
+                self.claimed = true;
+                return Ok(name);
+            }
+        }
+        Err(PipelineError::BadInput {
+            path: self.partial_path(),
+            what: "too many archives with the same timestamp".into(),
+        })
+    }
+
+    /// Gives up the archive: its partial file is removed (as when the writer is dropped).
+    pub fn discard(self) {
+        drop(self)
+    }
+}
+
+impl Drop for ArchiveWriter {
+    fn drop(&mut self) {
+        if self.claimed {
+            return;
+        }
+        drop(self.enc.take());
+        match self.dir.unlink(&self.partial) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(event = "archive", partial = %self.partial_path().display(),
+                    reason = %e, "could not remove an unfinished archive");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Filesystems without hard links fall back to a rename (as backup copies do).
+fn link_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EMLINK)
+    )
+}
+
+/// An archive opened for reading, never through a symlink; every read is of that one inode.
+#[derive(Debug)]
+pub struct ArchiveReader {
+    file: File,
+    path: PathBuf,
+}
+
+impl ArchiveReader {
+    /// Opens the archive at `path` (a symlink there is refused, not followed).
+    pub fn open(path: &Path) -> Result<ArchiveReader, PipelineError> {
+        let io_err = |op| PipelineError::io(Stage::Archive, op, path);
+        let file = Dir::of(path)
+            .and_then(|(dir, name)| dir.open_read(&name))
+            .map_err(io_err("open (not following a symlink)"))?;
+        if !file.metadata().map_err(io_err("stat"))?.is_file() {
+            return Err(PipelineError::BadInput {
+                path: path.into(),
+                what: "not a regular file, so not an archive".into(),
+            });
+        }
+        Ok(ArchiveReader {
+            file,
+            path: path.into(),
+        })
+    }
+
+    /// Decompresses the whole archive from its start, calling `f` with each line (its `\n`
+    /// included), and counts and hashes what it read. An archive that does not end with a
+    /// newline is damaged (a finished one always does): an error after the last whole line.
+    pub fn read_lines<E: From<PipelineError>>(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Archive, E> {
+        let path = self.path.clone();
+        let io_err = |op| PipelineError::io(Stage::Archive, op, &path);
+        (&self.file)
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err("seek"))?;
+        let compressed_bytes = self.file.metadata().map_err(io_err("stat"))?.len();
+        let dec = zstd::Decoder::new(&self.file).map_err(io_err("decompress"))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, dec);
+        let (mut lines, mut bytes, mut hash) = (0u64, 0u64, Xxh3::with_seed(HASH_SEED));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(io_err("decompress"))?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                return Err(PipelineError::BadInput {
+                    path: path.clone(),
+                    what: format!(
+                        "{n} bytes without a newline after line {lines}: damaged, or not an archive walcompactd finished"
+                    ),
+                }
+                .into());
+            }
+            lines += 1;
+            bytes += n as u64;
+            hash.update(&line);
+            f(&line)?;
+        }
+        Ok(Archive {
+            path,
+            lines,
+            bytes,
+            hash: hash.digest(),
+            compressed_bytes,
+        })
+    }
+}
+
+/// Reads the archive at `path` back from disk (decompressed): its lines, bytes and hash, to
+/// compare with what [`ArchiveWriter::finish`] reported it wrote.
+pub fn read_back(path: &Path) -> Result<Archive, PipelineError> {
+    ArchiveReader::open(path)?.read_lines(|_| Ok::<(), PipelineError>(()))
+}
+
+/// Streams the archive's lines (each with its `\n`), in order, to `f`.
+pub fn read_lines<E: From<PipelineError>>(
+    path: &Path,
+    f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Archive, E> {
+    ArchiveReader::open(path)?.read_lines(f)
+}
+
+/// An archive found on disk.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArchiveFile {
+    pub path: PathBuf,
+    pub taken_at: DateTime<Utc>,
+    /// Size on disk (compressed).
+    pub bytes: u64,
+}
+
+/// Archives of `wal` in `dir`, oldest first. Only regular files owned by this process's
+/// user or the WAL's count: a symlink or another user's file named like an archive is not
+/// listed, so it is never taken for the newest archive nor removed.
+pub fn list(wal: &Path, dir: &Path) -> io::Result<Vec<ArchiveFile>> {
+    let wal_owner = fs::metadata(wal).ok().map(|m| m.uid());
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((taken_at, n)) = parse(wal, &name) else {
+            continue;
+        };
+        // `DirEntry::metadata` does not follow a symlink.
+        let meta = match entry.metadata() {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if !meta.file_type().is_file() || !(meta.uid() == euid || Some(meta.uid()) == wal_owner) {
+            continue;
+        }
+        let file = ArchiveFile {
+            path: entry.path(),
+            taken_at,
+            bytes: meta.len(),
+        };
+        found.push((n, file));
+    }
+    found.sort_by(|(na, a), (nb, b)| (a.taken_at, na, &a.path).cmp(&(b.taken_at, nb, &b.path)));
+    Ok(found.into_iter().map(|(_, f)| f).collect())
+}
+
+/// Which archives to delete: older than `keep_days` (0 = keep for ever), never the newest.
+/// Pure, so the retention rule is testable without files.
+pub fn select_prunable(
+    archives: &[ArchiveFile],
+    keep_days: u32,
+    now: DateTime<Utc>,
+) -> Vec<PathBuf> {
+    if keep_days == 0 {
+        return Vec::new();
+    }
+    let cutoff = now - chrono::Duration::days(i64::from(keep_days));
+    let Some((_newest, older)) = archives.split_last() else {
+        return Vec::new();
+    };
+    older
+        .iter()
+        .filter(|a| a.taken_at < cutoff)
+        .map(|a| a.path.clone())
+        .collect()
+}
+
+/// Removes the archives of `wal` in `dir` older than `keep_days` (0 = none), never the
+/// newest; returns those removed. Each is removed by name (`unlinkat`), only if it is still a
+/// regular file, then the directory is fsynced.
+pub fn prune(
+    wal: &Path,
+    dir: &Path,
+    keep_days: u32,
+    now: DateTime<Utc>,
+) -> Result<Vec<PathBuf>, PipelineError> {
+    let archives = list(wal, dir).map_err(PipelineError::io(Stage::Prune, "list", dir))?;
+    let doomed = select_prunable(&archives, keep_days, now);
+    if doomed.is_empty() {
+        return Ok(doomed);
+    }
+    let d = Dir::open(dir).map_err(PipelineError::io(Stage::Prune, "open directory", dir))?;
+    let mut removed = Vec::new();
+    for p in doomed {
+        let name = p.file_name().expect("listed entries have names");
+        if unlink_regular(&d, name).map_err(PipelineError::io(Stage::Prune, "remove", &p))? {
+            removed.push(p);
+        }
+    }
+    d.sync()
+        .map_err(PipelineError::io(Stage::Prune, "fsync directory", dir))?;
+    Ok(removed)
+}
+
+/// Removes one archive (a run that wrote it did not swap: the WAL still holds its lines),
+/// durably. Only a regular file is removed, by name; nothing there is fine.
+pub fn remove(archive: &Path) -> Result<(), PipelineError> {
+    let io_err = |op| PipelineError::io(Stage::Archive, op, archive);
+    let (dir, name) = Dir::of(archive).map_err(io_err("open directory of"))?;
+    if unlink_regular(&dir, &name).map_err(io_err("remove"))? {
+        dir.sync().map_err(io_err("fsync directory of"))?;
+    }
+    Ok(())
+}
+
+/// Removes the partial archives of `wal` in `dir` a crash left behind (ours only: anything
+/// else at such a name is left, with a warning). Call it under the compaction lock: a run in
+/// progress is writing its partial.
+pub fn remove_leftovers(wal: &Path, dir: &Path) -> Result<Vec<PathBuf>, PipelineError> {
+    let d = Dir::open(dir).map_err(PipelineError::io(Stage::Archive, "open directory", dir))?;
+    let entries = fs::read_dir(dir).map_err(PipelineError::io(Stage::Archive, "list", dir))?;
+    let mut removed = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(PipelineError::io(Stage::Archive, "list", dir))?;
+        let name = entry.file_name();
+        let is_partial = name
+            .to_string_lossy()
+            .strip_suffix(PARTIAL_SUFFIX)
+            .is_some_and(|n| parse(wal, n).is_some());
+        if !is_partial {
+            continue;
+        }
+        match d.remove_leftover(&name) {
+            Ok(()) => removed.push(d.path_of(&name)),
+            Err(e) => tracing::warn!(event = "archive", reason = %e, "partial archive left"),
+        }
+    }
+    if !removed.is_empty() {
+        d.sync()
+            .map_err(PipelineError::io(Stage::Archive, "fsync directory", dir))?;
+    }
+    Ok(removed)
+}
+
+/// `unlinkat(name)` if `name` is (still) a regular file; true when removed.
+fn unlink_regular(dir: &Dir, name: &OsStr) -> io::Result<bool> {
+    match dir.stat(name)? {
+        Some(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => dir.unlink(name).map(|()| true),
+        // Gone, or replaced by something else since it was listed: not ours to remove.
+        _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests;
