@@ -190,6 +190,18 @@ impl ArchiveWriter {
         })
     }
 
+    /// The archive's inode: the run's journal records it before any line is written, so
+    /// recovery can find the archive of a run that did not swap, whatever its final name.
+    pub fn ino(&self) -> Result<u64, PipelineError> {
+        let file = self.enc.as_ref().expect("not finished").get_ref();
+        let meta = file.metadata().map_err(PipelineError::io(
+            Stage::Archive,
+            "stat",
+            self.partial_path(),
+        ))?;
+        Ok(std::os::unix::fs::MetadataExt::ino(&meta))
+    }
+
     /// The partial file's path, for messages.
     pub fn partial_path(&self) -> PathBuf {
         self.dir.path_of(&self.partial)

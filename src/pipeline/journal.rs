@@ -82,6 +82,10 @@ pub struct Journal {
     /// anything else there is a file someone else put at the WAL's path, to be put back.
     #[serde(default)]
     pub wal_ino: Option<u64>,
+    /// Retention: the archive this run writes, recorded before its first line. A run that
+    /// leaves the original WAL (did not swap, or rolled back) removes it.
+    #[serde(default)]
+    pub archive: Option<super::expire::ArchiveMark>,
 }
 
 impl Journal {
@@ -104,6 +108,7 @@ impl Journal {
             len_at_swap: None,
             quarantine,
             temp_ino: None,
+            archive: None,
         }
     }
 
@@ -144,11 +149,18 @@ impl Journal {
         })
     }
 
-    /// Takes back the quarantine records of a run that left the original at `wal`.
+    /// Takes back the quarantine records and the archive of a run that left the original
+    /// at `wal`: their lines are all still in it.
     pub fn undo_quarantine(&self, wal: &Path, stage: Stage) -> Result<(), PipelineError> {
-        match (&self.quarantine, self.left_the_original(wal)) {
-            (Some(mark), true) => mark.undo(stage),
-            _ => Ok(()),
+        if !self.left_the_original(wal) {
+            return Ok(());
+        }
+        if let Some(mark) = &self.archive {
+            mark.discard(wal)?;
+        }
+        match &self.quarantine {
+            Some(mark) => mark.undo(stage),
+            None => Ok(()),
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod archive;
 pub mod backup;
 pub mod compact;
 mod error;
+pub mod expire;
 pub mod guard;
 mod handoff;
 pub mod journal;
@@ -139,6 +140,7 @@ fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
         snap,
         backup,
         clock,
+        archive,
         ..
     } = run;
     let mut r = report(
@@ -149,6 +151,7 @@ fn run_resolved(req: &Request) -> Result<Report, PipelineError> {
         Some(backup),
         recovered,
     );
+    r.archive = archive.map(|a| a.path);
     if r.quarantined_lines > 0 {
         r.quarantine = Some(quarantine::quarantine_path(&req.wal, &backup_dir));
     }
@@ -174,6 +177,9 @@ pub(in crate::pipeline) struct Run<'a> {
     pub(in crate::pipeline) clock: Clock,
     /// What the guard holds for the run (offline: the read lease), until the swap.
     pub(in crate::pipeline) hold: guard::Hold,
+    /// Retention: where archives go, and the archive this run wrote.
+    archive_dir: PathBuf,
+    pub(in crate::pipeline) archive: Option<archive::Archive>,
 }
 
 impl<'a> Run<'a> {
@@ -207,6 +213,12 @@ impl<'a> Run<'a> {
             backup,
             clock,
             hold,
+            archive_dir: req
+                .retention
+                .as_ref()
+                .and_then(|r| r.archive_dir.clone())
+                .unwrap_or_else(|| backup_dir.to_path_buf()),
+            archive: None,
         };
         if let Err(e) = journal::write(wal, &run.journal) {
             run.undo_unswapped();
@@ -268,6 +280,7 @@ impl<'a> Run<'a> {
     fn write_verify_swap(&mut self) -> Result<Swapped, PipelineError> {
         let wal = self.req.wal.clone();
         self.checkpoint(Stage::Compact)?;
+        self.archive_expired()?;
         let mut temp = compact::create_temp(&self.journal.temp, &self.snap.meta)?;
         self.journal.temp_ino = Some(temp.ino()?);
         self.write_and_verify(&mut temp)?;
@@ -319,6 +332,26 @@ impl<'a> Run<'a> {
                 synced.and(verified.map(|_| ()))
             })
         })
+    }
+
+    /// Writes the expired transactions' lines to a new archive, if any expired: journaled
+    /// before its first line, durable and read back before the swap (see [`expire`]).
+    fn archive_expired(&mut self) -> Result<(), PipelineError> {
+        if self.snap.plan.expiry.lines == 0 {
+            return Ok(());
+        }
+        let wal = self.req.wal.clone();
+        let (dir, snap) = (self.archive_dir.clone(), &self.snap);
+        let written = self
+            .clock
+            .stage(Stage::Archive, || -> Result<_, PipelineError> {
+                let (w, mark) = expire::create(&wal, &dir, snap)?;
+                self.journal.archive = Some(mark);
+                journal::write(&wal, &self.journal)?;
+                expire::write(w, &wal, snap)
+            })?;
+        self.archive = Some(written);
+        Ok(())
     }
 
     /// Moves the plan's corrupt lines to the quarantine file, if there are any: durable and

@@ -1,0 +1,124 @@
+//! The archive stage of a run with retention: the expired transactions' surviving lines
+//! (original bytes, original order) go to a new archive, which is read back from disk and
+//! checked against the plan BEFORE the swap — fsync the archive and its directory before
+//! the swap, or a crash after it loses the expired lines. The journal records the archive
+//! (its directory and inode) before any line is written: a run that does not swap, or is
+//! rolled back, removes it — its lines are still in the WAL, and two copies of the same
+//! lines must never be archived.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::archive::{self, Archive, ArchiveWriter};
+use super::{PipelineError, Snapshot, Stage};
+
+/// Bytes read from the WAL at a time while copying archived lines.
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+/// What the journal records of a run's archive: where, and which inode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveMark {
+    pub dir: PathBuf,
+    pub ino: u64,
+}
+
+impl ArchiveMark {
+    /// Removes the run's archive (and its partial), found by inode: the run did not swap,
+    /// so every line in it is still in the WAL. Idempotent.
+    pub fn discard(&self, wal: &Path) -> Result<(), PipelineError> {
+        use std::os::unix::fs::MetadataExt;
+        archive::remove_leftovers(wal, &self.dir)?;
+        let ours = archive::list(wal, &self.dir)
+            .map_err(PipelineError::io(Stage::Archive, "list", &self.dir))?
+            .into_iter()
+            .find(|a| std::fs::symlink_metadata(&a.path).is_ok_and(|m| m.ino() == self.ino));
+        match ours {
+            Some(a) => archive::remove(&a.path),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Starts the run's archive in `dir`; the caller journals [`ArchiveMark`] before [`write`].
+pub(super) fn create(
+    wal: &Path,
+    dir: &Path,
+    snap: &Snapshot,
+) -> Result<(ArchiveWriter, ArchiveMark), PipelineError> {
+    let w = ArchiveWriter::create(wal, dir, chrono::Utc::now(), &snap.meta)?;
+    let mark = ArchiveMark {
+        dir: dir.to_path_buf(),
+        ino: w.ino()?,
+    };
+    Ok((w, mark))
+}
+
+/// Writes the plan's archived lines from the WAL as read, finishes the archive durably, then
+/// reads it back from disk: it must hold exactly the lines the plan expired (count, bytes,
+/// and the hash of what was written). Any difference: no swap.
+pub(super) fn write(
+    mut w: ArchiveWriter,
+    wal: &Path,
+    snap: &Snapshot,
+) -> Result<Archive, PipelineError> {
+    copy_lines(&mut w, &snap.file, wal, snap)?;
+    crate::crash_point!("archive::write::crash");
+    let written = w.finish()?;
+    crate::crash_point!("archive::finish::crash");
+    let back = archive::read_back(&written.path)?;
+    let want = &snap.plan.expiry;
+    if back.lines != want.lines || back.bytes != want.bytes || back.hash != written.hash {
+        return Err(PipelineError::VerifyFailed {
+            path: wal.into(),
+            detail: format!(
+                "the archive {} read back holds {} lines, {} bytes (hash {:016x}); the plan expired {} lines, {} bytes (hash {:016x})",
+                back.path.display(),
+                back.lines,
+                back.bytes,
+                back.hash,
+                want.lines,
+                want.bytes,
+                written.hash
+            ),
+        });
+    }
+    Ok(written)
+}
+
+/// Copies each archived line from `src`, coalescing adjacent ones into ranges read a chunk
+/// at a time.
+fn copy_lines(
+    w: &mut ArchiveWriter,
+    src: &File,
+    wal: &Path,
+    snap: &Snapshot,
+) -> Result<(), PipelineError> {
+    let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
+    let mut lines = snap.plan.archived().peekable();
+    while let Some(first) = lines.next() {
+        // Gather a run of adjacent lines up to a chunk (a longer line is read alone).
+        let start = first.offset;
+        let mut ends = vec![first.offset + u64::from(first.len)];
+        while let Some(next) = lines.next_if(|s| {
+            s.offset == *ends.last().expect("one")
+                && s.offset + u64::from(s.len) - start <= READ_CHUNK_BYTES as u64
+        }) {
+            ends.push(next.offset + u64::from(next.len));
+        }
+        let end = *ends.last().expect("one");
+        buf.resize((end - start) as usize, 0);
+        crate::io_fault!(error "archive::read")
+            .and_then(|()| src.read_exact_at(&mut buf, start))
+            .map_err(PipelineError::io(Stage::Archive, "read", wal))?;
+        let mut at = start;
+        for e in ends {
+            w.write_line(&buf[(at - start) as usize..(e - start) as usize])?;
+            at = e;
+        }
+    }
+    Ok(())
+}
