@@ -491,6 +491,7 @@ fn an_interrupted_run_is_recovered_at_start_without_a_trigger() {
         quarantine: None,
         temp_ino: None,
         wal_ino: None,
+        archive: None,
     };
     journal::write(&wal, &entry).unwrap();
     write_policy(d.path(), &test_policy(&wal_table("w1", "wal.log", "", "")));

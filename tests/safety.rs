@@ -122,6 +122,7 @@ fn journal(wal: &Path, phase: Phase, temp_exists: bool, backup: Option<&Path>) {
         quarantine: None,
         temp_ino: None,
         wal_ino: None,
+        archive: None,
     };
     journal::write(wal, &j).unwrap();
 }
@@ -291,6 +292,7 @@ fn recovery_of_an_online_rollback_keeps_lines_appended_after_the_swap() {
             quarantine: None,
             temp_ino: None,
             wal_ino: None,
+            archive: None,
         };
         journal::write(&wal, &j).unwrap();
         assert_eq!(recover(&wal), "FinishedRollback");
