@@ -26,8 +26,10 @@ fn history(dir: &Path, old: u64, new: u64) -> PathBuf {
         s += &format!(
             "{{\"op\": \"PREPARE\", \"tx_id\": \"old{i}\", \"changes\": {{\"k\": {i}}}, \"timestamp\": {ts}}}\n"
         );
+        // Payloads that do not compress away (the full-disk test needs a sizeable archive).
+        let h = format!("{:016x}{:016x}", noise(2 * i), noise(2 * i + 1));
         s += &format!(
-            "{{\"op\": \"PREPARE\", \"tx_id\": \"old{i}\", \"changes\": {{\"k\": {i}}}, \"timestamp\": {ts}}}\n"
+            "{{\"op\": \"PREPARE\", \"tx_id\": \"old{i}\", \"changes\": {{\"k\": {i}, \"h\": \"{h}\"}}, \"timestamp\": {ts}}}\n"
         );
         s += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"old{i}\", \"timestamp\": {ts}}}\n");
     }
@@ -50,6 +52,14 @@ fn history(dir: &Path, old: u64, new: u64) -> PathBuf {
         );
     }
     common::write_wal(dir, "wal.log", &s)
+}
+
+/// A deterministic pseudo-random number (splitmix64).
+fn noise(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn request(wal: &Path, in_flight: Option<u64>) -> Request<'static> {
@@ -129,4 +139,33 @@ fn an_abandoned_prepare_expires_only_when_asked() {
             .iter()
             .any(|l| l.contains("abandoned"))
     );
+}
+
+/// The archive's filesystem is full: the run fails with the reason, the WAL is as it was,
+/// and neither an archive, its partial, a temp nor a backup is left.
+#[test]
+fn a_full_disk_while_the_archive_is_written_changes_nothing() {
+    let Some(tiny) = common::TinyFs::mount("64k") else {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let wal = history(d.path(), 3000, 10);
+    let before = fs::read(&wal).unwrap();
+    let mut req = request(&wal, None);
+    req.retention.as_mut().unwrap().archive_dir = Some(tiny.path().to_path_buf());
+    let e = run(&req).unwrap_err();
+    assert!(
+        e.to_string().contains("No space left") || e.to_string().contains("space"),
+        "{e}"
+    );
+    assert_eq!(fs::read(&wal).unwrap(), before);
+    assert_eq!(
+        fs::read_dir(tiny.path()).unwrap().count(),
+        0,
+        "no archive or partial left"
+    );
+    assert_eq!(common::names(d.path()), ["wal.log", "wal.log.compact.lock"]);
+    // With room, the same run completes.
+    assert!(run(&request(&wal, None)).unwrap().archive.is_some());
 }

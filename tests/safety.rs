@@ -52,31 +52,6 @@ fn io_error_mid_write_leaves_the_wal_untouched() {
     walcompactd().arg("compact").arg(&wal).assert().success();
 }
 
-/// Mounts a tiny tmpfs (root only); `None` where mounting is not permitted.
-struct TinyFs(tempfile::TempDir);
-
-impl TinyFs {
-    fn mount(size: &str) -> Option<TinyFs> {
-        let d = tempfile::tempdir().ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(d.path())
-            .status()
-            .ok()?
-            .success();
-        ok.then_some(TinyFs(d))
-    }
-    fn path(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(self.0.path()).status();
-    }
-}
-
 #[test]
 fn a_full_filesystem_is_refused_before_writing() {
     let Some(fs_) = TinyFs::mount("1m") else {

@@ -434,3 +434,30 @@ pub fn hold_writer_lock(wal: &Path) -> fs::File {
     lock.lock().unwrap();
     lock
 }
+
+/// Mounts a tiny tmpfs (root only); `None` where mounting is not permitted.
+pub struct TinyFs(tempfile::TempDir);
+
+impl TinyFs {
+    pub fn mount(size: &str) -> Option<TinyFs> {
+        let d = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d.path())
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(TinyFs(d))
+    }
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.0.path())
+            .status();
+    }
+}
