@@ -66,6 +66,24 @@ sync "$work/wal.log"
 
 failed=0
 measure floor -- true
+# The retention case: a horizon that leaves the newest 10% of the WAL's (virtual-clock)
+# transactions, computed from its first and last timestamps against today's clock.
+expire_after=$(python3 - "$work/wal.log" <<'PY'
+import json, sys, time
+def stamps(lines):
+    for l in lines:
+        try:
+            t = json.loads(l).get("timestamp")
+        except ValueError:
+            continue
+        if isinstance(t, (int, float)):
+            yield t
+lines = [l for l in open(sys.argv[1], "rb") if l.endswith(b"\n")]
+first, last = next(stamps(lines)), next(stamps(reversed(lines)))
+cutoff = first + 0.9 * (last - first)
+print(int(time.time() - cutoff))
+PY
+)
 # Copy and compact alternate, so both see the same machine: on a shared VM the speed
 # drifts over seconds, and running all copies first would bias the ratio.
 for rep in $(seq 1 "$BENCH_REPS"); do
@@ -84,6 +102,17 @@ for rep in $(seq 1 "$BENCH_REPS"); do
     if ! measure compact -- "$walcompactd" compact "$work/fresh.log" \
         --backup-dir "$work/backup" --json; then
         echo "compact failed (run $rep); not repeating it" >&2
+        failed=1
+        break
+    fi
+    echo "== run $rep/$BENCH_REPS: compact with retention (--expire-after $expire_after)"
+    rm -rf "$work/fresh.log" "$work/backup"
+    mkdir "$work/backup"
+    cp "$work/wal.log" "$work/fresh.log"
+    sync "$work/fresh.log"
+    if ! measure retention -- "$walcompactd" compact "$work/fresh.log" \
+        --backup-dir "$work/backup" --expire-after "$expire_after" --json; then
+        echo "compact with retention failed (run $rep)" >&2
         failed=1
         break
     fi
@@ -109,8 +138,9 @@ for r in runs:
     if r["kind"] == "compact" and r["rc"] == 0 and not json_line(r["last_stdout"]):
         r["rc"] = "0 but no JSON line on stdout"
 floor_mib = max(r["rss_kib"] for r in runs if r["kind"] == "floor") / 1024
-ok = {k: [r for r in runs if r["kind"] == k and r["rc"] == 0] for k in ("copy", "compact")}
-bad = {k: [r for r in runs if r["kind"] == k and r["rc"] != 0] for k in ("copy", "compact")}
+KINDS = ("copy", "compact", "retention")
+ok = {k: [r for r in runs if r["kind"] == k and r["rc"] == 0] for k in KINDS}
+bad = {k: [r for r in runs if r["kind"] == k and r["rc"] != 0] for k in KINDS}
 
 def median_s(kind):
     return statistics.median(r["wall_s"] for r in ok[kind]) if ok[kind] else None
@@ -122,7 +152,7 @@ print()
 print(f"WAL {size} = {wal_bytes} bytes ({wal_bytes / 2**20:.1f} MiB)")
 print(f"RSS floor (the measuring helper itself): {floor_mib:.1f} MiB; a value at it means 'at most'")
 print(f"{'command':<14}{'median s':>10}{'peak RSS MiB':>14}  runs (s)")
-for kind in ("copy", "compact"):
+for kind in KINDS:
     if ok[kind]:
         rss = max(r["rss_kib"] for r in ok[kind]) / 1024
         times = " ".join(f"{r['wall_s']:.3f}" for r in ok[kind])
@@ -139,6 +169,19 @@ if copy_s and compact_s:
     print(f"compact output: {ok['compact'][-1]['last_stdout']}")
 else:
     print("ratio compact/copy: n/a (a command failed)")
-sys.exit(1 if bad["copy"] or bad["compact"] else 0)
+# Retention: 90% of the transactions older than the horizon must leave a WAL of at most 15%
+# of its size, in at most 1.2x the time of a plain compaction of it.
+retention_s = median_s("retention")
+if retention_s and compact_s:
+    r = json.loads(ok["retention"][-1]["last_stdout"])
+    left = r["bytes_after"] / r["bytes_before"]
+    slower = retention_s / compact_s
+    expired = (r.get("expired") or {}).get("transactions", 0)
+    print(f"retention: {expired} transactions expired; WAL {r['bytes_before']} -> {r['bytes_after']} bytes "
+          f"({100 * left:.1f}%, target <= 15%) {verdict(left <= 0.15)}")
+    print(f"retention/plain compaction time: {slower:.2f} (target <= 1.2) {verdict(slower <= 1.2)}")
+elif bad["retention"]:
+    print("retention: FAILED")
+sys.exit(1 if bad["copy"] or bad["compact"] or bad["retention"] else 0)
 PY
 exit "$failed"

@@ -1,0 +1,134 @@
+//! A crash or an error at every step of a run with retention (built with `--features
+//! failpoints`): after `walcompactd recover` there is either no archive and the original WAL,
+//! or one archive and the new WAL — never a WAL missing lines no archive holds, never two
+//! archives of the same lines — and the next run completes exactly.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+use walcompactd::analyze::{Want, analyze};
+use walcompactd::rules::{CorruptLines, Retention};
+
+const DAY: i64 = 86_400;
+const OLD: u64 = 40;
+
+/// `OLD` transactions a month old (each prepared twice), 10 recent ones.
+fn history(dir: &Path) -> PathBuf {
+    let now = chrono::Utc::now().timestamp();
+    let mut s = String::new();
+    for i in 0..OLD {
+        let ts = now - 30 * DAY + i as i64;
+        for v in [1, 2] {
+            s += &format!("{{\"op\": \"PREPARE\", \"tx_id\": \"old{i}\", \"changes\": {{\"v\": {v}}}, \"timestamp\": {ts}.5}}\n");
+        }
+        s += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"old{i}\", \"timestamp\": {ts}}}\n");
+    }
+    for i in 0..10 {
+        s += &format!("{{\"op\": \"PREPARE\", \"tx_id\": \"new{i}\", \"changes\": {{}}, \"timestamp\": {now}}}\n");
+        s += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"new{i}\", \"timestamp\": {now}}}\n");
+    }
+    write_wal(dir, "wal.log", &s)
+}
+
+fn digest(bytes: &[u8], r: Retention) -> [u8; 32] {
+    let want = Want::replay(CorruptLines::Keep).retaining(r);
+    analyze(bytes, want, &mut |_| {}).unwrap().replay.unwrap().digest
+}
+
+fn week() -> Retention {
+    Retention::at(chrono::Utc::now().timestamp(), Some(7 * DAY as u64), None)
+}
+
+fn archives(dir: &Path) -> Vec<PathBuf> {
+    names(dir)
+        .into_iter()
+        .filter(|n| n.starts_with("wal_archive_"))
+        .map(|n| dir.join(n))
+        .collect()
+}
+
+fn archived_lines(path: &Path) -> u64 {
+    walcompactd::pipeline::archive::read_back(path).unwrap().lines
+}
+
+fn compact(wal: &Path, failpoints: &str) -> std::process::Output {
+    Command::new(bin())
+        .env_remove("RUST_LOG")
+        .env("FAILPOINTS", failpoints)
+        .args(["compact", "--expire-after", &(7 * DAY).to_string()])
+        .arg(wal)
+        .output()
+        .unwrap()
+}
+
+/// The invariant after recovery: no archive and the original, or one whole archive and the
+/// original minus what expired.
+fn assert_one_or_the_other(wal: &Path, original: &[u8], point: &str) {
+    let dir = wal.parent().unwrap();
+    let now = fs::read(wal).unwrap();
+    match archives(dir).as_slice() {
+        [] => assert_eq!(
+            digest(&now, Retention::NONE),
+            digest(original, Retention::NONE),
+            "{point}: no archive, so the WAL must still be the original"
+        ),
+        [one] => {
+            assert_eq!(archived_lines(one), 2 * OLD, "{point}: the whole archive");
+            assert_eq!(
+                digest(&now, Retention::NONE),
+                digest(original, week()),
+                "{point}: an archive, so the WAL is the original minus what it holds"
+            );
+        }
+        more => panic!("{point}: two archives of the same lines: {more:?}"),
+    }
+    assert!(
+        names(dir).iter().all(|n| !n.ends_with(".partial") && !n.contains(".tmp") && !n.ends_with(".journal") && !n.ends_with(".late")),
+        "{point}: leftovers {:?}",
+        names(dir)
+    );
+}
+
+#[test]
+fn every_retention_step_survives_a_crash_or_an_error() {
+    use std::os::unix::process::ExitStatusExt;
+    for (point, crash) in [
+        ("journal::rename::crash", true),
+        ("archive::write::crash", true),
+        ("archive::claim::crash", true),
+        ("archive::claim::error", false),
+        ("archive::fsync::crash", true),
+        ("archive::fsync::error", false),
+        ("archive::fsync_dir::error", false),
+        ("archive::finish::crash", true),
+        ("archive::read::error", false),
+        ("compact::before_fsync::crash", true),
+        ("swap::before_rename::crash", true),
+        ("swap::exchange::crash", true),
+        ("lease::before_merge::crash", true),
+        ("swap::after_rename::crash", true),
+        ("swap::after_rename::error", false),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let wal = history(d.path());
+        let original = fs::read(&wal).unwrap();
+        let out = compact(&wal, &format!("{point}=return"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        match crash {
+            true => assert_eq!(out.status.signal(), Some(9), "{point}: {stderr}"),
+            false => assert_ne!(out.status.code(), Some(0), "{point}: {stderr}"),
+        }
+        walcompactd().arg("recover").arg(&wal).assert().success();
+        assert_one_or_the_other(&wal, &original, point);
+        // The next run completes exactly: one archive in all, the WAL without old history.
+        assert!(compact(&wal, "").status.success(), "{point}: the next run");
+        let all = archives(d.path());
+        assert_eq!(all.len(), 1, "{point}: {all:?}");
+        assert_eq!(archived_lines(&all[0]), 2 * OLD, "{point}");
+        assert_eq!(digest(&fs::read(&wal).unwrap(), Retention::NONE), digest(&original, week()), "{point}");
+    }
+}
