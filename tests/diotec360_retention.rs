@@ -12,7 +12,11 @@ use common::app::{FIXTURE, seeded_wal};
 use common::*;
 
 fn view(wal: &std::path::Path) -> Value {
-    serde_json::from_str(&python_fixture(FIXTURE, &["view".as_ref(), wal.as_os_str()])).unwrap()
+    serde_json::from_str(&python_fixture(
+        FIXTURE,
+        &["view".as_ref(), wal.as_os_str()],
+    ))
+    .unwrap()
 }
 
 #[test]
@@ -21,24 +25,39 @@ fn a_month_of_history_expires_and_the_readers_view_of_the_recent_is_unchanged() 
     let wal = seeded_wal(d.path(), 400);
     let wal_dir = wal.parent().unwrap().display().to_string();
     let state = d.path().join("recent").display().to_string();
-    python_fixture(FIXTURE, &["run", &wal_dir, &state, "--writer", "now", "--count", "30"]);
+    python_fixture(
+        FIXTURE,
+        &["run", &wal_dir, &state, "--writer", "now", "--count", "30"],
+    );
     let before = view(&wal);
     let out = walcompactd()
         .args(["compact", "--json", "--expire-after", "604800"])
         .arg(&wal)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let r = stdout_json(&out);
     assert!(r["expired"]["transactions"].as_u64().unwrap() > 0, "{r}");
     let archive = std::path::PathBuf::from(r["archive"].as_str().expect("an archive"));
     assert!(archive.exists());
     let after = view(&wal);
     let (b, a) = (&before["transactions"], &after["transactions"]);
-    let recent: Vec<&String> = b.as_object().unwrap().keys().filter(|k| k.starts_with("now-")).collect();
+    let recent: Vec<&String> = b
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("now-"))
+        .collect();
     assert_eq!(recent.len(), 30);
     for id in recent {
-        assert_eq!(a[id], b[id], "recent transaction {id} as the reader sees it");
+        assert_eq!(
+            a[id], b[id],
+            "recent transaction {id} as the reader sees it"
+        );
     }
     // Old history: committed transactions are gone from the WAL, what was in flight stays.
     for (id, tx) in b.as_object().unwrap() {
@@ -46,7 +65,10 @@ fn a_month_of_history_expires_and_the_readers_view_of_the_recent_is_unchanged() 
             continue;
         }
         match tx["committed"].as_bool().unwrap() {
-            true => assert!(a.get(id).is_none(), "{id} committed long ago should have expired"),
+            true => assert!(
+                a.get(id).is_none(),
+                "{id} committed long ago should have expired"
+            ),
             false => assert_eq!(a[id], b[id], "{id} in flight stays"),
         }
     }

@@ -23,12 +23,16 @@ fn history(dir: &Path) -> PathBuf {
     for i in 0..OLD {
         let ts = now - 30 * DAY + i as i64;
         for v in [1, 2] {
-            s += &format!("{{\"op\": \"PREPARE\", \"tx_id\": \"old{i}\", \"changes\": {{\"v\": {v}}}, \"timestamp\": {ts}.5}}\n");
+            s += &format!(
+                "{{\"op\": \"PREPARE\", \"tx_id\": \"old{i}\", \"changes\": {{\"v\": {v}}}, \"timestamp\": {ts}.5}}\n"
+            );
         }
         s += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"old{i}\", \"timestamp\": {ts}}}\n");
     }
     for i in 0..10 {
-        s += &format!("{{\"op\": \"PREPARE\", \"tx_id\": \"new{i}\", \"changes\": {{}}, \"timestamp\": {now}}}\n");
+        s += &format!(
+            "{{\"op\": \"PREPARE\", \"tx_id\": \"new{i}\", \"changes\": {{}}, \"timestamp\": {now}}}\n"
+        );
         s += &format!("{{\"op\": \"COMMIT\", \"tx_id\": \"new{i}\", \"timestamp\": {now}}}\n");
     }
     write_wal(dir, "wal.log", &s)
@@ -36,7 +40,11 @@ fn history(dir: &Path) -> PathBuf {
 
 fn digest(bytes: &[u8], r: Retention) -> [u8; 32] {
     let want = Want::replay(CorruptLines::Keep).retaining(r);
-    analyze(bytes, want, &mut |_| {}).unwrap().replay.unwrap().digest
+    analyze(bytes, want, &mut |_| {})
+        .unwrap()
+        .replay
+        .unwrap()
+        .digest
 }
 
 fn week() -> Retention {
@@ -52,7 +60,9 @@ fn archives(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn archived_lines(path: &Path) -> u64 {
-    walcompactd::pipeline::archive::read_back(path).unwrap().lines
+    walcompactd::pipeline::archive::read_back(path)
+        .unwrap()
+        .lines
 }
 
 fn compact(wal: &Path, failpoints: &str) -> std::process::Output {
@@ -87,7 +97,10 @@ fn assert_one_or_the_other(wal: &Path, original: &[u8], point: &str) {
         more => panic!("{point}: two archives of the same lines: {more:?}"),
     }
     assert!(
-        names(dir).iter().all(|n| !n.ends_with(".partial") && !n.contains(".tmp") && !n.ends_with(".journal") && !n.ends_with(".late")),
+        names(dir).iter().all(|n| !n.ends_with(".partial")
+            && !n.contains(".tmp")
+            && !n.ends_with(".journal")
+            && !n.ends_with(".late")),
         "{point}: leftovers {:?}",
         names(dir)
     );
@@ -129,6 +142,38 @@ fn every_retention_step_survives_a_crash_or_an_error() {
         let all = archives(d.path());
         assert_eq!(all.len(), 1, "{point}: {all:?}");
         assert_eq!(archived_lines(&all[0]), 2 * OLD, "{point}");
-        assert_eq!(digest(&fs::read(&wal).unwrap(), Retention::NONE), digest(&original, week()), "{point}");
+        assert_eq!(
+            digest(&fs::read(&wal).unwrap(), Retention::NONE),
+            digest(&original, week()),
+            "{point}"
+        );
     }
+}
+
+/// The wall clock jumps back two months between runs, then forward again: the cutoff moves
+/// with it, so nothing more expires while it is back (nothing newer ever does), the archive
+/// of the first run stays, and each run's WAL replays as it must.
+#[test]
+fn a_clock_that_jumps_backwards_between_runs_expires_nothing_new() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = history(d.path());
+    let original = fs::read(&wal).unwrap();
+    assert!(compact(&wal, "").status.success());
+    let after_first = fs::read(&wal).unwrap();
+    assert_eq!(archives(d.path()).len(), 1);
+    let back = chrono::Utc::now().timestamp() - 60 * DAY;
+    let out = compact(&wal, &format!("retention::now=return({back})"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(&wal).unwrap(), after_first, "nothing more expired");
+    assert_eq!(archives(d.path()).len(), 1, "no new archive");
+    assert!(compact(&wal, "").status.success());
+    assert_eq!(fs::read(&wal).unwrap(), after_first);
+    assert_eq!(
+        digest(&after_first, Retention::NONE),
+        digest(&original, week())
+    );
 }

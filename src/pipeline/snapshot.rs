@@ -72,7 +72,7 @@ impl Snapshot {
         let retention = req
             .retention
             .as_ref()
-            .map_or(Retention::NONE, |r| r.at(chrono::Utc::now()));
+            .map_or(Retention::NONE, |r| r.at(retention_now()));
         let want = Want::both(req.corrupt_lines).retaining(retention);
         let (analysis, replayer) = analyze_file_deferred(&file, id.len, want, &mut tick)
             .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
@@ -108,4 +108,14 @@ impl Snapshot {
             at_risk,
         })
     }
+}
+
+/// The clock reading retention decides from. Tests move it with the fail point
+/// `retention::now=return(SECONDS)` (a wall clock stepped by NTP or an operator).
+fn retention_now() -> chrono::DateTime<chrono::Utc> {
+    fail::fail_point!("retention::now", |secs: Option<String>| {
+        let secs = secs.and_then(|s| s.parse::<i64>().ok()).unwrap_or(0);
+        chrono::DateTime::from_timestamp(secs, 0).unwrap_or_default()
+    });
+    chrono::Utc::now()
 }
