@@ -273,3 +273,20 @@ fn archive_needs_against_and_a_missing_archive_is_an_error_naming_it() {
     assert_eq!(code, 4, "{text}");
     assert!(text.contains(missing.to_str().unwrap()), "{text}");
 }
+
+#[test]
+fn a_damaged_archive_is_an_error_naming_it_even_when_its_lines_match() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = history(d.path(), &[("old", 30, 3000)]);
+    let (backup, arch) = expire(&wal, 7);
+    // Every line as archived, the last one's newline cut: what a truncated write leaves.
+    let mut bytes = archived(&arch).concat();
+    assert!(bytes.len() > 256 << 10, "more than a few batches");
+    bytes.pop();
+    let damaged = d.path().join("damaged.log.zst");
+    fs::write(&damaged, zstd::encode_all(&bytes[..], 3).unwrap()).unwrap();
+    let (code, _, text) = verify(&wal, &backup, &[&damaged]);
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains(damaged.to_str().unwrap()), "{text}");
+    assert!(text.contains("without a newline"), "{text}");
+}
