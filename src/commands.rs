@@ -18,6 +18,7 @@ use crate::pipeline::{
 };
 use crate::rules::CorruptLines;
 use crate::rules::{Counts, TxCounts};
+use crate::verify_archive::ArchiveMerge;
 use crate::wal::SCAN_BUFFER_BYTES;
 
 /// Figures about one WAL, as `walcompactd status` prints them.
@@ -181,6 +182,11 @@ pub struct VerifyReport {
     pub corrupt_lines: u64,
     pub corrupt: Vec<CorruptLine>,
     pub against: Option<Against>,
+    /// With `--archive`: the archives merged into the WAL (the figures and the digest above
+    /// are then of the merged stream, and `against` of the backup plus the WAL's lines
+    /// appended after it). Absent otherwise, so the output is as before.
+    #[serde(flatten)]
+    pub archive: Option<ArchiveMerge>,
 }
 
 /// The comparison with a backup.
@@ -193,19 +199,20 @@ pub struct Against {
 
 impl VerifyReport {
     /// Whether the command succeeded. Compared with a backup: equal replay states (corrupt
-    /// lines kept in place are part of both). Alone: no corrupt line.
+    /// lines kept in place are part of both) and, with archives, every archive line found in
+    /// the backup. Alone: no corrupt line.
     pub fn ok(&self) -> bool {
         match &self.against {
-            Some(a) => a.equal,
+            Some(a) => a.equal && self.archive.as_ref().is_none_or(ArchiveMerge::whole),
             None => self.corrupt_lines == 0,
         }
     }
 
-    /// `verify`'s exit code: 1 when the states differ, else 3 for corrupt lines found
-    /// without a comparison, else 0.
+    /// `verify`'s exit code: 1 when the states differ (or an archive line is not in the
+    /// backup), else 3 for corrupt lines found without a comparison, else 0.
     pub fn exit_code(&self) -> i32 {
         match (&self.against, self.corrupt_lines) {
-            (Some(a), _) if !a.equal => crate::pipeline::exit_code::VERIFY_FAILED,
+            (Some(_), _) if !self.ok() => crate::pipeline::exit_code::VERIFY_FAILED,
             (None, n) if n > 0 => crate::pipeline::exit_code::CORRUPT,
             _ => crate::pipeline::exit_code::OK,
         }
@@ -234,10 +241,35 @@ fn replay(path: &Path, input: ReplayInput<'_>) -> Result<crate::analyze::Analysi
 }
 
 /// Parses every line and computes the replay digest; with `against`, compares with a backup.
-pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, PipelineError> {
+/// With `archives` (which need `against`), the WAL with the archives merged in, in the
+/// backup's order, is compared with the backup plus the WAL's lines appended after it (see
+/// [`crate::verify_archive`]).
+pub fn verify_wal(
+    wal: &Path,
+    against: Option<&Path>,
+    archives: &[PathBuf],
+) -> Result<VerifyReport, PipelineError> {
+    if !archives.is_empty() {
+        let Some(b) = against else {
+            return Err(PipelineError::BadInput {
+                path: wal.into(),
+                what: "--archive needs --against BACKUP: the archives are merged in its order"
+                    .into(),
+            });
+        };
+        let r = crate::verify_archive::replay_merged(wal, b, archives)?;
+        let bd = r.backup.digest_hex();
+        let state = r.merged.replay.as_ref().expect("replay requested");
+        let against = Against {
+            backup: b.into(),
+            equal: bd == state.digest_hex(),
+            digest: bd,
+        };
+        return Ok(verify_report(wal, r.merged, Some(against), Some(r.merge)));
+    }
     let (file, id) = open_wal(wal)?;
     let an = replay(wal, ReplayInput::File(&file, id.len))?;
-    let state = an.replay.clone().expect("replay requested");
+    let digest = an.replay.as_ref().expect("replay requested").digest_hex();
     let against = match against {
         None => None,
         Some(b) => {
@@ -246,12 +278,23 @@ pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, Pi
             let bd = ban.replay.expect("replay requested").digest_hex();
             Some(Against {
                 backup: b.into(),
-                equal: bd == state.digest_hex(),
+                equal: bd == digest,
                 digest: bd,
             })
         }
     };
-    Ok(VerifyReport {
+    Ok(verify_report(wal, an, against, None))
+}
+
+/// `verify`'s report on the replay `an` (of the WAL, or of the WAL with its archives).
+fn verify_report(
+    wal: &Path,
+    an: crate::analyze::Analysis,
+    against: Option<Against>,
+    archive: Option<ArchiveMerge>,
+) -> VerifyReport {
+    let state = an.replay.expect("replay requested");
+    VerifyReport {
         wal: wal.into(),
         digest: state.digest_hex(),
         lines: an.lines,
@@ -264,7 +307,8 @@ pub fn verify_wal(wal: &Path, against: Option<&Path>) -> Result<VerifyReport, Pi
         corrupt_lines: an.corrupt_lines,
         corrupt: an.corrupt,
         against,
-    })
+        archive,
+    }
 }
 
 /// Takes a backup now (hard link or copy), as the pipeline would: of the real file when

@@ -18,7 +18,9 @@
 //! - [`pipeline`]: backup → compact → verify → (quarantine →) swap (→ rollback), the journal
 //!   and the lock; a symlinked WAL resolved to its real file, other hard links refused; one
 //!   module per stage, sequenced by `pipeline::run`.
-//! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls.
+//! - [`commands`]: the operator commands (status, verify, backup, restore, ...) as library calls;
+//!   [`verify_archive`] is `verify --archive` (the WAL and its archives merged in a backup's
+//!   order, replayed against it).
 //! - [`output`]: human-readable renderings of the commands' reports.
 //! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,
 //!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify;
@@ -97,5 +99,6 @@ pub mod policy;
 pub mod process;
 pub mod replay;
 pub mod rules;
+pub mod verify_archive;
 pub mod wal;
 pub mod writer;

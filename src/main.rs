@@ -79,6 +79,12 @@ enum Command {
         /// A backup (or any WAL) that must replay to the same state.
         #[arg(long)]
         against: Option<PathBuf>,
+        /// An archive of a retention run after BACKUP was taken (repeatable, any order): the
+        /// WAL with the archives' lines merged in, in the backup's order, must replay to the
+        /// backup's state (lines appended to the WAL since count on both sides), and every
+        /// archive line must be in the backup; else exit 1.
+        #[arg(long = "archive", value_name = "ARCHIVE", requires = "against")]
+        archives: Vec<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -349,8 +355,13 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             req.corrupt_lines = corrupt_lines;
             compact(req, json)
         }
-        Command::Verify { wal, against, json } => {
-            let v = commands::verify_wal(&wal, against.as_deref())?;
+        Command::Verify {
+            wal,
+            against,
+            archives,
+            json,
+        } => {
+            let v = commands::verify_wal(&wal, against.as_deref(), &archives)?;
             print(json, &v, output::verify);
             Ok(v.exit_code())
         }

@@ -176,10 +176,18 @@ pub fn dry_run(d: &DryRun) -> String {
 /// `walcompactd verify`.
 pub fn verify(v: &VerifyReport) -> String {
     let mut o = String::new();
+    let what = match &v.archive {
+        None => v.wal.display().to_string(),
+        Some(m) => format!(
+            "{} with {} archive lines merged in the backup's order ({} WAL lines appended since the backup)",
+            v.wal.display(),
+            m.archived_lines,
+            m.appended_lines
+        ),
+    };
     let _ = writeln!(
         o,
-        "{}: {} lines, {} committed, {} aborted, {} in flight, {} anomalies, {} unrecognized, torn tail {} bytes",
-        v.wal.display(),
+        "{what}: {} lines, {} committed, {} aborted, {} in flight, {} anomalies, {} unrecognized, torn tail {} bytes",
         v.lines,
         v.committed,
         v.aborted,
@@ -207,6 +215,22 @@ pub fn verify(v: &VerifyReport) -> String {
             a.backup.display(),
             a.digest
         );
+    }
+    for m in v.archive.iter().flat_map(|m| &m.archives) {
+        let _ = match m.first_unmatched_line {
+            None => writeln!(
+                o,
+                "archive {}: {} lines, all in the backup",
+                m.archive.display(),
+                m.lines
+            ),
+            Some(l) => writeln!(
+                o,
+                "archive {}: line {l} is NOT in the backup (after the {} before it): not this backup's archive, or changed",
+                m.archive.display(),
+                m.lines
+            ),
+        };
     }
     o
 }
