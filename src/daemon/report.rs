@@ -218,6 +218,7 @@ fn stats_of(s: &Status, free: Option<f64>) -> WalStats {
     WalStats {
         size_bytes: s.size_bytes,
         reclaimable_bytes: s.reclaimable_bytes,
+        expirable_bytes: s.expirable.as_ref().map_or(0, |e| e.bytes),
         commit_lines: s.entries.commit,
         torn_tail_bytes: s.torn_tail_bytes,
         corrupt_lines: s.corrupt_lines,
