@@ -461,6 +461,9 @@ impl Supervisor {
         if let Some(o) = result.run_outcome() {
             metrics::record_run(&self.policy.name, o, duration, result.reclaimed_bytes());
         }
+        if let Some(e) = result.expired() {
+            metrics::record_expired(&self.policy.name, e.transactions, e.bytes);
+        }
         let stats = match result {
             JobResult::Success(_) => self.refresh(true).await,
             _ => None,
