@@ -2,6 +2,9 @@
 //! `status`, `verify`, `backup`, `restore` (from a backup, or `--from-archive`),
 //! `prune-backups`, `recover` and `compact --dry-run`.
 //! `main.rs` only parses arguments, prints these reports and maps errors to exit codes.
+//!
+//! `status` and `--dry-run` also show what retention would expire when asked
+//! ([`status_at`], [`dry_run_at`]): decided by the rules from one clock reading, like a run.
 
 use std::fs::File;
 use std::io::{BufReader, Read, Write};
@@ -9,15 +12,17 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::analyze::{CorruptLine, Want, analyze, analyze_file, explain};
 use crate::fsutil::FileId;
+use crate::pipeline::retain::RetentionRequest;
 use crate::pipeline::{
     Guard, PipelineError, Stage, archive, backup, journal, links, lock, open_wal, verify,
 };
 use crate::rules::CorruptLines;
-use crate::rules::{Counts, TxCounts};
+use crate::rules::{Counts, Expiry, Retention, Stamp, TxCounts};
 use crate::verify_archive::ArchiveMerge;
 use crate::wal::SCAN_BUFFER_BYTES;
 
@@ -33,12 +38,75 @@ pub struct Status {
     pub blank_lines: u64,
     pub unrecognized_lines: u64,
     pub transactions: TxCounts,
-    /// Bytes compaction would remove now (what the rules drop, nothing else).
+    /// Bytes compaction would remove now: what the rules drop, plus, with retention, what
+    /// would expire (`expirable.bytes`), as the daemon's triggers count them.
     pub reclaimable_bytes: u64,
     pub reclaimable_ratio: f64,
     pub torn_tail_bytes: u64,
     pub corrupt_lines: u64,
     pub corrupt: Vec<CorruptLine>,
+    /// With retention asked (flags or the WAL's policy): what would expire now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expirable: Option<Expirable>,
+}
+
+/// What retention would expire (or, in a dry run, expires): the rules' [`Expiry`] with the
+/// horizons and cutoffs it was decided by, every time as RFC 3339 UTC and as seconds since
+/// the epoch (the whole seconds the rules compare). A cutoff is `None` when that kind of
+/// transaction never expires; `oldest`/`newest` when nothing expires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Expirable {
+    pub expire_after_secs: Option<u64>,
+    pub expire_in_flight_after_secs: Option<u64>,
+    /// Finished transactions whose final line is older than this expire.
+    pub cutoff: Option<String>,
+    pub cutoff_secs: Option<Stamp>,
+    /// In-flight transactions whose last PREPARE is older than this expire.
+    pub in_flight_cutoff: Option<String>,
+    pub in_flight_cutoff_secs: Option<Stamp>,
+    pub transactions: u64,
+    /// Lines that would leave the WAL for the archive (the ones compaction alone keeps).
+    pub lines: u64,
+    pub bytes: u64,
+    /// The oldest and newest deciding timestamp among the expiring transactions.
+    pub oldest: Option<String>,
+    pub oldest_secs: Option<Stamp>,
+    pub newest: Option<String>,
+    pub newest_secs: Option<Stamp>,
+}
+
+impl Expirable {
+    /// `e`, decided under `r`, the cutoffs of `req` at one clock reading.
+    pub fn new(req: &RetentionRequest, r: &Retention, e: &Expiry) -> Expirable {
+        let utc = |s: Option<Stamp>| s.map(rfc3339);
+        Expirable {
+            expire_after_secs: req.expire_after_secs,
+            expire_in_flight_after_secs: req.expire_in_flight_after_secs,
+            cutoff: utc(r.cutoff),
+            cutoff_secs: r.cutoff,
+            in_flight_cutoff: utc(r.in_flight_cutoff),
+            in_flight_cutoff_secs: r.in_flight_cutoff,
+            transactions: e.transactions,
+            lines: e.lines,
+            bytes: e.bytes,
+            oldest: utc(e.oldest),
+            oldest_secs: e.oldest,
+            newest: utc(e.newest),
+            newest_secs: e.newest,
+        }
+    }
+}
+
+/// Whole seconds since the epoch as RFC 3339 UTC (`2024-11-28T07:46:40Z`).
+pub fn rfc3339(secs: Stamp) -> String {
+    DateTime::from_timestamp(i64::from(secs), 0)
+        .map(|t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string())
+        .unwrap_or_default()
+}
+
+/// The cutoffs of an optional request at `now` ([`Retention::NONE`] without one).
+fn cutoffs(retention: Option<&RetentionRequest>, now: DateTime<Utc>) -> Retention {
+    retention.map_or(Retention::NONE, |req| req.at(now))
 }
 
 /// Entries per op.
@@ -77,13 +145,15 @@ fn reader_for<'a>(file: &'a File, id: &FileId) -> BufReader<std::io::Take<&'a Fi
     BufReader::with_capacity(SCAN_BUFFER_BYTES, file.take(id.len))
 }
 
-/// Opens the WAL and runs pass 1 (the rules' index, no replay) over its current length.
+/// Opens the WAL and runs pass 1 (the rules' index, no replay) over its current length;
+/// the index keeps timestamps when `r` can expire anything.
 fn index_wal(
     wal: &Path,
     corrupt_lines: CorruptLines,
+    r: Retention,
 ) -> Result<(FileId, crate::analyze::Analysis), PipelineError> {
     let (file, id) = open_wal(wal)?;
-    let want = Want::index(corrupt_lines);
+    let want = Want::index(corrupt_lines).retaining(r);
     let an = analyze_file(&file, id.len, want, &mut |_| {})
         .map_err(|e| PipelineError::from_analyze(Stage::Analyze, wal, e))?;
     Ok((id, an))
@@ -92,8 +162,22 @@ fn index_wal(
 /// Reads the WAL once and reports its figures; reclaimable bytes are what a compaction
 /// under `corrupt_lines` would remove. Corrupt lines are reported, not fatal.
 pub fn status(wal: &Path, corrupt_lines: CorruptLines) -> Result<Status, PipelineError> {
-    let (id, an) = index_wal(wal, corrupt_lines)?;
-    let reclaimable = an.index.reclaimable_bytes();
+    status_at(wal, corrupt_lines, None, Utc::now())
+}
+
+/// [`status`], and with `retention` what would expire at `now` (counted in the reclaimable
+/// bytes too, as the daemon's triggers count it).
+pub fn status_at(
+    wal: &Path,
+    corrupt_lines: CorruptLines,
+    retention: Option<&RetentionRequest>,
+    now: DateTime<Utc>,
+) -> Result<Status, PipelineError> {
+    let r = cutoffs(retention, now);
+    let (id, an) = index_wal(wal, corrupt_lines, r)?;
+    // Walks every transaction: only when asked.
+    let expirable = retention.map(|req| Expirable::new(req, &r, &an.index.expirable(&r)));
+    let reclaimable = an.index.reclaimable_bytes() + expirable.as_ref().map_or(0, |e| e.bytes);
     Ok(Status {
         wal: wal.into(),
         size_bytes: id.len,
@@ -108,6 +192,7 @@ pub fn status(wal: &Path, corrupt_lines: CorruptLines) -> Result<Status, Pipelin
         torn_tail_bytes: an.torn_tail_bytes,
         corrupt_lines: an.corrupt_lines,
         corrupt: an.corrupt,
+        expirable,
     })
 }
 
@@ -121,7 +206,11 @@ pub struct DryRun {
     pub reclaimable_bytes: u64,
     pub lines_before: u64,
     pub lines_after: u64,
+    /// Per rule; with retention, the `expired` rule is what would go to the archive.
     pub removed: Vec<RuleRemoval>,
+    /// With retention asked: what would expire (as the run's report would say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired: Option<Expirable>,
 }
 
 /// Lines and bytes one rule removes.
@@ -134,11 +223,24 @@ pub struct RuleRemoval {
 
 /// Plans a compaction and attributes each removed line to its rule; changes nothing.
 pub fn dry_run(wal: &Path, corrupt_lines: CorruptLines) -> Result<DryRun, PipelineError> {
-    let (id, an) = index_wal(wal, corrupt_lines)?;
+    dry_run_at(wal, corrupt_lines, None, Utc::now())
+}
+
+/// [`dry_run`] of a run asked to expire per `retention` at `now`: the plan a run would make
+/// (expired transactions' lines under the `expired` rule), still changing nothing.
+pub fn dry_run_at(
+    wal: &Path,
+    corrupt_lines: CorruptLines,
+    retention: Option<&RetentionRequest>,
+    now: DateTime<Utc>,
+) -> Result<DryRun, PipelineError> {
+    let r = cutoffs(retention, now);
+    let (id, an) = index_wal(wal, corrupt_lines, r)?;
     if corrupt_lines == CorruptLines::Refuse {
         verify::refuse_corrupt(wal, &an)?;
     }
-    let plan = an.index.plan();
+    // `explain` reads the index afterwards, so the plan is made from a copy (as `plan()` does).
+    let plan = an.index.clone().into_plan_retaining(&r);
     let (file, id2) = open_wal(wal)?;
     if id2 != id {
         return Err(PipelineError::Changed {
@@ -164,6 +266,7 @@ pub fn dry_run(wal: &Path, corrupt_lines: CorruptLines) -> Result<DryRun, Pipeli
                 bytes,
             })
             .collect(),
+        expired: retention.map(|req| Expirable::new(req, &r, &plan.expiry)),
     })
 }
 

@@ -3,7 +3,7 @@
 //!
 //! Modules, in data-flow order:
 //! - [`policy`]: the TOML policy — serde schema (`deny_unknown_fields`), validation with key
-//!   paths (every error collected), the embedded default; `policy::trust` refuses a policy
+//!   paths (every error collected), the embedded default (retention off); `policy::trust` refuses a policy
 //!   whose commands would run as root when others could change it. Reads the policy file and
 //!   the metadata of it, its commands' executables and their directories, nothing else.
 //! - [`wal`]: reading a WAL — line scanning (offsets, torn tail), decoding `op`/`tx_id` (or

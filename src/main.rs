@@ -6,11 +6,12 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use walcompactd::commands;
 use walcompactd::daemon;
 use walcompactd::output;
+use walcompactd::pipeline::retain::RetentionRequest;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
 use walcompactd::policy::{self, Mode};
 use walcompactd::rules::CorruptLines;
@@ -33,6 +34,9 @@ struct Cli {
 enum Command {
     /// Figures about a WAL: size, lines, entries, transactions, reclaimable bytes; when the
     /// WAL is in the policy, also the daemon's state, backups, decision and alerts.
+    ///
+    /// With --expire-after or --expire-in-flight-after (else the WAL's [wal.retention] in the
+    /// policy), also what retention would expire now; its bytes count as reclaimable.
     Status {
         wal: PathBuf,
         #[arg(long)]
@@ -40,6 +44,8 @@ enum Command {
         /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
         #[arg(long)]
         policy: Option<PathBuf>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
     /// Backup → compact → verify → swap; rolls back on failure.
     Compact {
@@ -72,6 +78,11 @@ enum Command {
         /// Compact even if the WAL has other hard links (they keep naming the old file).
         #[arg(long)]
         allow_hard_links: bool,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
+        /// Where the archive of expired transactions goes (default: the backup directory).
+        #[arg(long, value_name = "DIR", requires = "retention")]
+        archive_dir: Option<PathBuf>,
     },
     /// Integrity check: parse every line, print the replay digest; with --against, compare.
     Verify {
@@ -164,6 +175,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Opt-in retention on the command line: transactions older than a horizon leave the WAL
+/// for an archive (`compact`), or are shown as expirable (`status`, `compact --dry-run`).
+#[derive(Args, Debug, Clone, Default)]
+#[group(id = "retention", multiple = true)]
+struct ExpiryArgs {
+    /// Expire committed and aborted transactions whose last COMMIT/ABORT `timestamp` is
+    /// older than SECS seconds (at least 1).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    expire_after: Option<u64>,
+    /// Expire in-flight transactions whose last PREPARE `timestamp` is older than SECS
+    /// seconds (0 = never); may be used without --expire-after.
+    #[arg(long, value_name = "SECS")]
+    expire_in_flight_after: Option<u64>,
+}
+
+impl ExpiryArgs {
+    /// The request, when either horizon was given.
+    fn request(&self, archive_dir: Option<PathBuf>) -> Option<RetentionRequest> {
+        if self.expire_after.is_none() && self.expire_in_flight_after.is_none() {
+            return None;
+        }
+        Some(RetentionRequest {
+            expire_after_secs: self.expire_after,
+            expire_in_flight_after_secs: self.expire_in_flight_after,
+            archive_dir,
+        })
+    }
 }
 
 /// Allocations from this size on get their own mappings (glibc's default is 128 KiB).
@@ -295,7 +335,12 @@ fn print<T: Serialize>(json: bool, report: &T, human: impl FnOnce(&T) -> String)
 
 fn dispatch(command: Command) -> Result<i32, PipelineError> {
     match command {
-        Command::Status { wal, json, policy } => {
+        Command::Status {
+            wal,
+            json,
+            policy,
+            expiry,
+        } => {
             let loaded = match policy::load(policy.as_deref()) {
                 Ok(loaded) => Some(loaded),
                 Err(e) if policy.is_some() => {
@@ -308,7 +353,8 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
                 }
             };
             let policy = loaded.as_ref().map(|(p, s)| (p, s));
-            let s = daemon::report::status_with_policy(&wal, policy)?;
+            let retention = expiry.request(None);
+            let s = daemon::report::status_with_policy(&wal, policy, retention.as_ref())?;
             print(json, &s, daemon::report::render);
             Ok(if s.status.corrupt_lines > 0 {
                 exit_code::CORRUPT
@@ -321,11 +367,14 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             dry_run: true,
             json,
             corrupt_lines,
+            expiry,
             ..
         } => {
+            let retention = expiry.request(None);
+            let now = chrono::Utc::now();
             print(
                 json,
-                &commands::dry_run(&wal, corrupt_lines)?,
+                &commands::dry_run_at(&wal, corrupt_lines, retention.as_ref(), now)?,
                 output::dry_run,
             );
             Ok(exit_code::OK)
@@ -339,6 +388,8 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             lock_timeout_ms,
             corrupt_lines,
             allow_hard_links,
+            expiry,
+            archive_dir,
             ..
         } => {
             let mode = mode.unwrap_or(if online { Mode::Online } else { Mode::Offline });
@@ -353,6 +404,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             req.guard = guard;
             req.allow_hard_links = allow_hard_links;
             req.corrupt_lines = corrupt_lines;
+            req.retention = expiry.request(archive_dir);
             compact(req, json)
         }
         Command::Verify {

@@ -63,6 +63,14 @@ pub const COMPACTION_RUNS_TOTAL: &str = "walcompactd_compaction_runs_total";
 pub const COMPACTION_RECLAIMED_BYTES_TOTAL: &str = "walcompactd_compaction_reclaimed_bytes_total";
 /// Duration of pipeline runs (a real histogram, see [`DURATION_BUCKETS`]).
 pub const COMPACTION_DURATION_SECONDS: &str = "walcompactd_compaction_duration_seconds";
+/// Transactions expired into an archive by successful runs (retention).
+pub const EXPIRED_TRANSACTIONS_TOTAL: &str = "walcompactd_expired_transactions_total";
+/// Bytes of WAL lines moved into archives by successful runs (retention).
+pub const ARCHIVED_BYTES_TOTAL: &str = "walcompactd_archived_bytes_total";
+/// Number of archives kept (retention).
+pub const ARCHIVES: &str = "walcompactd_archives";
+/// Bytes used by the archives (retention).
+pub const ARCHIVE_BYTES: &str = "walcompactd_archive_bytes";
 /// Policy reloads per result (`result` label); daemon-wide.
 pub const POLICY_RELOADS_TOTAL: &str = "walcompactd_policy_reloads_total";
 /// Constant 1 with the `version` label; daemon-wide.
@@ -87,6 +95,10 @@ pub const METRIC_NAMES: &[&str] = &[
     COMPACTION_RUNS_TOTAL,
     COMPACTION_RECLAIMED_BYTES_TOTAL,
     COMPACTION_DURATION_SECONDS,
+    EXPIRED_TRANSACTIONS_TOTAL,
+    ARCHIVED_BYTES_TOTAL,
+    ARCHIVES,
+    ARCHIVE_BYTES,
     POLICY_RELOADS_TOTAL,
     BUILD_INFO,
 ];
@@ -308,6 +320,26 @@ fn describe_all() {
         "Duration of compaction runs."
     );
     describe_counter!(
+        EXPIRED_TRANSACTIONS_TOTAL,
+        Unit::Count,
+        "Transactions expired into an archive by successful compactions (retention)."
+    );
+    describe_counter!(
+        ARCHIVED_BYTES_TOTAL,
+        Unit::Bytes,
+        "Bytes of WAL lines moved into archives by successful compactions (retention)."
+    );
+    describe_gauge!(
+        ARCHIVES,
+        Unit::Count,
+        "Archives kept for the WAL (retention)."
+    );
+    describe_gauge!(
+        ARCHIVE_BYTES,
+        Unit::Bytes,
+        "Bytes used by the WAL's archives (retention)."
+    );
+    describe_counter!(
         POLICY_RELOADS_TOTAL,
         Unit::Count,
         "Policy reloads per result (ok, invalid)."
@@ -461,6 +493,23 @@ pub fn record_run(name: &str, outcome: RunOutcome, duration: Duration, reclaimed
         0
     };
     counter!(COMPACTION_RECLAIMED_BYTES_TOTAL, &wal_label(name)).increment(reclaimed);
+}
+
+/// Records what one successful run expired (its report's `expired`): transactions and the
+/// bytes of their lines now in an archive. Called once per run that expired anything.
+pub fn record_expired(name: &str, transactions: u64, archived_bytes: u64) {
+    let wal = wal_label(name);
+    counter!(EXPIRED_TRANSACTIONS_TOTAL, &wal).increment(transactions);
+    counter!(ARCHIVED_BYTES_TOTAL, &wal).increment(archived_bytes);
+}
+
+/// Publishes how many archives the WAL has and how many bytes they use. For the archive
+/// stage to call after it lists or prunes the WAL's archives (`archive_keep_days`), with the
+/// archives that remain, as [`publish_backups`] is for backups.
+pub fn record_archives(name: &str, count: u64, bytes: u64) {
+    let wal = wal_label(name);
+    gauge!(ARCHIVES, &wal).set(count as f64);
+    gauge!(ARCHIVE_BYTES, &wal).set(bytes as f64);
 }
 
 /// Sets whether a run of the WAL is in progress.

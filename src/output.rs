@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::commands::{
-    ArchiveRestoreReport, DryRun, PruneReport, RestoreReport, Status, VerifyReport,
+    ArchiveRestoreReport, DryRun, Expirable, PruneReport, RestoreReport, Status, VerifyReport,
 };
 use crate::pipeline::Report;
 
@@ -46,13 +46,56 @@ pub fn status(s: &Status) -> String {
     );
     let _ = writeln!(
         o,
-        "reclaimable    {} bytes ({})",
+        "reclaimable    {} bytes ({}){}",
         s.reclaimable_bytes,
-        pct(s.reclaimable_ratio)
+        pct(s.reclaimable_ratio),
+        match &s.expirable {
+            Some(e) if e.bytes > 0 => format!(", {} of them expirable", e.bytes),
+            _ => String::new(),
+        }
     );
+    if let Some(e) = &s.expirable {
+        expiry(&mut o, "expirable     ", e);
+    }
     let _ = writeln!(o, "torn tail      {} bytes", s.torn_tail_bytes);
     corrupt_lines(&mut o, &s.corrupt, s.corrupt_lines);
     o
+}
+
+/// What retention would expire: counts, the oldest and newest deciding timestamps, and the
+/// cutoffs they were compared with (each as RFC 3339 UTC and seconds).
+fn expiry(o: &mut String, label: &str, e: &Expirable) {
+    let at = |t: &Option<String>, secs: Option<u32>| match (t, secs) {
+        (Some(t), Some(s)) => format!("{t} ({s})"),
+        _ => "-".to_string(),
+    };
+    let _ = writeln!(
+        o,
+        "{label} {} transactions, {} lines, {} bytes",
+        e.transactions, e.lines, e.bytes
+    );
+    if e.transactions > 0 {
+        let _ = writeln!(
+            o,
+            "               oldest {}, newest {}",
+            at(&e.oldest, e.oldest_secs),
+            at(&e.newest, e.newest_secs)
+        );
+    }
+    let horizon = |h: Option<u64>, t: &Option<String>, secs| match h {
+        Some(h) if h > 0 => format!("older than {h} s, before {}", at(t, secs)),
+        _ => "never".to_string(),
+    };
+    let _ = writeln!(
+        o,
+        "               finished: {}; in flight: {}",
+        horizon(e.expire_after_secs, &e.cutoff, e.cutoff_secs),
+        horizon(
+            e.expire_in_flight_after_secs,
+            &e.in_flight_cutoff,
+            e.in_flight_cutoff_secs
+        )
+    );
 }
 
 fn corrupt_lines(o: &mut String, list: &[crate::analyze::CorruptLine], total: u64) {
@@ -133,6 +176,19 @@ pub fn compact(r: &Report) -> String {
             );
         }
     }
+    if let Some(e) = &r.expired {
+        let _ = writeln!(
+            o,
+            "expired: {} transactions, {} lines, {} bytes{}",
+            e.transactions,
+            e.lines,
+            e.bytes,
+            r.archive
+                .as_ref()
+                .map(|a| format!(" -> {}", a.display()))
+                .unwrap_or_default()
+        );
+    }
     if let Some(rec) = &r.recovered {
         let _ = writeln!(o, "recovered an interrupted run first: {rec}");
     }
@@ -150,6 +206,9 @@ pub fn dry_run(d: &DryRun) -> String {
             d.bytes_before,
             d.lines_before
         );
+        if let Some(e) = &d.expired {
+            expiry(&mut o, "would expire  ", e);
+        }
         return o;
     }
     let _ = writeln!(
@@ -168,6 +227,9 @@ pub fn dry_run(d: &DryRun) -> String {
             "  {:<30} {:>10} lines {:>14} bytes",
             r.rule, r.lines, r.bytes
         );
+    }
+    if let Some(e) = &d.expired {
+        expiry(&mut o, "would expire  ", e);
     }
     let _ = writeln!(o, "dry run: nothing changed");
     o

@@ -98,6 +98,10 @@ async fn scrape_and_textfile_match_a_real_wal_status() {
     metrics::record_policy_reload(true);
     metrics::record_policy_reload(false);
     metrics::record_policy_reload(false);
+    // Retention: two runs expired something; the archive stage published its archives.
+    metrics::record_expired("orders", 3, 420);
+    metrics::record_expired("orders", 1, 80);
+    metrics::record_archives("orders", 2, 500);
 
     let body = tokio::task::spawn_blocking(move || scrape(addr))
         .await
@@ -211,6 +215,11 @@ async fn scrape_and_textfile_match_a_real_wal_status() {
         metrics::DURATION_BUCKETS.len() + 1,
         "every bound plus +Inf"
     );
+
+    assert_eq!(scalar(&s, metrics::EXPIRED_TRANSACTIONS_TOTAL, &[w]), 4.0);
+    assert_eq!(scalar(&s, metrics::ARCHIVED_BYTES_TOTAL, &[w]), 500.0);
+    assert_eq!(scalar(&s, metrics::ARCHIVES, &[w]), 2.0);
+    assert_eq!(scalar(&s, metrics::ARCHIVE_BYTES, &[w]), 500.0);
 
     // Every metric is described (HELP line).
     for name in metrics::METRIC_NAMES {

@@ -16,6 +16,7 @@ use crate::metrics::RunOutcome;
 use crate::pipeline::guard::Admission;
 use crate::pipeline::{self, PipelineError, Report, Stage, backup};
 use crate::policy::WalPolicy;
+use crate::rules::Expiry;
 
 /// Once shutdown is requested, wait this long for a running step to reach a safe point
 /// (or finish) before giving up on it; the journal makes an interrupted run recoverable.
@@ -97,6 +98,14 @@ impl JobResult {
         match self {
             JobResult::Success(r) => r.reclaimed_bytes,
             _ => 0,
+        }
+    }
+
+    /// What the run expired into its archive (only a successful run expires anything).
+    pub fn expired(&self) -> Option<Expiry> {
+        match self {
+            JobResult::Success(r) => r.expired,
+            _ => None,
         }
     }
 }
@@ -282,16 +291,24 @@ fn run_pipeline(policy: &WalPolicy, cancel: &AtomicBool) -> Result<Report, Pipel
         };
         hooks::run_checked(&verify, &env, HOOK_TIMEOUT)
     };
+    let mut req = request(policy, cancel);
+    if !policy.hooks.verify.is_empty() {
+        req.check = Some(&check);
+    }
+    pipeline::run(&req)
+}
+
+/// The request for a run of `policy`, everything but the verify hook's check: the policy's
+/// settings, its retention among them, and the daemon's cancel flag.
+fn request<'a>(policy: &WalPolicy, cancel: &'a AtomicBool) -> pipeline::Request<'a> {
     let mut req = pipeline::Request::new(&policy.resolved_path, WHO);
     req.backup_dir = policy.backup_dir.clone();
     req.allow_hard_links = policy.allow_hard_links;
     req.cancel = Some(cancel);
     req.corrupt_lines = policy.corrupt_lines;
-    if !policy.hooks.verify.is_empty() {
-        req.check = Some(&check);
-    }
+    req.retention = policy.retention_request();
     req.guard = policy.guard();
-    pipeline::run(&req)
+    req
 }
 
 /// What the run's message says of corrupt lines, if there are any.
@@ -300,6 +317,23 @@ fn corrupt_note(r: &Report) -> String {
         (0, _) => String::new(),
         (_, q) if q > 0 => format!("; {q} corrupt lines quarantined"),
         (n, _) => format!("; {n} corrupt lines ({})", r.corrupt_lines_policy),
+    }
+}
+
+/// What the run's message says of expired transactions, if any expired.
+fn expiry_note(r: &Report) -> String {
+    match (&r.expired, &r.archive) {
+        (Some(e), Some(a)) => format!(
+            "; {} transactions expired ({} bytes) into {}",
+            e.transactions,
+            e.bytes,
+            a.display()
+        ),
+        (Some(e), None) => format!(
+            "; {} transactions expired ({} bytes)",
+            e.transactions, e.bytes
+        ),
+        (None, _) => String::new(),
     }
 }
 
@@ -325,6 +359,7 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
             let path_text = |p: Option<&Path>| p.map(|b| b.display().to_string());
             let backup = path_text(r.backup.as_deref()).unwrap_or_default();
             let quarantine = path_text(r.quarantine.as_deref()).unwrap_or_default();
+            let archive = path_text(r.archive.as_deref());
             info!(
                 event = "run",
                 wal,
@@ -344,11 +379,16 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
                 lease_held_ms = r.lease.as_ref().map(|l| l.lease_held_ms),
                 writers_paused_ms = r.lease.as_ref().map(|l| l.writers_paused_ms),
                 late_bytes = r.lease.as_ref().map(|l| l.late_bytes),
-                "{wal}: compaction {outcome}: {} → {} bytes ({} reclaimed){}",
+                // Retention: present only when the run expired something.
+                expired_transactions = r.expired.map(|e| e.transactions),
+                archived_bytes = r.expired.map(|e| e.bytes),
+                archive = archive.as_deref(),
+                "{wal}: compaction {outcome}: {} → {} bytes ({} reclaimed){}{}",
                 r.bytes_before,
                 r.bytes_after,
                 r.reclaimed_bytes,
-                corrupt_note(r)
+                corrupt_note(r),
+                expiry_note(r)
             );
         }
         JobResult::Skipped(why) => {
@@ -475,5 +515,68 @@ mod tests {
             journal::write(&wal, &entry).unwrap();
             assert_eq!(rollback_pending(&wal), pending, "{phase:?}");
         }
+    }
+
+    fn wal_policy(dir: &Path, tail: &str) -> WalPolicy {
+        let text = format!("[[wal]]\nname = \"w\"\npath = \"wal.log\"\n{tail}");
+        let env = crate::policy::ParseEnv::bare(dir, chrono::Utc::now());
+        crate::policy::parse(&text, "test", &env)
+            .unwrap()
+            .wals
+            .remove(0)
+    }
+
+    #[test]
+    fn the_request_carries_the_policy_retention() {
+        let d = tempfile::tempdir().unwrap();
+        let flag = AtomicBool::new(false);
+        assert_eq!(request(&wal_policy(d.path(), ""), &flag).retention, None);
+        let p = wal_policy(
+            d.path(),
+            "[wal.retention]\nexpire_after_secs = 3600\narchive_dir = \"arch\"\n",
+        );
+        let req = request(&p, &flag);
+        let r = req.retention.expect("retention requested");
+        assert_eq!(r.expire_after_secs, Some(3600));
+        assert_eq!(r.expire_in_flight_after_secs, None);
+        assert_eq!(r.archive_dir, Some(d.path().join("arch")));
+        assert_eq!(req.wal, d.path().join("wal.log"));
+    }
+
+    #[test]
+    fn only_a_successful_run_reports_what_it_expired() {
+        let d = tempfile::tempdir().unwrap();
+        let wal = d.path().join("wal.log");
+        let p =
+            |tx: &str, n: u8| format!("{{\"op\": \"PREPARE\", \"tx_id\": \"{tx}\", \"n\": {n}}}\n");
+        std::fs::write(
+            &wal,
+            p("a", 1) + &p("a", 2) + "{\"op\": \"COMMIT\", \"tx_id\": \"a\"}\n",
+        )
+        .unwrap();
+        let mut r = pipeline::run(&pipeline::Request::new(&wal, "test")).unwrap();
+        assert_eq!(r.expired, None);
+        assert_eq!(expiry_note(&r), "");
+        r.expired = Some(Expiry {
+            transactions: 2,
+            lines: 3,
+            bytes: 120,
+            oldest: Some(1),
+            newest: Some(2),
+        });
+        assert_eq!(expiry_note(&r), "; 2 transactions expired (120 bytes)");
+        r.archive = Some(d.path().join("wal_archive.log"));
+        assert_eq!(
+            expiry_note(&r),
+            format!(
+                "; 2 transactions expired (120 bytes) into {}",
+                d.path().join("wal_archive.log").display()
+            )
+        );
+        assert_eq!(
+            JobResult::Success(r.clone()).expired().map(|e| e.bytes),
+            Some(120)
+        );
+        assert_eq!(JobResult::NothingToDo(r).expired(), None);
     }
 }

@@ -19,6 +19,7 @@ use super::supervisor::WalStatus;
 use super::triggers::{self, Decision};
 use crate::commands::{self, Status};
 use crate::fsutil::{free_ratio, parent_dir};
+use crate::pipeline::retain::RetentionRequest;
 use crate::pipeline::{PipelineError, backup};
 use crate::policy::{self, Policy, PolicySource, WalPolicy};
 use crate::rules::Counts;
@@ -112,17 +113,22 @@ pub fn find_wal<'a>(policy: &'a Policy, wal: &Path) -> Option<&'a WalPolicy> {
     })
 }
 
-/// `status` of `wal`, extended with the daemon's view when `policy` has it.
+/// `status` of `wal`, extended with the daemon's view when `policy` has it. What would
+/// expire is shown for `retention` (the command line's), else for the WAL's
+/// `[wal.retention]`; its bytes count as reclaimable, as the daemon's triggers count them.
 pub fn status_with_policy(
     wal: &Path,
     policy: Option<(&Policy, &PolicySource)>,
+    retention: Option<&RetentionRequest>,
 ) -> Result<PolicyStatus, PipelineError> {
     let configured = policy.and_then(|(p, _)| find_wal(p, wal));
     let corrupt_lines = configured.map(|w| w.corrupt_lines).unwrap_or_default();
-    let status = commands::status(wal, corrupt_lines)?;
-    let report = policy.and_then(|(p, source)| {
-        find_wal(p, wal).map(|w| wal_report(&status, p, w, source, Utc::now()))
-    });
+    let from_policy = configured.and_then(WalPolicy::retention_request);
+    let retention = retention.or(from_policy.as_ref());
+    let now = Utc::now();
+    let status = commands::status_at(wal, corrupt_lines, retention, now)?;
+    let report =
+        policy.and_then(|(p, source)| configured.map(|w| wal_report(&status, p, w, source, now)));
     Ok(PolicyStatus {
         status,
         policy: report,
@@ -212,6 +218,7 @@ fn stats_of(s: &Status, free: Option<f64>) -> WalStats {
     WalStats {
         size_bytes: s.size_bytes,
         reclaimable_bytes: s.reclaimable_bytes,
+        expirable_bytes: s.expirable.as_ref().map_or(0, |e| e.bytes),
         commit_lines: s.entries.commit,
         torn_tail_bytes: s.torn_tail_bytes,
         corrupt_lines: s.corrupt_lines,

@@ -110,7 +110,7 @@ pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> H
     let cancel = parent.child_token();
     let state_file = StateFile::new(&shared.state_dir, &policy.name);
     let sv = Supervisor {
-        stats: StatsTracker::new(&policy.resolved_path, policy.corrupt_lines),
+        stats: StatsTracker::for_policy(&policy),
         state_writer: StateWriter::spawn(state_file.clone(), policy.name.clone()),
         state_file,
         state: WalState::default(),
@@ -205,10 +205,8 @@ impl Supervisor {
                 changed = policy_rx.changed() => {
                     if changed.is_err() { break; }
                     self.policy = policy_rx.borrow_and_update().clone();
-                    if self.policy.corrupt_lines != self.stats.corrupt_lines() {
-                        // Reclaimable bytes depend on it: count again from the start.
-                        self.stats = StatsTracker::new(&self.policy.resolved_path, self.policy.corrupt_lines);
-                    }
+                    // Reclaimable bytes depend on corrupt_lines and retention.
+                    self.stats.reconfigure(&self.policy);
                     info!(event = "supervisor", wal = %name, "new policy applied");
                 }
             }
@@ -380,8 +378,7 @@ impl Supervisor {
             Ok(t) => t,
             Err(e) => {
                 error!(event = "stats", wal, "statistics refresh panicked: {e}");
-                self.stats =
-                    StatsTracker::new(&self.policy.resolved_path, self.policy.corrupt_lines);
+                self.stats = StatsTracker::for_policy(&self.policy);
                 return None;
             }
         };
@@ -463,6 +460,9 @@ impl Supervisor {
         self.state.record(outcome, now);
         if let Some(o) = result.run_outcome() {
             metrics::record_run(&self.policy.name, o, duration, result.reclaimed_bytes());
+        }
+        if let Some(e) = result.expired() {
+            metrics::record_expired(&self.policy.name, e.transactions, e.bytes);
         }
         let stats = match result {
             JobResult::Success(_) => self.refresh(true).await,

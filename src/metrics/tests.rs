@@ -124,6 +124,8 @@ fn publishing_without_a_recorder_is_a_no_op() {
     publish_backups("w", 1, 2);
     publish_disk_free("w", 0.5);
     record_run("w", RunOutcome::Success, Duration::from_millis(5), 10);
+    record_expired("w", 3, 300);
+    record_archives("w", 1, 300);
     set_in_progress("w", true);
     set_consecutive_failures("w", 0);
     set_last_success("w", 1.0);

@@ -3,7 +3,7 @@
 //!
 //! serde stops at the first error, so the document is first parsed into a
 //! `toml::Table` and each independent section (`[daemon]`, every `[[wal]]` and
-//! its three sub-tables, every `[[alert]]`) is deserialized on its own. Within a
+//! its sub-tables, every `[[alert]]`) is deserialized on its own. Within a
 //! section, unknown keys are all reported up front, and after a type error the
 //! offending key is dropped and deserialization retried, so one bad key does not
 //! hide the next.
@@ -121,15 +121,20 @@ fn array_of_tables(
     items.into_iter().enumerate().map(entry).collect()
 }
 
-/// One `[[wal]]` entry: its three sub-tables first, then the rest.
+/// One `[[wal]]` entry: its sub-tables first, then the rest. `[wal.retention]` stays `None`
+/// when absent: its absence, not its defaults, is what keeps retention off.
 fn read_wal(mut table: Table, prefix: &str, errors: &mut Vec<KeyError>) -> RawWal {
     let triggers = read_sub_table(&mut table, prefix, "triggers", errors);
     let backups = read_sub_table(&mut table, prefix, "backups", errors);
     let hooks = read_sub_table(&mut table, prefix, "hooks", errors);
+    let retention = table
+        .contains_key("retention")
+        .then(|| read_sub_table(&mut table, prefix, "retention", errors));
     RawWal {
         triggers,
         backups,
         hooks,
+        retention,
         ..read_section(table, prefix, errors)
     }
 }

@@ -29,7 +29,7 @@ pub use env::{ParseEnv, SYSTEM_STATE_DIR, normalize};
 pub use trust::Trust;
 pub use types::{
     AlertAction, AlertMetric, AlertRule, BackupPolicy, DaemonPolicy, Hooks, LogFormat, Mode,
-    Policy, Schedule, Severity, Threshold, Triggers, WalPolicy,
+    Policy, RetentionPolicy, Schedule, Severity, Threshold, Triggers, WalPolicy,
 };
 
 /// Where a packaged install keeps its policy; used when no path is given and it exists.
@@ -232,6 +232,12 @@ impl Policy {
             if !wal.triggers.any_enabled() {
                 notes.push(format!(
                     "wal[{i}] ({}): no trigger enabled; only alerts with the \"compact\" action or a manual run will compact it",
+                    wal.name
+                ));
+            }
+            if wal.retention.is_some() && wal.retention_request().is_none() {
+                notes.push(format!(
+                    "wal[{i}] ({}): [wal.retention] sets neither expire_after_secs nor expire_in_flight_after_secs; nothing expires",
                     wal.name
                 ));
             }

@@ -2,12 +2,17 @@
 //!
 //! Goes through the same `schema` structs as parsing, so the output re-parses
 //! (with the same `ParseEnv`) to an equal `Policy`. Disabled triggers print as 0
-//! and disabled strings as `""`, which is what the file format means by "off".
+//! and disabled strings as `""`, which is what the file format means by "off";
+//! retention is off by the absence of `[wal.retention]`, so it prints only when present.
 
 use std::path::Path;
 
-use super::schema::{RawAlert, RawBackups, RawDaemon, RawHooks, RawPolicy, RawTriggers, RawWal};
-use super::types::{AlertRule, DaemonPolicy, Policy, Threshold, Triggers, WalPolicy};
+use super::schema::{
+    RawAlert, RawBackups, RawDaemon, RawHooks, RawPolicy, RawRetention, RawTriggers, RawWal,
+};
+use super::types::{
+    AlertRule, DaemonPolicy, Policy, RetentionPolicy, Threshold, Triggers, WalPolicy,
+};
 use super::validate::BYTES_PER_MB;
 
 /// Serializes the policy; infallible because every value is a plain TOML type.
@@ -57,6 +62,18 @@ fn wal(w: &WalPolicy) -> RawWal {
             post_compact: Some(w.hooks.post_compact.clone()),
             verify: Some(w.hooks.verify.clone()),
         },
+        retention: w.retention.as_ref().map(retention),
+    }
+}
+
+/// Every key but an absent `expire_after_secs`, which has no "off" value to print.
+fn retention(r: &RetentionPolicy) -> RawRetention {
+    let secs = |v: u64| saturating_i64(v.into());
+    RawRetention {
+        expire_after_secs: r.expire_after_secs.map(secs),
+        expire_in_flight_after_secs: Some(secs(r.expire_in_flight_after_secs.unwrap_or(0))),
+        archive_dir: Some(r.archive_dir.as_deref().map(path_text).unwrap_or_default()),
+        archive_keep_days: Some(r.archive_keep_days.into()),
     }
 }
 

@@ -34,8 +34,8 @@ pub(crate) struct RawDaemon {
     pub metrics_textfile: Option<String>,
 }
 
-/// One `[[wal]]` entry. The three sub-tables are deserialized separately (see
-/// `document`) so an error in one does not hide errors in the others.
+/// One `[[wal]]` entry. The sub-tables are deserialized separately (see `document`) so an
+/// error in one does not hide errors in the others.
 #[derive(Debug, Default, Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawWal {
@@ -63,6 +63,10 @@ pub(crate) struct RawWal {
     pub backups: RawBackups,
     #[serde(default)]
     pub hooks: RawHooks,
+    /// Absent (not merely empty) means retention off: the effective policy then prints no
+    /// `[wal.retention]` at all, since no value of `expire_after_secs` spells "off".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RawRetention>,
 }
 
 /// `[wal.triggers]`.
@@ -107,6 +111,20 @@ pub(crate) struct RawHooks {
     pub post_compact: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verify: Option<Vec<String>>,
+}
+
+/// `[wal.retention]`: opt-in expiry of old finished transactions into an archive.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRetention {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_after_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expire_in_flight_after_secs: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_dir: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_keep_days: Option<i64>,
 }
 
 /// One `[[alert]]` entry.

@@ -603,3 +603,5 @@ fn cron_acceptance_matches_tokio_cron_scheduler() {
         );
     }
 }
+
+mod retention;

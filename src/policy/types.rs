@@ -15,6 +15,8 @@ use croner::Cron;
 use croner::errors::CronError;
 use croner::parser::{CronParser, Seconds};
 
+use crate::pipeline::retain::RetentionRequest;
+
 /// The whole effective policy: daemon settings, the WALs to watch, and the alert rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -80,6 +82,8 @@ pub struct WalPolicy {
     pub backups: BackupPolicy,
     /// External commands around a compaction.
     pub hooks: Hooks,
+    /// `[wal.retention]`; `None` when the table is absent (nothing ever expires).
+    pub retention: Option<RetentionPolicy>,
 }
 
 /// How writers are kept out during compaction: the pipeline's own mode (one type from the
@@ -90,6 +94,44 @@ impl WalPolicy {
     /// The guard a run of this WAL holds: its mode with its settings.
     pub fn guard(&self) -> crate::pipeline::Guard {
         crate::pipeline::Guard::new(self.mode, self.lock_timeout)
+    }
+
+    /// What a run of this WAL is asked to expire, if anything (see [`RetentionPolicy::request`]).
+    pub fn retention_request(&self) -> Option<RetentionRequest> {
+        self.retention.as_ref().and_then(RetentionPolicy::request)
+    }
+}
+
+/// Opt-in retention from `[wal.retention]`: old finished (and, if asked, abandoned in-flight)
+/// transactions leave the WAL for a verified archive. Horizons are seconds, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RetentionPolicy {
+    /// Finished transactions whose final line is older than this many seconds expire;
+    /// `None` (the key absent) = they never do.
+    pub expire_after_secs: Option<u64>,
+    /// In-flight transactions whose last PREPARE is older than this many seconds expire;
+    /// `None` = never (the key absent or 0, normalized so a rendered policy re-parses equal).
+    pub expire_in_flight_after_secs: Option<u64>,
+    /// Absolute archive directory; `None` = the backup directory (itself the WAL's own by
+    /// default), so archives sit with the backups unless told otherwise.
+    pub archive_dir: Option<PathBuf>,
+    /// Archives older than this many days may be pruned; 0 = kept for ever (the default:
+    /// an archive is the only copy of what expired once the backups rotate).
+    pub archive_keep_days: u32,
+}
+
+impl RetentionPolicy {
+    /// The pipeline's request, or `None` when no horizon is set: a table with only
+    /// `archive_dir`/`archive_keep_days` expires nothing, so runs stay exactly as without it.
+    pub fn request(&self) -> Option<RetentionRequest> {
+        if self.expire_after_secs.is_none() && self.expire_in_flight_after_secs.is_none() {
+            return None;
+        }
+        Some(RetentionRequest {
+            expire_after_secs: self.expire_after_secs,
+            expire_in_flight_after_secs: self.expire_in_flight_after_secs,
+            archive_dir: self.archive_dir.clone(),
+        })
     }
 }
 

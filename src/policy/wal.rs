@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::KeyError;
 use super::env::ParseEnv;
-use super::schema::{RawBackups, RawHooks, RawTriggers, RawWal};
-use super::types::{BackupPolicy, Hooks, Mode, Schedule, Triggers, WalPolicy};
+use super::schema::{RawBackups, RawHooks, RawRetention, RawTriggers, RawWal};
+use super::types::{BackupPolicy, Hooks, Mode, RetentionPolicy, Schedule, Triggers, WalPolicy};
 use super::validate::{BYTES_PER_MB, Section, non_empty, push, required_name};
 use crate::rules::CorruptLines;
 
@@ -24,6 +24,9 @@ const DEFAULT_MIN_INTERVAL_SECS: u64 = 300;
 const DEFAULT_KEEP_DAYS: u64 = 7;
 /// Default minimum backups kept whatever their age.
 const DEFAULT_KEEP_LAST: u64 = 3;
+/// Default archive age kept: 0, for ever. An archive holds the only copy of what expired
+/// once the backups that still have it rotate out, so deleting one is opted into.
+const DEFAULT_ARCHIVE_KEEP_DAYS: u64 = 0;
 
 /// Validates `wal[index]`; `None` if it added any error.
 pub(crate) fn wal(
@@ -68,6 +71,9 @@ pub(crate) fn wal(
         ),
         backups: backups(raw.backups, &mut Section::new(s.key("backups"), s.errors)),
         hooks: hooks(raw.hooks, &mut Section::new(s.key("hooks"), s.errors)),
+        retention: raw
+            .retention
+            .map(|r| retention(r, &mut Section::new(s.key("retention"), s.errors), env)),
     };
     (errors.len() == before).then_some(wal)
 }
@@ -164,6 +170,41 @@ fn hooks(raw: RawHooks, s: &mut Section) -> Hooks {
     }
 }
 
+/// `[wal.retention]`. `expire_after_secs = 0` is refused rather than read as "off": it would
+/// expire every finished transaction at once, and leaving the key out already means off.
+/// An in-flight horizon of 0 means never, normalized to `None`.
+fn retention(raw: RawRetention, s: &mut Section, env: &ParseEnv) -> RetentionPolicy {
+    let expire_after_secs = raw
+        .expire_after_secs
+        .and_then(|value| match u64::try_from(value) {
+            Ok(v) if v > 0 => Some(v),
+            _ => {
+                s.push(
+                    "expire_after_secs",
+                    format!("must be greater than 0, got {value}"),
+                );
+                None
+            }
+        });
+    let in_flight = s.int(
+        "expire_in_flight_after_secs",
+        raw.expire_in_flight_after_secs,
+        0,
+        0,
+    );
+    RetentionPolicy {
+        expire_after_secs,
+        expire_in_flight_after_secs: (in_flight > 0).then_some(in_flight),
+        archive_dir: non_empty(raw.archive_dir).map(|d| env.resolve(Path::new(&d))),
+        archive_keep_days: s.u32(
+            "archive_keep_days",
+            raw.archive_keep_days,
+            DEFAULT_ARCHIVE_KEEP_DAYS,
+            0,
+        ),
+    }
+}
+
 /// Two entries naming the same WAL (by name or by normalized path) would race each other, and
 /// two WALs with the same file name backing up into one directory would share backup names
 /// and one quarantine file (runs of both at once could take back each other's records).
@@ -171,6 +212,7 @@ pub(crate) fn check_duplicate_wals(wals: &[(usize, WalPolicy)], errors: &mut Vec
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut paths: HashMap<&Path, (usize, &Path)> = HashMap::new();
     let mut beside: HashMap<PathBuf, usize> = HashMap::new();
+    let mut archives: HashMap<PathBuf, (usize, bool)> = HashMap::new();
     for (i, wal) in wals {
         if let Some(first) = names.get(wal.name.as_str()) {
             let msg = format!("duplicate name {:?} (also wal[{first}])", wal.name);
@@ -199,5 +241,37 @@ pub(crate) fn check_duplicate_wals(wals: &[(usize, WalPolicy)], errors: &mut Vec
         } else {
             beside.insert(shared, *i);
         }
+        check_shared_archives(*i, wal, &dir, &mut archives, errors);
+    }
+}
+
+/// Like backups, archives are named after the WAL's file name: two WALs with the same file
+/// name archiving into one directory would share archive names. Reported when an explicit
+/// `archive_dir` is involved (archives in the backup directories of both share a directory
+/// exactly when the backups do, which is reported on `backup_dir`). `archives` maps each
+/// directory-and-name taken to (the entry's index, whether its `archive_dir` is explicit).
+fn check_shared_archives(
+    i: usize,
+    wal: &WalPolicy,
+    backup_dir: &Path,
+    archives: &mut HashMap<PathBuf, (usize, bool)>,
+    errors: &mut Vec<KeyError>,
+) {
+    let Some(r) = &wal.retention else { return };
+    let explicit = r.archive_dir.is_some();
+    let dir = r.archive_dir.as_deref().unwrap_or(backup_dir);
+    let shared = dir.join(wal.resolved_path.file_name().unwrap_or_default());
+    match archives.get(&shared) {
+        None => {
+            archives.insert(shared, (i, explicit));
+        }
+        Some(&(first, first_explicit)) if explicit || first_explicit => {
+            let msg = format!(
+                "archives into {} like wal[{first}], a WAL with the same file name: they would share archive names; give one its own archive_dir",
+                dir.display()
+            );
+            push(errors, &format!("wal[{i}].retention.archive_dir"), msg);
+        }
+        Some(_) => {}
     }
 }

@@ -461,3 +461,34 @@ impl Drop for TinyFs {
             .status();
     }
 }
+
+/// One WAL line: `op` of `tx` with `timestamp` written as given (a JSON number such as
+/// `1600000000.5`, or a string such as `"\"2020-09-13\""`), for retention tests.
+pub fn stamped(op: &str, tx: &str, timestamp: &str) -> String {
+    let data = if op == "PREPARE" {
+        ", \"data\": {\"amount\": 1}"
+    } else {
+        ""
+    };
+    format!("{{\"op\": \"{op}\", \"tx_id\": \"{tx}\"{data}, \"timestamp\": {timestamp}}}\n")
+}
+
+/// Every entry of `dir`: name, inode, modification time (ns) and bytes. Equal before and
+/// after a command means it changed nothing there (nor created or removed anything).
+pub fn dir_state(dir: &Path) -> Vec<(String, u64, i128, Vec<u8>)> {
+    use std::os::unix::fs::MetadataExt;
+    names(dir)
+        .into_iter()
+        .map(|n| {
+            let p = dir.join(&n);
+            let m = fs::symlink_metadata(&p).unwrap();
+            let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+            let bytes = if m.is_file() {
+                fs::read(&p).unwrap()
+            } else {
+                Vec::new()
+            };
+            (n, m.ino(), mtime, bytes)
+        })
+        .collect()
+}
