@@ -280,6 +280,13 @@ impl Indexer {
         }
     }
 
+    /// The transactions `r` expires now. Online and lease runs must refuse a final line
+    /// appended for one of them during the run: its deciding PREPARE leaves for the archive.
+    pub fn expiring<'a>(&'a self, r: &'a Retention) -> impl Iterator<Item = TxIdx> + 'a {
+        let on = r.is_enabled() && self.tracks_stamps;
+        (0..self.transactions() as TxIdx).filter(move |&tx| on && self.expires(tx, r).is_some())
+    }
+
     /// What expiring under `r` would remove now: for `status`, `--dry-run` and triggers.
     /// Walks every transaction. Without [`Indexer::with_stamps`], nothing.
     pub fn expirable(&self, r: &Retention) -> Expiry {

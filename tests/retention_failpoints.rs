@@ -177,3 +177,49 @@ fn a_clock_that_jumps_backwards_between_runs_expires_nothing_new() {
         digest(&original, week())
     );
 }
+
+/// Lease mode with retention: a line appended during the run for a transaction the run
+/// expires would have kept it (a line after its final) — the run gives up, its archive is
+/// removed, the WAL keeps every line, and the next run decides afresh.
+#[test]
+fn a_line_appended_for_an_expiring_transaction_makes_the_run_give_up() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = history(d.path());
+    let original = fs::read(&wal).unwrap();
+    let child = Command::new(bin())
+        .env_remove("RUST_LOG")
+        .env("FAILPOINTS", "online::catch_up::delay=sleep(1500)")
+        .args([
+            "compact",
+            "--mode",
+            "lease",
+            "--expire-after",
+            &(7 * DAY).to_string(),
+        ])
+        .arg(&wal)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp = PathBuf::from(format!("{}.compact.tmp", wal.display()));
+    assert!(wait_until(DEADLINE, || temp.exists()), "no temp");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let late =
+        "{\"op\": \"PREPARE\", \"tx_id\": \"old3\", \"changes\": {\"v\": 3}, \"timestamp\": 1}\n";
+    append(&wal, late);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("which this run expires"), "{stderr}");
+    assert_eq!(
+        fs::read(&wal).unwrap(),
+        [original, late.as_bytes().to_vec()].concat()
+    );
+    assert!(archives(d.path()).is_empty(), "its archive removed");
+    // old3 now has a line after its final: it stays; the rest expire.
+    assert!(compact(&wal, "").status.success());
+    assert!(
+        String::from_utf8(fs::read(&wal).unwrap())
+            .unwrap()
+            .contains("\"old3\"")
+    );
+}

@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// Online mode: ids whose deciding PREPARE the plan drops (see
     /// [`crate::rules::Indexer::txs_with_dropped_last_prepare`]); empty offline.
     pub at_risk: HashSet<String>,
+    /// Online and lease modes with retention: ids this run expires.
+    pub expiring: HashSet<String>,
 }
 
 /// Opens the WAL for reading, refusing what is not a readable regular file. Nothing is created.
@@ -87,6 +89,16 @@ impl Snapshot {
                 .collect(),
             false => HashSet::new(),
         };
+        // A line appended during the run for a transaction this run expires would have kept
+        // it (or be decided by a PREPARE that left for the archive): such a run gives up.
+        let expiring = match online {
+            true => analysis
+                .index
+                .expiring(&retention)
+                .map(|i| analysis.ids.get(i).to_owned())
+                .collect(),
+            false => HashSet::new(),
+        };
         // Planning needs no ids: they go to the thread finishing the replay, and are freed
         // when it is done.
         let crate::analyze::Analysis { index, ids, .. } = analysis;
@@ -106,6 +118,7 @@ impl Snapshot {
             transactions,
             retention,
             at_risk,
+            expiring,
         })
     }
 }

@@ -136,6 +136,7 @@ pub(super) fn read_range(
 pub(super) struct TailCheck<'a> {
     pub(super) wal: &'a Path,
     at_risk: &'a HashSet<String>,
+    expiring: &'a HashSet<String>,
     prepared: HashSet<String>,
     /// Appended corrupt lines: `refuse` gives the run up; otherwise they are copied in
     /// place (the delta under the writers' lock is copied verbatim, so that the lock stays
@@ -154,6 +155,7 @@ impl<'a> TailCheck<'a> {
         TailCheck {
             wal,
             at_risk: &snap.at_risk,
+            expiring: &snap.expiring,
             prepared: HashSet::new(),
             corrupt_lines,
             carry: Vec::new(),
@@ -192,6 +194,15 @@ impl<'a> TailCheck<'a> {
             }
         };
         let Entry::Tx(t) = entry else { return Ok(()) };
+        if !self.expiring.is_empty() && self.expiring.contains(t.tx_id.as_ref()) {
+            return Err(PipelineError::Changed {
+                path: self.wal.into(),
+                what: format!(
+                    "a line of {:?}, which this run expires, was appended at byte {offset}; retry later",
+                    t.tx_id
+                ),
+            });
+        }
         if !self.at_risk.contains(t.tx_id.as_ref()) {
             return Ok(());
         }
