@@ -477,6 +477,7 @@ fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
             Ok(_) => {}
             Err(e) => warn!(event = "prune", wal = %policy.name, "backup pruning failed: {e}"),
         }
+        prune_archives(&policy, wal, &dir);
         if b.compress {
             match backup::compress(&new_backup) {
                 Ok(p) => {
@@ -488,6 +489,27 @@ fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
             }
         }
     });
+}
+
+/// Prunes the WAL's archives by `archive_keep_days` (never the newest; separately from
+/// backups) and publishes how many remain and their size.
+fn prune_archives(policy: &WalPolicy, wal: &Path, backup_dir: &Path) {
+    let Some(r) = &policy.retention else { return };
+    let dir = r
+        .archive_dir
+        .clone()
+        .unwrap_or_else(|| backup_dir.to_path_buf());
+    match pipeline::archive::prune(wal, &dir, r.archive_keep_days, chrono::Utc::now()) {
+        Ok(gone) if !gone.is_empty() => {
+            info!(event = "prune", wal = %policy.name, removed = gone.len(), "pruned {} old archives", gone.len())
+        }
+        Ok(_) => {}
+        Err(e) => warn!(event = "prune", wal = %policy.name, "archive pruning failed: {e}"),
+    }
+    if let Ok(left) = pipeline::archive::list(wal, &dir) {
+        let bytes = left.iter().map(|a| a.bytes).sum();
+        crate::metrics::record_archives(&policy.name, left.len() as u64, bytes);
+    }
 }
 
 #[cfg(test)]
