@@ -141,8 +141,8 @@ fn an_abandoned_prepare_expires_only_when_asked() {
     );
 }
 
-/// The archive's filesystem is full: the run fails with the reason, the WAL is as it was,
-/// and neither an archive, its partial, a temp nor a backup is left.
+/// The archive's filesystem is full (through the binary): the run fails with the reason,
+/// the WAL is as it was, and neither an archive, its partial, a temp nor a backup is left.
 #[test]
 fn a_full_disk_while_the_archive_is_written_changes_nothing() {
     let Some(tiny) = common::TinyFs::mount("64k") else {
@@ -152,12 +152,18 @@ fn a_full_disk_while_the_archive_is_written_changes_nothing() {
     let d = tempfile::tempdir().unwrap();
     let wal = history(d.path(), 3000, 10);
     let before = fs::read(&wal).unwrap();
-    let mut req = request(&wal, None);
-    req.retention.as_mut().unwrap().archive_dir = Some(tiny.path().to_path_buf());
-    let e = run(&req).unwrap_err();
+    let week = (7 * DAY).to_string();
+    let out = common::walcompactd()
+        .args(["compact", "--expire-after", &week, "--archive-dir"])
+        .arg(tiny.path())
+        .arg(&wal)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(
-        e.to_string().contains("No space left") || e.to_string().contains("space"),
-        "{e}"
+        stderr.contains("No space left") && stderr.contains(&tiny.path().display().to_string()),
+        "{stderr}"
     );
     assert_eq!(fs::read(&wal).unwrap(), before);
     assert_eq!(

@@ -37,8 +37,10 @@ use crate::fsutil::safe::Dir;
 const STAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
 /// Collision suffixes tried before giving up (more than one archive a second per WAL is odd).
 const MAX_COLLISION_SUFFIX: u32 = 1000;
-/// zstd level: fast, still ~5-10x on JSON lines (the backups' level).
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level 1: the archive is written while the run holds the WAL's compaction lock, before
+/// the swap; level 1 still shrinks JSON lines ~6x (70 MB to 11 MB measured) and cut the
+/// archive stage of a 100 MB retention run from 244 to 190 ms against level 3.
+const ZSTD_LEVEL: i32 = 1;
 /// Seed of the XXH3-64 hash over the archive's uncompressed bytes.
 pub const HASH_SEED: u64 = 0;
 /// Suffix of an archive while it is written: never parsed as an archive.
