@@ -35,6 +35,8 @@ use crate::fsutil::safe::Dir;
 
 /// Timestamp format inside archive names (the backups' one).
 const STAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
+/// Bytes of lines gathered before they go to the encoder at once.
+const PENDING_BYTES: usize = 1 << 20;
 /// Collision suffixes tried before giving up (more than one archive a second per WAL is odd).
 const MAX_COLLISION_SUFFIX: u32 = 1000;
 /// zstd level 1: the archive is written while the run holds the WAL's compaction lock, before
@@ -116,6 +118,9 @@ pub struct ArchiveWriter {
     n: u32,
     partial: OsString,
     enc: Option<zstd::Encoder<'static, File>>,
+    /// Lines gathered for the encoder: one call into zstd per line cost more than the
+    /// compression itself; handed over [`PENDING_BYTES`] at a time.
+    pending: Vec<u8>,
     /// The WAL's owner, group and permission bits, given to the archive when it is finished.
     owner: (u32, u32),
     mode: u32,
@@ -170,6 +175,7 @@ impl ArchiveWriter {
                 n,
                 partial,
                 enc: None,
+                pending: Vec::new(),
                 owner: (wal_meta.uid(), wal_meta.gid()),
                 mode: wal_meta.mode() & 0o777,
                 lines: 0,
@@ -225,16 +231,9 @@ impl ArchiveWriter {
                 ),
             });
         }
-        let enc = self
-            .enc
-            .as_mut()
-            .expect("an unfinished writer has its encoder");
-        if let Err(e) = enc.write_all(line) {
-            return Err(PipelineError::io(
-                Stage::Archive,
-                "write",
-                self.partial_path(),
-            )(e));
+        self.pending.extend_from_slice(line);
+        if self.pending.len() >= PENDING_BYTES {
+            self.hand_over()?;
         }
         self.lines += 1;
         self.bytes += line.len() as u64;
@@ -247,9 +246,21 @@ impl ArchiveWriter {
         self.lines
     }
 
+    /// Hands the gathered lines to the encoder.
+    fn hand_over(&mut self) -> Result<(), PipelineError> {
+        let enc = self
+            .enc
+            .as_mut()
+            .expect("an unfinished writer has its encoder");
+        let written = enc.write_all(&self.pending);
+        self.pending.clear();
+        written.map_err(|e| PipelineError::io(Stage::Archive, "write", self.partial_path())(e))
+    }
+
     /// Ends the zstd stream, gives the file the WAL's owner and mode, fsyncs it, claims the
     /// first free archive name and fsyncs the directory.
     pub fn finish(mut self) -> Result<Archive, PipelineError> {
+        self.hand_over()?;
         let partial_path = self.partial_path();
         let io_err = |op| PipelineError::io(Stage::Archive, op, &partial_path);
         let enc = self
