@@ -86,9 +86,7 @@ impl Scan<'_> {
         match self.peek()? {
             b'-' | b'0'..=b'9' => {
                 self.number()?;
-                // The span is JSON number grammar: ASCII, and what `f64` parses.
-                let text = std::str::from_utf8(&self.s[start..self.i]).ok()?;
-                Some(text.parse::<f64>().map_or(NO_STAMP, stamp_of))
+                Some(number_stamp(&self.s[start..self.i]))
             }
             _ => self.value(1).map(|()| NO_STAMP),
         }
@@ -140,6 +138,25 @@ impl Scan<'_> {
             self.ws();
         }
     }
+}
+
+/// The [`Stamp`] of a JSON number's bytes (already validated): whole seconds are the digits
+/// before a `.` when there is no exponent (the usual `time.time()` shape, parsed without
+/// floating point: it ran for every line); anything else goes through `f64`.
+fn number_stamp(num: &[u8]) -> Stamp {
+    let int = num.split(|&b| b == b'.').next().unwrap_or(num);
+    let plain = !num.iter().any(|&b| matches!(b, b'e' | b'E' | b'-')) && int.len() <= 10;
+    if plain {
+        let secs = int.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        return Stamp::try_from(secs)
+            .ok()
+            .filter(|&s| s != NO_STAMP)
+            .unwrap_or(NO_STAMP);
+    }
+    std::str::from_utf8(num)
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        .map_or(NO_STAMP, stamp_of)
 }
 
 /// Bytes per SWAR word: strings are scanned a `u64` at a time.
