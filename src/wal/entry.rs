@@ -217,7 +217,12 @@ impl<'de> Visitor<'de> for FieldsVisitor {
             match key {
                 Key::Op => fields.op = Some(map.next_value()?),
                 Key::TxId => fields.tx_id = Some(map.next_value()?),
-                Key::Timestamp => fields.timestamp = map.next_value::<MaybeNum>()?.0,
+                // Raw, so that a number serde_json cannot hold (`1e999`, valid JSON, which
+                // Python reads as infinity) is not an error here: it is no stamp.
+                Key::Timestamp => {
+                    let raw = map.next_value::<&serde_json::value::RawValue>()?;
+                    fields.timestamp = raw_stamp(raw.get());
+                }
                 Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
@@ -260,48 +265,12 @@ impl Visitor<'_> for KeyVisitor {
     }
 }
 
-/// A value that is a number (as `f64`), or anything else (`None`).
-struct MaybeNum(Option<f64>);
-
-impl<'de> Deserialize<'de> for MaybeNum {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(MaybeNumVisitor)
-    }
-}
-
-struct MaybeNumVisitor;
-
-impl<'de> Visitor<'de> for MaybeNumVisitor {
-    type Value = MaybeNum;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<MaybeNum, E> {
-        Ok(MaybeNum(Some(v as f64)))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<MaybeNum, E> {
-        Ok(MaybeNum(Some(v as f64)))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<MaybeNum, E> {
-        Ok(MaybeNum(Some(v)))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<MaybeNum, E> {
-        Ok(MaybeNum(None))
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<MaybeNum, E> {
-        Ok(MaybeNum(None))
-    }
-    fn visit_unit<E>(self) -> Result<MaybeNum, E> {
-        Ok(MaybeNum(None))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeNum, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(MaybeNum(None))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeNum, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(MaybeNum(None))
+/// The seconds of a raw `timestamp` value when it is a number (`None` for anything else, or
+/// a number `f64` cannot hold).
+fn raw_stamp(raw: &str) -> Option<f64> {
+    match raw.as_bytes().first() {
+        Some(b'-' | b'0'..=b'9') => raw.parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
     }
 }
 
@@ -551,6 +520,12 @@ mod tests {
             ),
             (r#"{"op":"COMMIT","tx_id":"a\u0041","timestamp":9.5}"#, 9),
             (r#"{"op":"COMMIT","tx_id":"a"}"#, NO_STAMP),
+            // Valid JSON (Python reads infinity): no stamp, and not a corrupt line.
+            (r#"{"op":"COMMIT","tx_id":"a","timestamp":1e999}"#, NO_STAMP),
+            (
+                r#"{"op":"COMMIT","tx_id":"a","timestamp":-1e999}"#,
+                NO_STAMP,
+            ),
         ] {
             let fast = decode_raw(line.as_bytes()).unwrap();
             let slow = RawEntry::from(decode(line.as_bytes()).unwrap());
