@@ -138,20 +138,26 @@ pub fn compact_bytes_retaining(
     let want = Want::index(CorruptLines::Keep).retaining(*r);
     let analysis = analyze(input, want, &mut |_| {})?;
     let plan = analysis.index.into_plan_retaining(r);
-    let mut out = Vec::with_capacity(input.len());
-    write_plan(
-        &mut io::Cursor::new(input),
-        &plan,
-        input.len() as u64,
-        &mut out,
-    )
-    .expect("in-memory copy");
+    let out = write_in_memory(input, &plan);
     let mut archive = Vec::new();
     for s in plan.archived() {
         archive
             .extend_from_slice(&input[s.offset as usize..(s.offset + u64::from(s.len)) as usize]);
     }
     Ok((out, archive, plan.expiry))
+}
+
+/// The plan's survivors of `input`, as a run writes them.
+fn write_in_memory(input: &[u8], plan: &Plan) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    write_plan(
+        &mut io::Cursor::new(input),
+        plan,
+        input.len() as u64,
+        &mut out,
+    )
+    .expect("in-memory copy");
+    out
 }
 
 /// [`compact_bytes`] with corrupt lines per `corrupt_lines`; also returns the lines a
@@ -171,14 +177,7 @@ pub fn compact_bytes_with(
         });
     }
     let plan = analysis.index.plan();
-    let mut out = Vec::with_capacity(input.len());
-    write_plan(
-        &mut io::Cursor::new(input),
-        &plan,
-        input.len() as u64,
-        &mut out,
-    )
-    .expect("in-memory copy");
+    let out = write_in_memory(input, &plan);
     let set_aside = plan
         .set_aside
         .iter()
