@@ -35,6 +35,11 @@ use crate::fsutil::safe::Dir;
 
 /// Timestamp format inside archive names (the backups' one).
 const STAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
+/// zstd worker threads: the cores there are, up to 4.
+fn compress_workers() -> u32 {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32)
+}
+
 /// Bytes of lines gathered before they go to the encoder at once.
 const PENDING_BYTES: usize = 1 << 20;
 /// Collision suffixes tried before giving up (more than one archive a second per WAL is odd).
@@ -184,11 +189,11 @@ impl ArchiveWriter {
                 claimed: false,
             };
             // On error `w` is dropped, which removes the partial.
-            let enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(PipelineError::io(
-                Stage::Archive,
-                "compress",
-                w.partial_path(),
-            ))?;
+            let io_err = || PipelineError::io(Stage::Archive, "compress", w.partial_path());
+            let mut enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(io_err())?;
+            // Compression is most of a retention run's archive stage, and the analysis that
+            // kept the other cores busy is over by now.
+            enc.multithread(compress_workers()).map_err(io_err())?;
             w.enc = Some(enc);
             return Ok(w);
         }
@@ -237,7 +242,6 @@ impl ArchiveWriter {
         }
         self.lines += 1;
         self.bytes += line.len() as u64;
-        self.hash.update(line);
         Ok(())
     }
 
@@ -252,6 +256,8 @@ impl ArchiveWriter {
             .enc
             .as_mut()
             .expect("an unfinished writer has its encoder");
+        // The stream hash over the gathered bytes at once: the same digest as line by line.
+        self.hash.update(&self.pending);
         let written = enc.write_all(&self.pending);
         self.pending.clear();
         written.map_err(|e| PipelineError::io(Stage::Archive, "write", self.partial_path())(e))

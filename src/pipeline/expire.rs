@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 use super::archive::{self, Archive, ArchiveWriter};
 use super::{PipelineError, Snapshot, Stage};
 
-/// Bytes read from the WAL at a time while copying archived lines.
-const READ_CHUNK_BYTES: usize = 1 << 20;
+/// Bytes of the WAL read at a time while copying archived lines.
+const READ_WINDOW_BYTES: usize = 4 << 20;
 
 /// What the journal records of a run's archive: where, and which inode.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,36 +89,31 @@ pub(super) fn write(
     Ok(written)
 }
 
-/// Copies each archived line from `src`, coalescing adjacent ones into ranges read a chunk
-/// at a time.
+/// Copies each archived line from `src` through a window read a few megabytes at a time:
+/// expired lines are scattered among kept ones, and a read per line (or per run of adjacent
+/// lines) cost a system call each, hundreds of thousands on a large WAL.
 fn copy_lines(
     w: &mut ArchiveWriter,
     src: &File,
     wal: &Path,
     snap: &Snapshot,
 ) -> Result<(), PipelineError> {
-    let mut buf = Vec::with_capacity(READ_CHUNK_BYTES);
-    let mut lines = snap.plan.archived().peekable();
-    while let Some(first) = lines.next() {
-        // Gather a run of adjacent lines up to a chunk (a longer line is read alone).
-        let start = first.offset;
-        let mut ends = vec![first.offset + u64::from(first.len)];
-        while let Some(next) = lines.next_if(|s| {
-            s.offset == *ends.last().expect("one")
-                && s.offset + u64::from(s.len) - start <= READ_CHUNK_BYTES as u64
-        }) {
-            ends.push(next.offset + u64::from(next.len));
+    let mut buf: Vec<u8> = Vec::new();
+    let mut window = 0..0u64;
+    for line in snap.plan.archived() {
+        let end = line.offset + u64::from(line.len);
+        if line.offset < window.start || end > window.end {
+            let len = (READ_WINDOW_BYTES as u64)
+                .max(u64::from(line.len))
+                .min(snap.plan.scanned_len - line.offset);
+            buf.resize(len as usize, 0);
+            crate::io_fault!(error "archive::read")
+                .and_then(|()| src.read_exact_at(&mut buf, line.offset))
+                .map_err(PipelineError::io(Stage::Archive, "read", wal))?;
+            window = line.offset..line.offset + len;
         }
-        let end = *ends.last().expect("one");
-        buf.resize((end - start) as usize, 0);
-        crate::io_fault!(error "archive::read")
-            .and_then(|()| src.read_exact_at(&mut buf, start))
-            .map_err(PipelineError::io(Stage::Archive, "read", wal))?;
-        let mut at = start;
-        for e in ends {
-            w.write_line(&buf[(at - start) as usize..(e - start) as usize])?;
-            at = e;
-        }
+        let at = (line.offset - window.start) as usize;
+        w.write_line(&buf[at..at + line.len as usize])?;
     }
     Ok(())
 }
