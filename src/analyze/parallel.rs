@@ -471,20 +471,14 @@ fn line(
             rec.kind = RecKind::Unrecognized;
             verbatim(&mut rec, batch);
         }
-        Decoded::Tx {
-            op,
-            tx_id,
-            id_hash,
-            payload,
-            stamp,
-        } => {
-            rec.kind = RecKind::Tx(op);
-            rec.stamp = stamp;
+        Decoded::Tx { tx_id, line } => {
+            rec.kind = RecKind::Tx(line.op);
+            rec.stamp = line.stamp;
             rec.a = batch.ids.len();
             batch.ids.extend_from_slice(&tx_id);
             rec.b = batch.ids.len();
-            rec.id_hash = id_hash;
-            rec.hash = payload;
+            rec.id_hash = line.id_hash;
+            rec.hash = line.payload;
         }
         Decoded::Corrupt { reason } => {
             rec.kind = RecKind::Corrupt;

@@ -20,15 +20,10 @@ pub(super) enum Decoded<'a> {
     Blank,
     Unrecognized,
     Tx {
-        op: Op,
         /// The decoded JSON string's bytes.
         tx_id: Cow<'a, [u8]>,
-        /// [`hash_id`] of `tx_id` with the interner's hasher, computed off the consumer.
-        id_hash: u64,
-        /// [`payload_hash`] of a PREPARE line when asked for, else [`NO_PREPARE`].
-        payload: PayloadHash,
-        /// The line's `timestamp` in whole seconds (retention), or `NO_STAMP`.
-        stamp: Stamp,
+        /// The rest of what the consumer needs of the line.
+        line: TxLine,
     },
     /// Not a JSON object; `reason` only when asked to describe it (the first few).
     Corrupt {
@@ -40,9 +35,11 @@ pub(super) enum Decoded<'a> {
 #[derive(Clone, Copy)]
 pub(super) struct TxLine {
     pub op: Op,
-    /// [`hash_id`] of the tx_id with the interner's hasher.
+    /// [`hash_id`] of the tx_id with the interner's hasher, computed off the consumer.
     pub id_hash: u64,
+    /// [`payload_hash`] of a PREPARE line when asked for, else [`NO_PREPARE`].
     pub payload: PayloadHash,
+    /// The line's `timestamp` in whole seconds (retention), or `NO_STAMP`.
     pub stamp: Stamp,
 }
 
@@ -73,12 +70,14 @@ pub(super) fn decode_line<'a>(
         Ok(RawEntry::Blank) => Decoded::Blank,
         Ok(RawEntry::Unrecognized) => Decoded::Unrecognized,
         Ok(RawEntry::Tx { op, tx_id, stamp }) => Decoded::Tx {
-            op,
-            stamp,
-            id_hash: hash_id(ids, &tx_id),
-            payload: match opts.payload && !op.is_final() {
-                true => payload_hash(bytes),
-                false => NO_PREPARE,
+            line: TxLine {
+                op,
+                stamp,
+                id_hash: hash_id(ids, &tx_id),
+                payload: match opts.payload && !op.is_final() {
+                    true => payload_hash(bytes),
+                    false => NO_PREPARE,
+                },
             },
             tx_id,
         },
@@ -173,21 +172,7 @@ impl Pass {
         match decoded {
             Decoded::Blank => self.observe_blank(offset, len),
             Decoded::Unrecognized => self.observe_unrecognized(offset, len, line),
-            Decoded::Tx {
-                op,
-                tx_id,
-                id_hash,
-                payload,
-                stamp,
-            } => {
-                let line = TxLine {
-                    op,
-                    id_hash,
-                    payload,
-                    stamp,
-                };
-                self.observe_tx(offset, len, &tx_id, line)
-            }
+            Decoded::Tx { tx_id, line } => self.observe_tx(offset, len, &tx_id, line),
             Decoded::Corrupt { reason } => self.observe_corrupt(offset, len, line, reason),
         }
     }
