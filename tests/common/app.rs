@@ -51,7 +51,7 @@ impl Writers {
         }
     }
 
-    /// Total lines the writers recorded so far.
+    /// Total lines the writers recorded so far (see [`fs_lines`]).
     pub fn lines_written(&self) -> usize {
         self.records
             .iter()
@@ -67,6 +67,12 @@ impl Writers {
     /// and the WAL verifies.
     pub fn finish(self, wal: &Path) {
         let records = self.records.clone();
+        // On a loaded machine a writer's Python may still be starting: let each commit once.
+        let started = |r: &PathBuf| fs_lines(r) >= 2;
+        assert!(
+            super::wait_until(super::DEADLINE, || records.iter().all(started)),
+            "a writer never wrote"
+        );
         let reports = self.stop();
         assert!(reports.iter().all(|r| r["commits"].as_u64().unwrap() > 0));
         assert_all_lines_once(wal, &records);
@@ -153,4 +159,11 @@ pub fn seeded_wal(dir: &Path, transactions: u32) -> PathBuf {
         ],
     );
     wal_dir.join("wal.log")
+}
+
+/// Lines in a writer's record so far.
+fn fs_lines(record: &Path) -> usize {
+    std::fs::read(record)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
 }
