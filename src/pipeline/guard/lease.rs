@@ -241,6 +241,3 @@ pub(super) fn restore(
     }
     restored
 }
-
-/// Stats of a leased exchange, for the report.
-pub type Stats = LeaseStats;
