@@ -14,7 +14,7 @@ use std::time::Duration;
 use super::super::compact::TempFile;
 use super::super::{PipelineError, Run, Stage, journal, open_wal, rollback};
 use super::Swapped;
-use super::late::{self, Exchange, LeaseStats, Sink};
+use super::late::{self, Exchange, Sink};
 use super::online::{self, OnlineStats, Sinks, TailCheck};
 use crate::fsutil::sibling;
 use crate::lease::{LeaseError, ReadLease, check_filesystem, lease_break_time};
