@@ -75,7 +75,10 @@ fn our_names() -> Vec<String> {
     let now = chrono::Utc::now();
     for s in 0..4 {
         let t = now + chrono::Duration::seconds(s);
-        names.push(format!("wal_backup_{}.log", t.format("%Y%m%d_%H%M%S")));
+        let stamp = t.format("%Y%m%d_%H%M%S");
+        names.push(format!("wal_backup_{stamp}.log"));
+        names.push(format!("wal_archive_{stamp}.log.zst"));
+        names.push(format!("wal_archive_{stamp}.log.zst.partial"));
     }
     names
 }
@@ -92,7 +95,14 @@ fn setup(user: &User) -> (tempfile::TempDir, PathBuf, PathBuf) {
     fs::write(&victim, b"precious\n").unwrap();
     let dir = d.path().join("app");
     fs::create_dir(&dir).unwrap();
-    let text = wal_text(200) + "{not json}\n" + &wal_text(50);
+    // Old history too (stamped 2020), so a retention run writes an archive.
+    let old: String = (0..50)
+        .map(|i| {
+            stamped("PREPARE", &format!("old{i}"), "1600000000.5")
+                + &stamped("COMMIT", &format!("old{i}"), "1600000001")
+        })
+        .collect();
+    let text = old + &wal_text(200) + "{not json}\n" + &wal_text(50);
     let wal = write_wal(&dir, "wal.log", &text);
     for p in [&dir, &wal] {
         std::os::unix::fs::chown(p, Some(user.uid), Some(user.gid)).unwrap();
@@ -142,6 +152,8 @@ fn planted_links_are_never_followed_by_compact_in_any_mode() {
                 );
                 let mut cmd = walcompactd();
                 cmd.args(["compact", "--corrupt-lines", "quarantine", "--mode", mode]);
+                // Retention too: the archive and its partial are names we create.
+                cmd.args(["--expire-after", "86400"]);
                 if mode != "offline" {
                     cmd.args(["--lock-timeout-ms", "300"]);
                 }
@@ -181,7 +193,8 @@ fn planted_links_are_never_followed_by_the_daemon() {
         let links = if hard { 1 + names.len() as u64 } else { 1 };
         let policy = format!(
             "[[wal]]\nname = \"app\"\npath = \"{}\"\nmode = \"lease\"\ncorrupt_lines = \"quarantine\"\n\
-             poll_interval_secs = 1\n\n[wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\nmax_size_mb = 0.001\n",
+             poll_interval_secs = 1\n\n[wal.triggers]\nmin_interval_secs = 0\nmin_reclaimable_bytes = 1\nmax_size_mb = 0.001\n\n\
+             [wal.retention]\nexpire_after_secs = 86400\n",
             wal.display()
         );
         write_policy(d.path(), &test_policy(&policy));
