@@ -44,6 +44,16 @@ fn backups(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// `walcompactd restore WAL --from-archive ARCHIVE`, to run.
+fn restore_from(wal: &Path, archive: &Path) -> assert_cmd::Command {
+    let mut cmd = walcompactd();
+    cmd.arg("restore")
+        .arg(wal)
+        .arg("--from-archive")
+        .arg(archive);
+    cmd
+}
+
 #[test]
 fn print_writes_exactly_the_archived_lines_and_changes_nothing() {
     let d = tempfile::tempdir().unwrap();
@@ -122,13 +132,7 @@ fn refused_while_a_process_holds_the_wal_open_for_writing() {
         .stdout(writer)
         .spawn()
         .unwrap();
-    let out = walcompactd()
-        .arg("restore")
-        .arg(&wal)
-        .arg("--from-archive")
-        .arg(&archive.path)
-        .output()
-        .unwrap();
+    let out = restore_from(&wal, &archive.path).output().unwrap();
     let _ = child.kill();
     let _ = child.wait();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -147,13 +151,7 @@ fn refused_on_a_wal_ending_with_a_torn_tail() {
     let archive = make_archive(&wal, &expired_lines());
     let torn = String::from_utf8(fs::read(&wal).unwrap()).unwrap() + "{\"op\": \"COMMIT\", \"tx_";
     fs::write(&wal, &torn).unwrap();
-    let out = walcompactd()
-        .arg("restore")
-        .arg(&wal)
-        .arg("--from-archive")
-        .arg(&archive.path)
-        .output()
-        .unwrap();
+    let out = restore_from(&wal, &archive.path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("torn tail"), "{stderr}");
@@ -171,11 +169,7 @@ fn a_damaged_archive_changes_nothing_and_prints_nothing() {
     let bytes = fs::read(&archive.path).unwrap();
     fs::write(&archive.path, &bytes[..bytes.len() - 4]).unwrap();
     for print in [false, true] {
-        let mut cmd = walcompactd();
-        cmd.arg("restore")
-            .arg(&wal)
-            .arg("--from-archive")
-            .arg(&archive.path);
+        let mut cmd = restore_from(&wal, &archive.path);
         if print {
             cmd.arg("--print");
         }

@@ -10,8 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-use walcompactd::analyze::{Want, analyze};
-use walcompactd::rules::{CorruptLines, Retention};
+use walcompactd::rules::Retention;
 
 const DAY: i64 = 86_400;
 const OLD: u64 = 40;
@@ -39,12 +38,7 @@ fn history(dir: &Path) -> PathBuf {
 }
 
 fn digest(bytes: &[u8], r: Retention) -> [u8; 32] {
-    let want = Want::replay(CorruptLines::Keep).retaining(r);
-    analyze(bytes, want, &mut |_| {})
-        .unwrap()
-        .replay
-        .unwrap()
-        .digest
+    replay_digest(bytes, r)
 }
 
 fn week() -> Retention {

@@ -8,10 +8,11 @@
 //!   newer than the cutoff, nothing in flight unless asked, nothing unrecognized or corrupt;
 //! - expiring again with the same cutoffs changes nothing.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
-use walcompactd::analyze::{Want, analyze};
 use walcompactd::pipeline::compact::{compact_bytes_retaining, compact_bytes_with};
 use walcompactd::rules::{CorruptLines, Retention};
 
@@ -49,12 +50,7 @@ fn retention() -> impl Strategy<Value = Retention> {
 }
 
 fn digest(bytes: &[u8], r: Retention) -> [u8; 32] {
-    let want = Want::replay(CorruptLines::Keep).retaining(r);
-    analyze(bytes, want, &mut |_| {})
-        .unwrap()
-        .replay
-        .unwrap()
-        .digest
+    common::replay_digest(bytes, r)
 }
 
 /// The reference model: per tx id (decoded), which expire under `r`, from a plain walk.

@@ -93,18 +93,9 @@ pub fn create(
         match fs::hard_link(wal, &path) {
             Ok(()) => return finish(Backup { path, linked: true }, dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) if link_unsupported(&e) => match copy_new(src, &path) {
-                Ok(()) => {
-                    return finish(
-                        Backup {
-                            path,
-                            linked: false,
-                        },
-                        dir,
-                    );
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(PipelineError::io(Stage::Backup, "copy to", path)(e)),
+            Err(e) if link_unsupported(&e) => match copied(src, path, dir)? {
+                Some(b) => return Ok(b),
+                None => continue,
             },
             Err(e) => return Err(PipelineError::io(Stage::Backup, "link", path)(e)),
         }
@@ -126,19 +117,30 @@ pub fn create_copy(
 ) -> Result<Backup, PipelineError> {
     for n in 0..MAX_COLLISION_SUFFIX {
         let path = dir.join(backup_name(wal, now, n));
-        match copy_new(src, &path) {
-            Ok(()) => {
-                let linked = false;
-                return finish(Backup { path, linked }, dir);
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(PipelineError::io(Stage::Backup, "copy to", path)(e)),
+        if let Some(b) = copied(src, path, dir)? {
+            return Ok(b);
         }
     }
     Err(PipelineError::BadInput {
         path: dir.into(),
         what: "too many backups with the same timestamp".into(),
     })
+}
+
+/// A durable copy of `src` at `path`; `None` when the name is taken (try the next one).
+fn copied(src: &File, path: PathBuf, dir: &Path) -> Result<Option<Backup>, PipelineError> {
+    match copy_new(src, &path) {
+        Ok(()) => finish(
+            Backup {
+                path,
+                linked: false,
+            },
+            dir,
+        )
+        .map(Some),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+        Err(e) => Err(PipelineError::io(Stage::Backup, "copy to", path)(e)),
+    }
 }
 
 /// Cross-device links (EXDEV) and filesystems without hard links fall back to a copy.

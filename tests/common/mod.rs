@@ -492,3 +492,15 @@ pub fn dir_state(dir: &Path) -> Vec<(String, u64, i128, Vec<u8>)> {
         })
         .collect()
 }
+
+/// The replay digest of `bytes` under retention `r` (the original's state minus what `r`
+/// expires; [`walcompactd::rules::Retention::NONE`] for the plain state).
+pub fn replay_digest(bytes: &[u8], r: walcompactd::rules::Retention) -> [u8; 32] {
+    let want =
+        walcompactd::analyze::Want::replay(walcompactd::rules::CorruptLines::Keep).retaining(r);
+    walcompactd::analyze::analyze(bytes, want, &mut |_| {})
+        .unwrap()
+        .replay
+        .unwrap()
+        .digest
+}
