@@ -96,7 +96,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     info!(event = "policy", source = %d.source, wals = d.policy.wals.len(), "policy loaded from {}", d.source);
     warn_if_untrusted(opts.trust);
-    log_notes(&d.policy);
+    log_notes(&d.policy, &d.source);
     info!(event = "startup", state_dir = %d.shared.state_dir.display(), "state directory");
     state_io::prepare_dir(&d.shared.state_dir).await;
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -173,7 +173,7 @@ impl Daemon {
                 crate::metrics::record_policy_reload(true);
                 info!(event = "policy", source = %source, wals = new.wals.len(), "policy reloaded from {source}");
                 warn_if_untrusted(trust);
-                log_notes(&new);
+                log_notes(&new, &source);
                 self.source = source;
                 self.watch_policy_file();
                 if let Err(why) = self.log.apply(&new.daemon) {
@@ -302,8 +302,16 @@ impl Daemon {
     }
 }
 
-fn log_notes(policy: &Policy) {
-    for note in policy.notes() {
+/// The policy's notes; a policy with no WAL is one clear line saying what to do (a fresh
+/// package install starts this way and waits for the operator's reload).
+fn log_notes(policy: &Policy, source: &PolicySource) {
+    if policy.wals.is_empty() {
+        warn!(
+            event = "idle",
+            "no WALs in {source}; add a [[wal]] entry and reload"
+        );
+    }
+    for note in policy.wal_notes() {
         info!(event = "policy", "note: {note}");
     }
 }

@@ -205,8 +205,14 @@ fn route(
         }
     };
     if event.need_rescan() {
+        // The kernel's queue overflowed (a writer opening the WAL per append makes three
+        // events a line that do not merge): any change may have been missed, the policy
+        // file's too, if there is one. The embedded policy has no file to re-read.
+        tracing::debug!(event = "watch", "file events were lost; rescanning");
         routes.wals.values().for_each(|h| h.poke(true));
-        let _ = policy_changed.send(());
+        if routes.policy.is_some() {
+            let _ = policy_changed.send(());
+        }
         return false;
     }
     if matches!(event.kind, EventKind::Access(_)) {

@@ -228,6 +228,13 @@ impl Policy {
         if self.wals.is_empty() {
             notes.push("no [[wal]] entries: the daemon will start and idle".to_string());
         }
+        notes.extend(self.wal_notes());
+        notes
+    }
+
+    /// The notes about individual `[[wal]]` entries (the daemon says "no WALs" its own way).
+    pub fn wal_notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
         for (i, wal) in self.wals.iter().enumerate() {
             if !wal.triggers.any_enabled() {
                 notes.push(format!(

@@ -126,9 +126,15 @@ impl Daemon {
 
     /// [`Daemon::start`] with extra environment variables (e.g. `FAILPOINTS`).
     pub fn start_with_env(dir: &Path, policy: &str, env: &[(&str, &str)]) -> Daemon {
+        Self::start_args(dir, &["run", "--policy", policy], env)
+    }
+
+    /// Starts the binary with `args` (a `run` command line) in `dir`, with extra environment
+    /// variables; returns once it logged `ready`.
+    pub fn start_args(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         use std::io::BufRead;
         let mut child = std::process::Command::new(bin())
-            .args(["run", "--policy", policy])
+            .args(args)
             .current_dir(dir)
             .env_remove("RUST_LOG")
             .env_remove("NOTIFY_SOCKET")
@@ -503,4 +509,19 @@ pub fn replay_digest(bytes: &[u8], r: walcompactd::rules::Retention) -> [u8; 32]
         .replay
         .unwrap()
         .digest
+}
+
+/// Held while a test depends on what is installed under `/usr` and `/etc` (the package
+/// test installs walcompactd there; a daemon started without `--policy` would read
+/// `/etc/walcompactd/policy.toml`). An exclusive `flock`, so test binaries and concurrent
+/// `cargo test` runs on the machine take turns; released when dropped (or the process dies).
+pub fn system_paths_lock() -> fs::File {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("walcompactd-system-paths.lock"))
+        .unwrap();
+    f.lock().unwrap();
+    f
 }
