@@ -92,6 +92,7 @@ pub mod commands;
 pub mod daemon;
 pub mod fsutil;
 pub mod lease;
+pub mod manual;
 pub mod metrics;
 pub mod output;
 pub mod pipeline;

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use serde::Serialize;
 use walcompactd::commands;
 use walcompactd::daemon;
@@ -16,10 +16,19 @@ use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
 use walcompactd::policy::{self, Mode};
 use walcompactd::rules::CorruptLines;
 
+/// `--version`: the release and the commit it was built from (`build.rs`; "unknown" when
+/// built outside git). The man pages carry the release only.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("WALCOMPACTD_GIT_COMMIT"),
+    ")"
+);
+
 #[derive(Parser)]
 #[command(
     name = "walcompactd",
-    version,
+    version = VERSION,
     about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction",
     after_help = "Environment:\n  WALCOMPACTD_INSECURE_POLICY=1  `run` and `check-policy` skip the policy trust check \
         (owners and modes of the policy file and of its hooks' and alert commands' executables) \
@@ -175,6 +184,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print the manual page walcompactd(1) (`walcompactd man | man -l -`); with --dir, write
+    /// it and one page per subcommand there (walcompactd-status.1, ...), as the package ships.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print the shell completion script for SHELL (installed by the package for bash, zsh
+    /// and fish), e.g. `walcompactd completions bash > /etc/bash_completion.d/walcompactd`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Opt-in retention on the command line: transactions older than a horizon leave the WAL
@@ -230,6 +251,11 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { policy } => return run_daemon(policy.as_deref()),
         Command::CheckPolicy { path } => return check_policy(path.as_deref()),
+        Command::Man { dir } => return man(dir.as_deref()),
+        Command::Completions { shell } => {
+            walcompactd::manual::print_completions(Cli::command(), shell, &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         _ => {}
     }
     init_cli_tracing();
@@ -307,6 +333,23 @@ fn check_policy(path: Option<&Path>) -> ExitCode {
         }
         Err(e) => {
             eprintln!("walcompactd: {e}");
+            ExitCode::from(exit_code::IO as u8)
+        }
+    }
+}
+
+/// `man`: the main page on stdout, or every page written into `dir` (their paths printed).
+fn man(dir: Option<&Path>) -> ExitCode {
+    let result = match dir {
+        None => walcompactd::manual::print_main_page(Cli::command(), &mut std::io::stdout()),
+        Some(dir) => walcompactd::manual::write_man_pages(Cli::command(), dir).map(|pages| {
+            pages.iter().for_each(|p| println!("{}", p.display()));
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("walcompactd: error: {e}");
             ExitCode::from(exit_code::IO as u8)
         }
     }
@@ -486,7 +529,10 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             );
             Ok(exit_code::OK)
         }
-        Command::Run { .. } | Command::CheckPolicy { .. } => unreachable!("handled in main"),
+        Command::Run { .. }
+        | Command::CheckPolicy { .. }
+        | Command::Man { .. }
+        | Command::Completions { .. } => unreachable!("handled in main"),
         Command::Recover { wal, json } => {
             let r = commands::recover(&wal)?;
             let report = serde_json::json!({"wal": wal, "recovered": r, "removed": r.removed()});
