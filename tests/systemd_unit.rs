@@ -11,7 +11,7 @@ const UNIT_NAME: &str = "walcompactd.service";
 
 /// Where the unit expects the installed binary; the test points it at the one
 /// cargo just built, since `verify` checks that every Exec*= command exists.
-const INSTALLED_BINARY: &str = "/usr/local/bin/walcompactd";
+const INSTALLED_BINARY: &str = "/usr/bin/walcompactd";
 
 fn unit_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
