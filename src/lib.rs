@@ -22,6 +22,7 @@
 //!   [`verify_archive`] is `verify --archive` (the WAL and its archives merged in a backup's
 //!   order, replayed against it).
 //! - [`output`]: human-readable renderings of the commands' reports.
+//! - [`manual`]: man pages and shell completions generated from the command-line definitions.
 //! - [`daemon`]: `walcompactd run` — supervisors per WAL (watcher hints, incremental stats,
 //!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify;
 //!   `daemon::observe` evaluates alert rules and writes the metrics textfile, and
