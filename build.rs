@@ -31,7 +31,7 @@ fn commit_from_git() -> Option<String> {
         // A ref may be packed (after `git gc`): then packed-refs changes instead. Only an
         // existing one: its directory is the whole git directory (the index included).
         if let Some(packed) = git(&["rev-parse", "--git-path", "packed-refs"])
-            .filter(|p| std::path::Path::new(p).exists())
+            .filter(|p| manifest_dir().join(p).exists())
         {
             watch(packed);
         }
@@ -43,7 +43,9 @@ fn commit_from_git() -> Option<String> {
 /// cargo rerun it on every build, so a missing ref is watched through its directory (a
 /// packed ref, written loose again by the next commit, appears there).
 fn watch(path: String) {
-    let path = PathBuf::from(path);
+    // git prints paths inside the repository relative to where it ran: the package's
+    // directory, which is also where cargo runs build scripts and resolves these paths.
+    let path = manifest_dir().join(path);
     if path.exists() {
         println!("cargo:rerun-if-changed={}", path.display());
     } else if let Some(dir) = path.parent().filter(|d| d.is_dir()) {
@@ -51,12 +53,15 @@ fn watch(path: String) {
     }
 }
 
+fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR").map_or_else(PathBuf::new, PathBuf::from)
+}
+
 /// `git ARGS` in the package's directory: its trimmed stdout when it succeeds.
 fn git(args: &[&str]) -> Option<String> {
-    let dir = std::env::var_os("CARGO_MANIFEST_DIR")?;
     let out = Command::new("git")
         .args(args)
-        .current_dir(dir)
+        .current_dir(manifest_dir())
         .output()
         .ok()?;
     let text = String::from_utf8(out.stdout).ok()?;
