@@ -134,8 +134,10 @@ fn the_embedded_policy_is_never_reloaded_for_file_events() {
             "{} exists under CI",
             walcompactd::policy::DEFAULT_POLICY_PATH
         );
-        eprintln!(
-            "SKIPPED: {} exists (walcompactd is installed), so `run` would not use the embedded policy",
+        // Straight to the stderr handle: libtest captures eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n***** SKIPPED: {} exists (walcompactd is installed), so `run` would not use the embedded policy *****\n",
             walcompactd::policy::DEFAULT_POLICY_PATH
         );
         return;
