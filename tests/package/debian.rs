@@ -111,9 +111,15 @@ fn stdout_of(cmd: &mut Command) -> String {
     String::from_utf8(run_ok(cmd).stdout).unwrap()
 }
 
+/// Cargo as a shell would run it. `cargo test` hands the test the build script's variables
+/// (`WALCOMPACTD_GIT_COMMIT` of the commit the test was built at) and its `OUT_DIR`: passed
+/// on, the first would stamp that commit into the release binary and, differing from a
+/// shell's environment, make every other build rebuild it.
 fn cargo(manifest_dir: &Path) -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    c.current_dir(manifest_dir);
+    c.current_dir(manifest_dir)
+        .env_remove("WALCOMPACTD_GIT_COMMIT")
+        .env_remove("OUT_DIR");
     c
 }
 
