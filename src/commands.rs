@@ -643,7 +643,7 @@ pub fn prune_backups(
     let wal = &links::resolve_wal(wal)?;
     let dir = backup::backup_dir(wal, backup_dir);
     backup::check_dir(&dir)?;
-    let removed = backup::prune(wal, &dir, keep_days, keep_last, None, chrono::Utc::now())?;
+    let removed = backup::prune(wal, &dir, keep_days, keep_last, &[], chrono::Utc::now())?;
     let kept = backup::list(wal, &dir)
         .map_err(PipelineError::io(Stage::Prune, "list", &dir))?
         .into_iter()

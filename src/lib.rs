@@ -93,6 +93,7 @@ pub mod daemon;
 pub mod fsutil;
 pub mod lease;
 pub mod metrics;
+pub mod offsite;
 pub mod output;
 pub mod pipeline;
 pub mod policy;

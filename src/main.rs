@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 use walcompactd::commands;
 use walcompactd::daemon;
+use walcompactd::offsite;
 use walcompactd::output;
 use walcompactd::pipeline::retain::RetentionRequest;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
@@ -109,10 +110,18 @@ enum Command {
     },
     /// Replace the WAL with a backup, after backing up the current WAL; or, with
     /// --from-archive, append an archive's expired lines to the (stopped) WAL.
+    ///
+    /// BACKUP may be an object URL (s3://bucket/key, as `offsite list` shows): it is
+    /// downloaded beside the backups, refused unless its bytes hash to the SHA-256 stored
+    /// with it at upload, then restored as usual.
     Restore {
         wal: PathBuf,
         #[arg(required_unless_present = "from_archive")]
         backup: Option<PathBuf>,
+        /// With an s3:// BACKUP: the policy whose [wal.offsite] gives the endpoint
+        /// (default: /etc/walcompactd/policy.toml if it exists, else the environment's).
+        #[arg(long)]
+        policy: Option<PathBuf>,
         /// Append this archive's lines, in order, to the WAL instead, after backing up the
         /// WAL (a copy). Offline only: refused (exit 4) if any process has the WAL open, or
         /// if the WAL ends without a newline (a torn tail).
@@ -169,11 +178,41 @@ enum Command {
         /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
         path: Option<PathBuf>,
     },
+    /// Off-host copies of backups and archives (the WAL's [wal.offsite] in the policy).
+    Offsite {
+        #[command(subcommand)]
+        command: OffsiteCommand,
+    },
     /// Finish or undo a compaction interrupted by a crash, and remove leftover temp files.
     Recover {
         wal: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `walcompactd offsite ...`; each finds WAL in the policy by its path.
+#[derive(Subcommand)]
+enum OffsiteCommand {
+    /// What is where: local backups and archives with their copy's status, and the objects
+    /// on the server with sizes and digests.
+    List {
+        wal: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
+    /// Upload every pending backup and archive now, whatever its retry backoff; exit 4 if
+    /// any upload failed (the file stays pending).
+    Push {
+        wal: PathBuf,
+        #[arg(long)]
+        json: bool,
+        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
 }
 
@@ -442,6 +481,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             mode,
             lock_timeout_ms,
             json,
+            policy,
         } => match (backup, from_archive) {
             (_, Some(archive)) if print_only => {
                 let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -460,6 +500,9 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
                     );
                     return Ok(exit_code::USAGE);
                 };
+                if let Some(url) = backup.to_str().filter(|t| offsite::cli::is_object_url(t)) {
+                    return restore_from_url(&wal, url, backup_dir, policy, guard, json);
+                }
                 print(
                     json,
                     &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
@@ -486,6 +529,7 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             );
             Ok(exit_code::OK)
         }
+        Command::Offsite { command } => Ok(offsite_command(command)),
         Command::Run { .. } | Command::CheckPolicy { .. } => unreachable!("handled in main"),
         Command::Recover { wal, json } => {
             let r = commands::recover(&wal)?;
@@ -545,4 +589,89 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     .ok()?;
     bar.set_style(style);
     Some(bar)
+}
+
+/// `offsite list` and `offsite push`: the WAL's entry in the policy, then the command.
+fn offsite_command(command: OffsiteCommand) -> i32 {
+    let (wal, json, path, is_push) = match command {
+        OffsiteCommand::List { wal, json, policy } => (wal, json, policy, false),
+        OffsiteCommand::Push { wal, json, policy } => (wal, json, policy, true),
+    };
+    let (policy, source) = match policy::load(path.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("walcompactd: {e}");
+            return exit_code::USAGE;
+        }
+    };
+    let Some(w) = daemon::report::find_wal(&policy, &wal) else {
+        eprintln!(
+            "walcompactd: {} is not a [[wal]] of the policy {source}",
+            wal.display()
+        );
+        return exit_code::USAGE;
+    };
+    let state_dir = &policy.daemon.state_dir;
+    let result = if is_push {
+        offsite::cli::push(w, state_dir).map(|r| {
+            print(json, &r, offsite::cli::render_push);
+            if r.failures() > 0 {
+                exit_code::IO
+            } else {
+                exit_code::OK
+            }
+        })
+    } else {
+        offsite::cli::list(w, state_dir).map(|l| {
+            print(json, &l, offsite::cli::render_listing);
+            exit_code::OK
+        })
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("walcompactd: error: {e}");
+        e.exit_code()
+    })
+}
+
+/// `restore WAL s3://...`: download beside the backups, check the digest, restore, remove
+/// the download (the restore made its own copy).
+fn restore_from_url(
+    wal: &Path,
+    url: &str,
+    backup_dir: Option<PathBuf>,
+    policy_path: Option<PathBuf>,
+    guard: pipeline::Guard,
+    json: bool,
+) -> Result<i32, PipelineError> {
+    let loaded = match policy::load(policy_path.as_deref()) {
+        Ok(loaded) => Some(loaded),
+        Err(e) if policy_path.is_some() => {
+            eprintln!("walcompactd: {e}");
+            return Ok(exit_code::USAGE);
+        }
+        Err(_) => None,
+    };
+    let w = loaded
+        .as_ref()
+        .and_then(|(p, _)| daemon::report::find_wal(p, wal));
+    let dir = backup_dir
+        .clone()
+        .or_else(|| w.and_then(|w| w.backup_dir.clone()))
+        .unwrap_or_else(|| {
+            let real = pipeline::links::real_path_or_given(wal);
+            pipeline::backup::backup_dir(&real, None)
+        });
+    let downloaded = match offsite::cli::fetch(url, w, &dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("walcompactd: error: {e}");
+            return Ok(e.exit_code());
+        }
+    };
+    let restored = commands::restore(wal, &downloaded.path, backup_dir.as_deref(), guard);
+    let _ = std::fs::remove_file(&downloaded.path);
+    let mut report = restored?;
+    report.restored_from = PathBuf::from(url);
+    print(json, &report, output::restore);
+    Ok(exit_code::OK)
 }
