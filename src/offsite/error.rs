@@ -5,6 +5,9 @@
 use std::io;
 use std::path::PathBuf;
 
+/// Appended to a refusal (HTTP 403): the usual causes, named for the operator.
+const CREDENTIALS_HINT: &str = " (the server refused our credentials or their permissions: check AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_REGION in the daemon's environment, and the bucket's policy)";
+
 /// One error type for the offsite domain, with the object or file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum OffsiteError {
@@ -57,10 +60,14 @@ pub enum OffsiteError {
 impl OffsiteError {
     /// A failed request, its error chain redacted.
     pub fn remote(op: &'static str, url: &str, e: &object_store::Error) -> OffsiteError {
+        let mut detail = super::error_chain(e);
+        if detail.contains("403 Forbidden") {
+            detail.push_str(CREDENTIALS_HINT);
+        }
         OffsiteError::Remote {
             op,
             url: url.to_string(),
-            detail: super::error_chain(e),
+            detail,
         }
     }
 
