@@ -570,3 +570,131 @@ fn an_upload_cut_by_the_server_stopping_resumes_after_a_daemon_restart() {
     .unwrap();
     assert_eq!(queue["pending"].as_array().unwrap().len(), 0, "{queue}");
 }
+
+/// The server is down (nothing listens on the endpoint): compaction goes on, each failure
+/// costs a log line and a retry, and a backup still waiting for its copy is never pruned,
+/// even when `keep_last = 1` and `keep_days = 0` would prune it.
+#[test]
+fn a_server_that_is_down_costs_a_retry_and_pending_backups_are_not_pruned() {
+    let d = tempfile::tempdir().unwrap();
+    let wal = history_wal(d.path(), 10, 800);
+    let closed = free_port();
+    let text = test_policy(&wal_table(
+        "orders",
+        "wal.log",
+        "max_size_mb = 0.01",
+        &format!(
+            "[wal.backups]\nkeep_days = 0\nkeep_last = 1\n\n[wal.offsite]\nurl = \"s3://{BUCKET}/{{wal}}/\"\nendpoint = \"http://{closed}\"\nallow_http = true\n"
+        ),
+    ));
+    write_policy(d.path(), &text);
+    let env = vec![
+        (
+            "AWS_ACCESS_KEY_ID".to_string(),
+            "AKIAEXAMPLEKEYID0000".to_string(),
+        ),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_string(),
+            "exampleSecretKeyThatMustNotLeak000000000".to_string(),
+        ),
+        ("AWS_REGION".to_string(), "us-east-1".to_string()),
+    ];
+    let mut daemon = Run::start(d.path(), &env, "daemon");
+    let first = daemon
+        .wait_for(1, |v| is_run(v, "orders", "success"))
+        .remove(0);
+    daemon.wait_for(1, |v| offsite_failed(v) && v["path"] == first["backup"]);
+    // A second run's housekeeping would prune the first backup, were it not pending.
+    let now = chrono::Utc::now().timestamp().to_string();
+    let mut more = String::new();
+    for i in 0..800 {
+        for _ in 0..3 {
+            more += &stamped("PREPARE", &format!("more{i:05}"), &now);
+        }
+        more += &stamped("COMMIT", &format!("more{i:05}"), &now);
+    }
+    append(&wal, &more);
+    let second = daemon
+        .wait_for(2, |v| is_run(v, "orders", "success"))
+        .remove(1);
+    daemon.wait_for(1, |v| offsite_failed(v) && v["path"] == second["backup"]);
+    daemon.stop();
+    let text = daemon.text();
+    for run in [&first, &second] {
+        let b = run["backup"].as_str().unwrap();
+        assert!(
+            Path::new(b).exists(),
+            "{b} was pruned while pending:\n{text}"
+        );
+    }
+    let failed = daemon
+        .logs()
+        .into_iter()
+        .find(|v| offsite_failed(v))
+        .unwrap();
+    assert_eq!(failed["retry_in_secs"], 30, "{failed}");
+    assert!(
+        !text.contains("AKIAEXAMPLEKEYID0000") && !text.contains("exampleSecretKeyThatMustNotLeak")
+    );
+}
+
+/// Old copies on the server are pruned by `keep_days`/`keep_last` and `archive_keep_days`
+/// like local files; `delete_local_after_upload` removes a confirmed archive locally but
+/// keeps the newest backup.
+#[test]
+fn remote_copies_are_pruned_by_age_and_confirmed_local_files_removed() {
+    if !s3::available() {
+        return;
+    }
+    use object_store::ObjectStoreExt;
+    let s3 = S3::start(0);
+    let d = tempfile::tempdir().unwrap();
+    history_wal(d.path(), 100, 500);
+    let text = test_policy(&wal_table(
+        "orders",
+        "wal.log",
+        "max_size_mb = 0.01",
+        &format!(
+            "[wal.backups]\nkeep_days = 7\nkeep_last = 1\n\n[wal.retention]\nexpire_after_secs = 604800\narchive_keep_days = 30\n\n[wal.offsite]\nurl = \"s3://{BUCKET}/{{wal}}/\"\nendpoint = \"{}\"\nallow_http = true\ndelete_local_after_upload = true\n",
+            s3.endpoint()
+        ),
+    ));
+    write_policy(d.path(), &text);
+    let store = s3.client();
+    let old = [
+        "orders/wal_backup_20200101_000000.log",
+        "orders/wal_archive_20200101_000000.log.zst",
+    ];
+    for key in old {
+        s3::block_on(store.put(&object_store::path::Path::from(key), b"old".to_vec().into()))
+            .unwrap();
+    }
+    let mut daemon = Run::start(d.path(), &s3.env(), "daemon");
+    let copies = daemon.wait_for(2, offsite_ok);
+    daemon.wait_for(1, |v| {
+        v["event"] == "offsite" && v["message"].as_str().unwrap_or("").contains("pruned")
+    });
+    daemon.stop();
+    let listed: Vec<String> = s3::block_on(async {
+        use futures_util::StreamExt;
+        store
+            .list(None)
+            .map(|m| m.unwrap().location.to_string())
+            .collect::<Vec<_>>()
+            .await
+    });
+    for key in old {
+        assert!(
+            !listed.contains(&key.to_string()),
+            "{key} not pruned: {listed:?}"
+        );
+    }
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    for c in &copies {
+        let local = Path::new(c["path"].as_str().unwrap());
+        match c["kind"].as_str().unwrap() {
+            "archive" => assert!(!local.exists(), "the confirmed archive is removed locally"),
+            _ => assert!(local.exists(), "the newest backup stays"),
+        }
+    }
+}
