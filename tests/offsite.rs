@@ -627,11 +627,7 @@ fn a_server_that_is_down_costs_a_retry_and_pending_backups_are_not_pruned() {
             "{b} was pruned while pending:\n{text}"
         );
     }
-    let failed = daemon
-        .logs()
-        .into_iter()
-        .find(|v| offsite_failed(v))
-        .unwrap();
+    let failed = daemon.logs().into_iter().find(offsite_failed).unwrap();
     assert_eq!(failed["retry_in_secs"], 30, "{failed}");
     assert!(
         !text.contains("AKIAEXAMPLEKEYID0000") && !text.contains("exampleSecretKeyThatMustNotLeak")
