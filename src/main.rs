@@ -111,14 +111,14 @@ enum Command {
     /// Replace the WAL with a backup, after backing up the current WAL; or, with
     /// --from-archive, append an archive's expired lines to the (stopped) WAL.
     ///
-    /// BACKUP may be an object URL (s3://bucket/key, as `offsite list` shows): it is
-    /// downloaded beside the backups, refused unless its bytes hash to the SHA-256 stored
-    /// with it at upload, then restored as usual.
+    /// BACKUP (or ARCHIVE) may be an object URL (s3://bucket/key, as `offsite list` shows):
+    /// it is downloaded beside the backups, refused unless its bytes hash to the SHA-256
+    /// stored with it at upload, then used as usual.
     Restore {
         wal: PathBuf,
         #[arg(required_unless_present = "from_archive")]
         backup: Option<PathBuf>,
-        /// With an s3:// BACKUP: the policy whose [wal.offsite] gives the endpoint
+        /// With an s3:// BACKUP or ARCHIVE: the policy whose [wal.offsite] gives the endpoint
         /// (default: /etc/walcompactd/policy.toml if it exists, else the environment's).
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -145,7 +145,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Delete backups older than --keep-days, always keeping the newest --keep-last.
+    /// Delete backups older than --keep-days, always keeping the newest --keep-last, and
+    /// never one still waiting for its off-host copy (the WAL's [wal.offsite] queue).
     PruneBackups {
         wal: PathBuf,
         #[arg(long)]
@@ -156,6 +157,9 @@ enum Command {
         backup_dir: Option<PathBuf>,
         #[arg(long)]
         json: bool,
+        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
+        #[arg(long)]
+        policy: Option<PathBuf>,
     },
     /// Run the daemon: watch the policy's WALs and compact them when a trigger holds.
     ///
@@ -482,51 +486,100 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             lock_timeout_ms,
             json,
             policy,
-        } => match (backup, from_archive) {
-            (_, Some(archive)) if print_only => {
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                commands::print_archive(&archive, &mut out)?;
-                Ok(exit_code::OK)
-            }
-            (_, Some(archive)) => {
-                let r = commands::restore_from_archive(&wal, &archive, backup_dir.as_deref())?;
-                print(json, &r, output::archive_restore);
-                Ok(exit_code::OK)
-            }
-            (Some(backup), None) => {
-                let Some(guard) = guard_of(mode, lock_timeout_ms) else {
-                    eprintln!(
-                        "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
-                    );
-                    return Ok(exit_code::USAGE);
-                };
-                if let Some(url) = backup.to_str().filter(|t| offsite::cli::is_object_url(t)) {
-                    return restore_from_url(&wal, url, backup_dir, policy, guard, json);
+        } => {
+            // An archive named by its URL is downloaded and checked first (kept until done).
+            let fetched = match from_archive.as_deref().and_then(Path::to_str) {
+                Some(url) if offsite::cli::is_object_url(url) => {
+                    match offsite::cli::fetch_for(
+                        &wal,
+                        url,
+                        backup_dir.as_deref(),
+                        policy.as_deref(),
+                    ) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            eprintln!("walcompactd: error: {e}");
+                            return Ok(e.exit_code());
+                        }
+                    }
                 }
-                print(
-                    json,
-                    &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
-                    output::restore,
-                );
-                Ok(exit_code::OK)
+                _ => None,
+            };
+            let from_archive = match &fetched {
+                Some(f) => Some(f.path().to_path_buf()),
+                None => from_archive,
+            };
+            match (backup, from_archive) {
+                (_, Some(archive)) if print_only => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    commands::print_archive(&archive, &mut out)?;
+                    Ok(exit_code::OK)
+                }
+                (_, Some(archive)) => {
+                    let r = commands::restore_from_archive(&wal, &archive, backup_dir.as_deref())?;
+                    print(json, &r, output::archive_restore);
+                    Ok(exit_code::OK)
+                }
+                (Some(backup), None) => {
+                    let Some(guard) = guard_of(mode, lock_timeout_ms) else {
+                        eprintln!(
+                            "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
+                        );
+                        return Ok(exit_code::USAGE);
+                    };
+                    if let Some(url) = backup.to_str().filter(|t| offsite::cli::is_object_url(t)) {
+                        let dir = backup_dir.as_deref();
+                        return Ok(
+                            match offsite::cli::restore_from_url(
+                                &wal,
+                                url,
+                                dir,
+                                policy.as_deref(),
+                                guard,
+                            ) {
+                                Ok(r) => {
+                                    print(json, &r, output::restore);
+                                    exit_code::OK
+                                }
+                                Err(e) => {
+                                    eprintln!("walcompactd: error: {e}");
+                                    e.exit_code()
+                                }
+                            },
+                        );
+                    }
+                    print(
+                        json,
+                        &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
+                        output::restore,
+                    );
+                    Ok(exit_code::OK)
+                }
+                (None, None) => {
+                    eprintln!("walcompactd: restore needs BACKUP or --from-archive ARCHIVE");
+                    Ok(exit_code::USAGE)
+                }
             }
-            (None, None) => {
-                eprintln!("walcompactd: restore needs BACKUP or --from-archive ARCHIVE");
-                Ok(exit_code::USAGE)
-            }
-        },
+        }
         Command::PruneBackups {
             wal,
             keep_days,
             keep_last,
             backup_dir,
             json,
+            policy,
         } => {
-            print(
-                json,
-                &commands::prune_backups(&wal, backup_dir.as_deref(), keep_days, keep_last)?,
-                output::prune,
-            );
+            let pending = match offsite::cli::pending_for(&wal, policy.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("walcompactd: error: {e}; nothing pruned");
+                    return Ok(e.exit_code());
+                }
+            };
+            let protect: Vec<&Path> = pending.iter().map(PathBuf::as_path).collect();
+            let dir = backup_dir.as_deref();
+            let r = commands::prune_backups(&wal, dir, keep_days, keep_last, &protect)?;
+            print(json, &r, output::prune);
             Ok(exit_code::OK)
         }
         Command::Offsite { command } => Ok(offsite_command(command)),
@@ -597,81 +650,23 @@ fn offsite_command(command: OffsiteCommand) -> i32 {
         OffsiteCommand::List { wal, json, policy } => (wal, json, policy, false),
         OffsiteCommand::Push { wal, json, policy } => (wal, json, policy, true),
     };
-    let (policy, source) = match policy::load(path.as_deref()) {
-        Ok(loaded) => loaded,
-        Err(e) => {
-            eprintln!("walcompactd: {e}");
-            return exit_code::USAGE;
-        }
-    };
-    let Some(w) = daemon::report::find_wal(&policy, &wal) else {
-        eprintln!(
-            "walcompactd: {} is not a [[wal]] of the policy {source}",
-            wal.display()
-        );
-        return exit_code::USAGE;
-    };
-    let state_dir = &policy.daemon.state_dir;
-    let result = if is_push {
-        offsite::cli::push(w, state_dir).map(|r| {
+    let ran = offsite::cli::lookup(&wal, path.as_deref()).and_then(|(w, state_dir)| {
+        if is_push {
+            let r = offsite::cli::push(&w, &state_dir)?;
             print(json, &r, offsite::cli::render_push);
-            if r.failures() > 0 {
+            Ok(if r.failures() > 0 {
                 exit_code::IO
             } else {
                 exit_code::OK
-            }
-        })
-    } else {
-        offsite::cli::list(w, state_dir).map(|l| {
+            })
+        } else {
+            let l = offsite::cli::list(&w, &state_dir)?;
             print(json, &l, offsite::cli::render_listing);
-            exit_code::OK
-        })
-    };
-    result.unwrap_or_else(|e| {
+            Ok(exit_code::OK)
+        }
+    });
+    ran.unwrap_or_else(|e| {
         eprintln!("walcompactd: error: {e}");
         e.exit_code()
     })
-}
-
-/// `restore WAL s3://...`: download beside the backups, check the digest, restore, remove
-/// the download (the restore made its own copy).
-fn restore_from_url(
-    wal: &Path,
-    url: &str,
-    backup_dir: Option<PathBuf>,
-    policy_path: Option<PathBuf>,
-    guard: pipeline::Guard,
-    json: bool,
-) -> Result<i32, PipelineError> {
-    let loaded = match policy::load(policy_path.as_deref()) {
-        Ok(loaded) => Some(loaded),
-        Err(e) if policy_path.is_some() => {
-            eprintln!("walcompactd: {e}");
-            return Ok(exit_code::USAGE);
-        }
-        Err(_) => None,
-    };
-    let w = loaded
-        .as_ref()
-        .and_then(|(p, _)| daemon::report::find_wal(p, wal));
-    let dir = backup_dir
-        .clone()
-        .or_else(|| w.and_then(|w| w.backup_dir.clone()))
-        .unwrap_or_else(|| {
-            let real = pipeline::links::real_path_or_given(wal);
-            pipeline::backup::backup_dir(&real, None)
-        });
-    let downloaded = match offsite::cli::fetch(url, w, &dir) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("walcompactd: error: {e}");
-            return Ok(e.exit_code());
-        }
-    };
-    let restored = commands::restore(wal, &downloaded.path, backup_dir.as_deref(), guard);
-    let _ = std::fs::remove_file(&downloaded.path);
-    let mut report = restored?;
-    report.restored_from = PathBuf::from(url);
-    print(json, &report, output::restore);
-    Ok(exit_code::OK)
 }

@@ -288,6 +288,33 @@ fn a_daemon_run_uploads_the_backup_and_the_archive_and_restore_round_trips() {
         names(d.path())
     );
 
+    // An archive by its URL: `--print` writes exactly what the local archive holds.
+    let archive = copies.iter().find(|c| c["kind"] == "archive").unwrap();
+    let print = |from: &str| {
+        let out = cli(
+            d.path(),
+            &s3.env(),
+            &[
+                "restore",
+                "wal.log",
+                "--from-archive",
+                from,
+                "--print",
+                "--policy",
+                "policy.toml",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let remote_lines = print(archive["url"].as_str().unwrap());
+    assert!(!remote_lines.is_empty());
+    assert_eq!(remote_lines, print(archive["path"].as_str().unwrap()));
+
     // status shows the target and nothing pending.
     let out = cli(
         d.path(),
@@ -627,6 +654,28 @@ fn a_server_that_is_down_costs_a_retry_and_pending_backups_are_not_pruned() {
             "{b} was pruned while pending:\n{text}"
         );
     }
+    // `prune-backups` keeps them too; without the policy it would prune the older one.
+    let out = cli(
+        d.path(),
+        &env,
+        &[
+            "prune-backups",
+            "wal.log",
+            "--keep-days",
+            "0",
+            "--keep-last",
+            "1",
+            "--policy",
+            "policy.toml",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_json(&out)["removed"].as_array().unwrap().len(), 0);
     let failed = daemon.logs().into_iter().find(offsite_failed).unwrap();
     assert_eq!(failed["retry_in_secs"], 30, "{failed}");
     assert!(

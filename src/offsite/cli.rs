@@ -13,8 +13,109 @@ use super::queue::{Kind, QueueFile};
 use super::remote::{self, Downloaded, RemoteObject};
 use super::store::{self, StoreConfig};
 use super::target::parse_object_url;
+use crate::commands::{self, RestoreReport};
+use crate::pipeline::{Guard, PipelineError};
 use crate::pipeline::{archive, backup, links};
 use crate::policy::WalPolicy;
+use crate::policy::{self as policy_mod, PolicyError};
+
+/// Why an offsite command could not run, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    #[error("{} is not a [[wal]] of the policy {source_name}", wal.display())]
+    NotInPolicy { wal: PathBuf, source_name: String },
+    #[error(transparent)]
+    Offsite(#[from] OffsiteError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+impl CliError {
+    /// The documented exit code: policy problems are usage errors (2).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Policy(_) | CliError::NotInPolicy { .. } => crate::pipeline::exit_code::USAGE,
+            CliError::Offsite(e) => e.exit_code(),
+            CliError::Pipeline(e) => e.exit_code(),
+        }
+    }
+}
+
+/// The policy entry of the WAL at `wal` (policy file `path`, else the default lookup) and
+/// the daemon's state directory, where the WAL's queue is.
+pub fn lookup(wal: &Path, path: Option<&Path>) -> Result<(WalPolicy, PathBuf), CliError> {
+    let (policy, source) = policy_mod::load(path)?;
+    let w = crate::daemon::report::find_wal(&policy, wal).ok_or_else(|| CliError::NotInPolicy {
+        wal: wal.to_path_buf(),
+        source_name: source.to_string(),
+    })?;
+    Ok((w.clone(), policy.daemon.state_dir.clone()))
+}
+
+/// The WAL's files still waiting for an off-host copy, for `prune-backups` to keep. Empty
+/// when the WAL is not in the (default) policy or has no `[wal.offsite]`; an error when a
+/// policy given explicitly cannot be loaded or the queue cannot be read (then nothing may be
+/// pruned).
+pub fn pending_for(wal: &Path, policy_path: Option<&Path>) -> Result<Vec<PathBuf>, CliError> {
+    match lookup(wal, policy_path) {
+        Ok((w, state_dir)) => Ok(push::pending_paths(&w, &state_dir)?),
+        Err(e @ CliError::Policy(_)) if policy_path.is_some() => Err(e),
+        Err(_) => Ok(Vec::new()),
+    }
+}
+
+/// A verified download, removed when dropped (the restore commands copy what they use).
+pub struct Fetched(Downloaded);
+
+impl Fetched {
+    pub fn path(&self) -> &Path {
+        &self.0.path
+    }
+}
+
+impl Drop for Fetched {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0.path);
+    }
+}
+
+/// Downloads the object at `url` beside the WAL's backups (the WAL's policy entry, when
+/// there is one, gives the endpoint and `backup_dir`) and refuses it unless its digest
+/// matches: for `restore WAL s3://...` and `restore WAL --from-archive s3://...`. A policy
+/// file given explicitly must load; the default one may be absent.
+pub fn fetch_for(
+    wal: &Path,
+    url: &str,
+    backup_dir: Option<&Path>,
+    policy_path: Option<&Path>,
+) -> Result<Fetched, CliError> {
+    let entry = match lookup(wal, policy_path) {
+        Ok((w, _)) => Some(w),
+        Err(e @ CliError::Policy(_)) if policy_path.is_some() => return Err(e),
+        Err(_) => None,
+    };
+    let dir = backup_dir
+        .map(Path::to_path_buf)
+        .or_else(|| entry.as_ref().and_then(|w| w.backup_dir.clone()))
+        .unwrap_or_else(|| backup::backup_dir(&links::real_path_or_given(wal), None));
+    Ok(Fetched(fetch(url, entry.as_ref(), &dir)?))
+}
+
+/// `restore WAL s3://...`: [`fetch_for`], then the restore `restore WAL BACKUP` does.
+pub fn restore_from_url(
+    wal: &Path,
+    url: &str,
+    backup_dir: Option<&Path>,
+    policy_path: Option<&Path>,
+    guard: Guard,
+) -> Result<RestoreReport, CliError> {
+    let fetched = fetch_for(wal, url, backup_dir, policy_path)?;
+    let mut report = commands::restore(wal, fetched.path(), backup_dir, guard)?;
+    report.restored_from = PathBuf::from(url);
+    Ok(report)
+}
 
 /// A local backup or archive of the WAL, and whether its copy is known.
 #[derive(Debug, Clone, Serialize)]
