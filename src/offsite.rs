@@ -79,5 +79,46 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         }
         source = s.source();
     }
-    redact(&text)
+    redact(&tidy_error_body(&text))
+}
+
+/// An S3 error body quoted in a message (`<?xml ...><Error><Code>C</Code><Message>M</Message>
+/// ...</Error>`) shortened to `C: M`, on one line: log lines stay readable, and the request
+/// ids and host ids a server adds are left out.
+fn tidy_error_body(text: &str) -> String {
+    let field = |body: &str, tag: &str| -> Option<String> {
+        let open = format!("<{tag}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find(&format!("</{tag}>"))? + start;
+        Some(body[start..end].to_string())
+    };
+    let mut out = text.to_string();
+    if let Some(start) = out.find("<?xml").or_else(|| out.find("<Error>")) {
+        let end = out[start..]
+            .find("</Error>")
+            .map_or(out.len(), |e| start + e + "</Error>".len());
+        let body = &out[start..end];
+        let short = match (field(body, "Code"), field(body, "Message")) {
+            (Some(c), Some(m)) => format!("{c}: {m}"),
+            (Some(c), None) => c,
+            _ => body.to_string(),
+        };
+        out.replace_range(start..end, &short);
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_error_bodies_shrink_to_code_and_message_on_one_line() {
+        let text = "PUT http://h/b/k - 403 Forbidden: <?xml version=\"1.0\"?>\n<Error><Code>SignatureDoesNotMatch</Code><Message>The signature does not match.</Message><RequestId>R</RequestId></Error> (hint)";
+        assert_eq!(
+            tidy_error_body(text),
+            "PUT http://h/b/k - 403 Forbidden: SignatureDoesNotMatch: The signature does not match. (hint)"
+        );
+        assert_eq!(tidy_error_body("plain\n  text"), "plain text");
+    }
 }
