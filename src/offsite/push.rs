@@ -343,3 +343,66 @@ pub fn pending_paths(wal: &WalPolicy, state_dir: &Path) -> Result<Vec<PathBuf>, 
     let q = QueueFile::new(state_dir, &wal.name).load()?;
     Ok(q.pending.into_iter().map(|p| p.path).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wal_policy(dir: &Path, offsite: &str) -> WalPolicy {
+        let text = format!(
+            "[[wal]]\nname = \"w\"\npath = \"wal.log\"\n[wal.offsite]\nurl = \"s3://b/{{wal}}/\"\n{offsite}"
+        );
+        let env = crate::policy::ParseEnv::bare(dir, Utc::now());
+        crate::policy::parse(&text, "test", &env)
+            .unwrap()
+            .wals
+            .remove(0)
+    }
+
+    #[test]
+    fn a_run_queues_what_upload_lists_under_its_final_name() {
+        let d = tempfile::tempdir().unwrap();
+        let state = d.path().join("state");
+        let backup = d.path().join("wal_backup_20260101_000000.log");
+        let archive = d.path().join("wal_archive_20260101_000000.log.zst");
+        // Compressed by the housekeeping before it queues: the .zst is what goes up.
+        std::fs::write(d.path().join("wal_backup_20260101_000000.log.zst"), b"zz").unwrap();
+        std::fs::write(&archive, b"aaa").unwrap();
+        let both = wal_policy(d.path(), "");
+        enqueue_run(&both, &state, Some(&backup), Some(&archive)).unwrap();
+        let q = QueueFile::new(&state, "w").load().unwrap();
+        let queued: Vec<(&str, u64)> = q
+            .pending
+            .iter()
+            .map(|p| (p.kind.as_str(), p.bytes))
+            .collect();
+        assert_eq!(queued, [("backup", 2), ("archive", 3)]);
+        assert!(
+            q.pending[0]
+                .path
+                .ends_with("wal_backup_20260101_000000.log.zst")
+        );
+        assert_eq!(pending_paths(&both, &state).unwrap().len(), 2);
+
+        let state2 = d.path().join("state2");
+        let archives_only = wal_policy(d.path(), "upload = [\"archives\"]\n");
+        enqueue_run(&archives_only, &state2, Some(&backup), Some(&archive)).unwrap();
+        let q = QueueFile::new(&state2, "w").load().unwrap();
+        assert_eq!(q.pending.len(), 1);
+        assert_eq!(q.pending[0].kind, Kind::Archive);
+    }
+
+    #[test]
+    fn without_offsite_nothing_is_queued_or_protected() {
+        let d = tempfile::tempdir().unwrap();
+        let env = crate::policy::ParseEnv::bare(d.path(), Utc::now());
+        let plain = crate::policy::parse("[[wal]]\nname = \"w\"\npath = \"wal.log\"\n", "t", &env)
+            .unwrap()
+            .wals
+            .remove(0);
+        let b = d.path().join("b.log");
+        enqueue_run(&plain, d.path(), Some(&b), None).unwrap();
+        assert!(!QueueFile::new(d.path(), "w").path().exists());
+        assert!(pending_paths(&plain, d.path()).unwrap().is_empty());
+    }
+}
