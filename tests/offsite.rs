@@ -613,7 +613,7 @@ fn a_server_that_is_down_costs_a_retry_and_pending_backups_are_not_pruned() {
         &format!(
             "[wal.backups]\nkeep_days = 0\nkeep_last = 1\n\n[wal.offsite]\nurl = \"s3://{BUCKET}/{{wal}}/\"\nendpoint = \"http://{closed}\"\nallow_http = true\n"
         ),
-    ));
+    )) + "[[alert]]\nname = \"Offsite Behind\"\nmetric = \"offsite_pending_seconds\"\nabove = 0\n";
     write_policy(d.path(), &text);
     let env = vec![
         (
@@ -631,6 +631,10 @@ fn a_server_that_is_down_costs_a_retry_and_pending_backups_are_not_pruned() {
         .wait_for(1, |v| is_run(v, "orders", "success"))
         .remove(0);
     daemon.wait_for(1, |v| offsite_failed(v) && v["path"] == first["backup"]);
+    // The alert metric counts how long the oldest file has waited.
+    daemon.wait_for(1, |v| {
+        v["event"] == "alert" && v["alert"] == "Offsite Behind" && v["state"] == "firing"
+    });
     // A second run's housekeeping would prune the first backup, were it not pending.
     let now = chrono::Utc::now().timestamp().to_string();
     let mut more = String::new();

@@ -24,6 +24,8 @@ use crate::policy::WalPolicy;
 /// Even with nothing due, look again this often (a queue changed by `offsite push`, a clock
 /// that jumped).
 const IDLE_RECHECK: Duration = Duration::from_secs(600);
+/// At start the supervisor may not have put the WAL on the board yet: publish again soon.
+const BOARD_RETRY: Duration = Duration::from_secs(5);
 
 /// What the job's housekeeping needs: where the queue is, and how to wake the uploader.
 #[derive(Clone)]
@@ -109,7 +111,9 @@ async fn run(
                             warn!(event = "offsite", wal = %policy.name, "{}: {e}", policy.name)
                         }
                     }
-                    publish(&policy, &link, &board, &changed).await;
+                    if !publish(&policy, &link, &board, &changed).await {
+                        wait = Some(wait.map_or(BOARD_RETRY, |w| w.min(BOARD_RETRY)));
+                    }
                 }
                 // Logged once per distinct error, not at every wake.
                 Err(e) => {
@@ -136,11 +140,12 @@ fn until(t: DateTime<Utc>) -> Duration {
     (t - Utc::now()).to_std().unwrap_or_default()
 }
 
-/// Puts the queue's figures on the status board (for the alert) and wakes the observer.
-async fn publish(policy: &WalPolicy, link: &Link, board: &StatusBoard, changed: &Notify) {
+/// Puts the queue's figures on the status board (for the alert) and wakes the observer;
+/// false when the WAL is not on the board yet (or the queue could not be read).
+async fn publish(policy: &WalPolicy, link: &Link, board: &StatusBoard, changed: &Notify) -> bool {
     let file = crate::offsite::queue::QueueFile::new(&link.state_dir, &policy.name);
     let Ok(Ok(q)) = tokio::task::spawn_blocking(move || file.load()).await else {
-        return;
+        return false;
     };
     let status = OffsiteStatus {
         pending: q.pending.len(),
@@ -149,9 +154,11 @@ async fn publish(policy: &WalPolicy, link: &Link, board: &StatusBoard, changed: 
         last_success: q.last_success,
     };
     let mut b = board.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(s) = b.get_mut(&policy.name) {
-        s.offsite = Some(status);
-    }
+    let Some(s) = b.get_mut(&policy.name) else {
+        return false;
+    };
+    s.offsite = Some(status);
     drop(b);
     changed.notify_one();
+    true
 }
