@@ -1,19 +1,20 @@
 //! Off-host copies against a real S3 HTTP server (moto's, started per test on 127.0.0.1 by
-//! `common::s3`, signatures checked): a daemon run uploads the backup and the archive, byte
+//! `common/s3.rs`, signatures checked): a daemon run uploads the backup and the archive, byte
 //! for byte; `restore WAL s3://...` round-trips; wrong credentials are a clear error and keep
 //! the local files pending; a copy changed on the server is refused by `restore`; an upload
 //! cut by the server stopping resumes after a daemon restart and completes once; no
 //! credential appears in any log line, `status` or `offsite list` output, or state file.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
 
-use common::s3::{self, BUCKET, S3};
 use common::*;
-use sha2::{Digest, Sha256};
+use s3::{BUCKET, Run, S3, assert_no_secret, cli, key_of, object_bytes};
+use s3::{offsite_failed, offsite_ok, sha256_hex, state_text};
 
 const DAY: i64 = 86_400;
 
@@ -49,150 +50,6 @@ fn policy(dir: &Path, s3: &S3) {
         ),
     ));
     write_policy(dir, &text);
-}
-
-/// A daemon whose stdout and stderr both go to files (the secret checks read both).
-struct Run {
-    child: Child,
-    out: PathBuf,
-    err: PathBuf,
-}
-
-impl Run {
-    fn start(dir: &Path, env: &[(String, String)], tag: &str) -> Run {
-        let (out, err) = (
-            dir.join(format!("{tag}.out")),
-            dir.join(format!("{tag}.err")),
-        );
-        let child = std::process::Command::new(bin())
-            .args(["run", "--policy", "policy.toml"])
-            .current_dir(dir)
-            .env_remove("RUST_LOG")
-            .env_remove("NOTIFY_SOCKET")
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdout(fs::File::create(&out).unwrap())
-            .stderr(fs::File::create(&err).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        Run { child, out, err }
-    }
-
-    fn logs(&self) -> Vec<serde_json::Value> {
-        fs::read_to_string(&self.out)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    /// Waits for `n` log lines matching `pred`; panics with the log otherwise.
-    fn wait_for(
-        &self,
-        n: usize,
-        pred: impl Fn(&serde_json::Value) -> bool,
-    ) -> Vec<serde_json::Value> {
-        let mut found = Vec::new();
-        wait_until(DEADLINE, || {
-            found = self.logs().into_iter().filter(|v| pred(v)).collect();
-            found.len() >= n
-        });
-        assert!(
-            found.len() >= n,
-            "{n} log lines not seen; log:\n{}",
-            self.text()
-        );
-        found
-    }
-
-    /// Everything it printed, stdout then stderr.
-    fn text(&self) -> String {
-        fs::read_to_string(&self.out).unwrap_or_default()
-            + &fs::read_to_string(&self.err).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for the exit.
-    fn stop(&mut self) {
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        wait_until(DEADLINE, || self.child.try_wait().unwrap().is_some());
-    }
-}
-
-impl Drop for Run {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn offsite_ok(v: &serde_json::Value) -> bool {
-    v["event"] == "offsite" && v["outcome"] == "success"
-}
-
-fn offsite_failed(v: &serde_json::Value) -> bool {
-    v["event"] == "offsite" && v["outcome"] == "failed"
-}
-
-fn sha256_hex(path: &Path) -> String {
-    Sha256::digest(fs::read(path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The object key of an `s3://bucket/key` URL.
-fn key_of(url: &str) -> String {
-    url.strip_prefix(&format!("s3://{BUCKET}/"))
-        .unwrap()
-        .to_string()
-}
-
-fn object_bytes(s3: &S3, url: &str) -> Vec<u8> {
-    use object_store::ObjectStoreExt;
-    let store = s3.client();
-    let key = object_store::path::Path::from(key_of(url));
-    s3::block_on(async {
-        store
-            .get(&key)
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap()
-            .to_vec()
-    })
-}
-
-/// A CLI command in `dir` with `env`; returns the output.
-fn cli(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
-    walcompactd()
-        .current_dir(dir)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// No credential in `text`; `what` names where it came from.
-fn assert_no_secret(s3: &S3, secrets: &[&str], text: &str, what: &str) {
-    for secret in [s3.access_key.as_str(), s3.secret_key.as_str()]
-        .into_iter()
-        .chain(secrets.iter().copied())
-    {
-        assert!(
-            !text.contains(secret),
-            "a credential appears in {what}:\n{text}"
-        );
-    }
-}
-
-/// The state directory's files (the state, the offsite queue) as one text.
-fn state_text(dir: &Path) -> String {
-    names(&dir.join("state"))
-        .into_iter()
-        .map(|n| fs::read_to_string(dir.join("state").join(n)).unwrap_or_default())
-        .collect()
 }
 
 #[test]

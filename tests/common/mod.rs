@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use assert_cmd::Command;
 
 pub mod app;
-pub mod s3;
 
 /// The real binary, built by cargo for this test run.
 pub fn bin() -> PathBuf {

@@ -1,12 +1,21 @@
+//! Included by `tests/offsite.rs` alone (`#[path]`), so the other test targets do not
+//! compile it.
+//!
 //! A real S3 HTTP server for the offsite tests: moto's (`tests/fixtures/moto_s3.py`), on a
 //! free 127.0.0.1 port, signatures checked against an access key it creates. Killed (by its
 //! pid) on drop. Missing moto skips a test loudly, except under `CI=true`, where it fails:
 //! `.ci/run` installs it.
 
+use std::fs;
 use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::common::{DEADLINE, bin, fixture, free_port, names, wait_until, walcompactd};
 
 /// The bucket every test server creates.
 pub const BUCKET: &str = "walcompactd-test";
@@ -45,13 +54,9 @@ pub fn available() -> bool {
 impl S3 {
     /// Starts a server on `port` (0: a free one) and waits until it is ready.
     pub fn start(port: u16) -> S3 {
-        let port = if port == 0 {
-            super::free_port().port()
-        } else {
-            port
-        };
+        let port = if port == 0 { free_port().port() } else { port };
         let mut child = Command::new("python3")
-            .arg(super::fixture("moto_s3.py"))
+            .arg(fixture("moto_s3.py"))
             .args([&port.to_string(), BUCKET])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -127,4 +132,148 @@ pub fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
         .build()
         .unwrap()
         .block_on(f)
+}
+
+/// A daemon whose stdout and stderr both go to files (the secret checks read both).
+pub struct Run {
+    child: Child,
+    out: PathBuf,
+    err: PathBuf,
+}
+
+impl Run {
+    pub fn start(dir: &Path, env: &[(String, String)], tag: &str) -> Run {
+        let (out, err) = (
+            dir.join(format!("{tag}.out")),
+            dir.join(format!("{tag}.err")),
+        );
+        let child = std::process::Command::new(bin())
+            .args(["run", "--policy", "policy.toml"])
+            .current_dir(dir)
+            .env_remove("RUST_LOG")
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(fs::File::create(&out).unwrap())
+            .stderr(fs::File::create(&err).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Run { child, out, err }
+    }
+
+    pub fn logs(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits for `n` log lines matching `pred`; panics with the log otherwise.
+    pub fn wait_for(
+        &self,
+        n: usize,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let mut found = Vec::new();
+        wait_until(DEADLINE, || {
+            found = self.logs().into_iter().filter(|v| pred(v)).collect();
+            found.len() >= n
+        });
+        assert!(
+            found.len() >= n,
+            "{n} log lines not seen; log:\n{}",
+            self.text()
+        );
+        found
+    }
+
+    /// Everything it printed, stdout then stderr.
+    pub fn text(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+            + &fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        wait_until(DEADLINE, || self.child.try_wait().unwrap().is_some());
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn offsite_ok(v: &serde_json::Value) -> bool {
+    v["event"] == "offsite" && v["outcome"] == "success"
+}
+
+pub fn offsite_failed(v: &serde_json::Value) -> bool {
+    v["event"] == "offsite" && v["outcome"] == "failed"
+}
+
+pub fn sha256_hex(path: &Path) -> String {
+    Sha256::digest(fs::read(path).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The object key of an `s3://bucket/key` URL.
+pub fn key_of(url: &str) -> String {
+    url.strip_prefix(&format!("s3://{BUCKET}/"))
+        .unwrap()
+        .to_string()
+}
+
+pub fn object_bytes(s3: &S3, url: &str) -> Vec<u8> {
+    use object_store::ObjectStoreExt;
+    let store = s3.client();
+    let key = object_store::path::Path::from(key_of(url));
+    block_on(async {
+        store
+            .get(&key)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap()
+            .to_vec()
+    })
+}
+
+/// A CLI command in `dir` with `env`; returns the output.
+pub fn cli(dir: &Path, env: &[(String, String)], args: &[&str]) -> std::process::Output {
+    walcompactd()
+        .current_dir(dir)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// No credential in `text`; `what` names where it came from.
+pub fn assert_no_secret(s3: &S3, secrets: &[&str], text: &str, what: &str) {
+    for secret in [s3.access_key.as_str(), s3.secret_key.as_str()]
+        .into_iter()
+        .chain(secrets.iter().copied())
+    {
+        assert!(
+            !text.contains(secret),
+            "a credential appears in {what}:\n{text}"
+        );
+    }
+}
+
+/// The state directory's files (the state, the offsite queue) as one text.
+pub fn state_text(dir: &Path) -> String {
+    names(&dir.join("state"))
+        .into_iter()
+        .map(|n| fs::read_to_string(dir.join("state").join(n)).unwrap_or_default())
+        .collect()
 }
