@@ -45,6 +45,8 @@ pub struct AlertValues {
     pub consecutive_failures: Option<u64>,
     /// Free space on the WAL's filesystem, 0..=100.
     pub disk_free_percent: Option<f64>,
+    /// See [`AlertMetric::OffsitePendingSeconds`].
+    pub offsite_pending_seconds: Option<f64>,
 }
 
 impl AlertValues {
@@ -63,6 +65,7 @@ impl AlertValues {
             AlertMetric::CompactionStalledSeconds => self.compaction_stalled_seconds,
             AlertMetric::ConsecutiveFailures => n(self.consecutive_failures),
             AlertMetric::DiskFreePercent => self.disk_free_percent,
+            AlertMetric::OffsitePendingSeconds => self.offsite_pending_seconds,
         }
     }
 }

@@ -633,17 +633,34 @@ pub struct PruneReport {
     pub kept: Vec<PathBuf>,
 }
 
-/// Applies the retention rule to the WAL's backups.
+/// Applies the retention rule to the WAL's backups, never removing one in `protect` (those
+/// still waiting for an off-host copy).
 pub fn prune_backups(
     wal: &Path,
     backup_dir: Option<&Path>,
     keep_days: u32,
     keep_last: u32,
+    protect: &[&Path],
 ) -> Result<PruneReport, PipelineError> {
     let wal = &links::resolve_wal(wal)?;
     let dir = backup::backup_dir(wal, backup_dir);
     backup::check_dir(&dir)?;
-    let removed = backup::prune(wal, &dir, keep_days, keep_last, None, chrono::Utc::now())?;
+    // `protect` holds the daemon's absolute paths; the listing's follow `dir` as given
+    // (relative on the command line): compare both canonical.
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let protect: Vec<PathBuf> = protect
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    let protect: Vec<&Path> = protect.iter().map(PathBuf::as_path).collect();
+    let removed = backup::prune(
+        wal,
+        &dir,
+        keep_days,
+        keep_last,
+        &protect,
+        chrono::Utc::now(),
+    )?;
     let kept = backup::list(wal, &dir)
         .map_err(PipelineError::io(Stage::Prune, "list", &dir))?
         .into_iter()

@@ -27,6 +27,9 @@
 //!   pure trigger decisions, single-flight jobs), hot policy reload, cron, systemd notify;
 //!   `daemon::observe` evaluates alert rules and writes the metrics textfile, and
 //!   `daemon::report` is `status --policy` (the daemon's view of one WAL).
+//! - [`offsite`]: off-host copies (`[wal.offsite]`): each new backup and archive uploaded to
+//!   S3-compatible storage with its SHA-256, confirmed, queued with backoff across restarts;
+//!   `daemon::offsite` is the daemon's uploader task, `offsite::cli` the operator's commands.
 //! - [`metrics`]: the Prometheus exporter (HTTP listener, textfile) and the typed functions that
 //!   publish per-WAL figures, run outcomes and alert states.
 //! - [`alerts`]: pure alert evaluation (pending → firing → resolved, once per edge) and the
@@ -95,6 +98,7 @@ pub mod fsutil;
 pub mod lease;
 pub mod manual;
 pub mod metrics;
+pub mod offsite;
 pub mod output;
 pub mod pipeline;
 pub mod policy;

@@ -6,226 +6,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand};
+mod cli;
+
+use clap::{CommandFactory, Parser};
+use cli::{Cli, Command, OffsiteCommand};
 use serde::Serialize;
 use walcompactd::commands;
 use walcompactd::daemon;
+use walcompactd::offsite;
 use walcompactd::output;
-use walcompactd::pipeline::retain::RetentionRequest;
 use walcompactd::pipeline::{self, PipelineError, Request, exit_code};
 use walcompactd::policy::{self, Mode};
-use walcompactd::rules::CorruptLines;
-
-/// `--version`: the release and the commit it was built from (`build.rs`; "unknown" when
-/// built outside git). The man pages carry the release only.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (commit ",
-    env!("WALCOMPACTD_GIT_COMMIT"),
-    ")"
-);
-
-#[derive(Parser)]
-#[command(
-    name = "walcompactd",
-    version = VERSION,
-    about = "Keeps append-only 2PC write-ahead logs small without losing a committed transaction",
-    after_help = "Environment:\n  WALCOMPACTD_INSECURE_POLICY=1  `run` and `check-policy` skip the policy trust check \
-        (owners and modes of the policy file and of its hooks' and alert commands' executables) \
-        and warn instead"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Figures about a WAL: size, lines, entries, transactions, reclaimable bytes; when the
-    /// WAL is in the policy, also the daemon's state, backups, decision and alerts.
-    ///
-    /// With --expire-after or --expire-in-flight-after (else the WAL's [wal.retention] in the
-    /// policy), also what retention would expire now; its bytes count as reclaimable.
-    Status {
-        wal: PathBuf,
-        #[arg(long)]
-        json: bool,
-        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
-        #[arg(long)]
-        policy: Option<PathBuf>,
-        #[command(flatten)]
-        expiry: ExpiryArgs,
-    },
-    /// Backup → compact → verify → swap; rolls back on failure.
-    Compact {
-        wal: PathBuf,
-        /// Report what each rule would remove; change nothing.
-        #[arg(long)]
-        dry_run: bool,
-        #[arg(long)]
-        json: bool,
-        /// Where the backup goes (default: the WAL's directory; the real file's for a symlink).
-        #[arg(long)]
-        backup_dir: Option<PathBuf>,
-        /// How writers are kept out: offline (none runs; a kernel lease makes the run give up
-        /// if one opens the WAL), lease (writers that open the WAL per append and take no
-        /// lock, like the Diotec360 application, keep appending) or online (writers that
-        /// follow docs/PROTOCOL.md keep appending).
-        #[arg(long, value_name = "MODE", value_parser = parse_mode, conflicts_with = "online")]
-        mode: Option<Mode>,
-        /// The same as --mode online.
-        #[arg(long)]
-        online: bool,
-        /// Online and lease: give up (exit 5, nothing changed) if writers hold the lock (or
-        /// keep the WAL open) this long (default 2000).
-        #[arg(long)]
-        lock_timeout_ms: Option<u64>,
-        /// Corrupt complete lines: keep them in place, move them to <stem>_quarantine<ext>
-        /// beside the backups, or refuse the WAL (exit 3).
-        #[arg(long, value_name = "MODE", default_value_t = CorruptLines::Keep)]
-        corrupt_lines: CorruptLines,
-        /// Compact even if the WAL has other hard links (they keep naming the old file).
-        #[arg(long)]
-        allow_hard_links: bool,
-        #[command(flatten)]
-        expiry: ExpiryArgs,
-        /// Where the archive of expired transactions goes (default: the backup directory).
-        #[arg(long, value_name = "DIR", requires = "retention")]
-        archive_dir: Option<PathBuf>,
-    },
-    /// Integrity check: parse every line, print the replay digest; with --against, compare.
-    Verify {
-        wal: PathBuf,
-        /// A backup (or any WAL) that must replay to the same state.
-        #[arg(long)]
-        against: Option<PathBuf>,
-        /// An archive of a retention run after BACKUP was taken (repeatable, any order): the
-        /// WAL with the archives' lines merged in, in the backup's order, must replay to the
-        /// backup's state (lines appended to the WAL since count on both sides), and every
-        /// archive line must be in the backup; else exit 1.
-        #[arg(long = "archive", value_name = "ARCHIVE", requires = "against")]
-        archives: Vec<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Back up the WAL now (hard link when possible, else a durable copy).
-    Backup {
-        wal: PathBuf,
-        #[arg(long)]
-        backup_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Replace the WAL with a backup, after backing up the current WAL; or, with
-    /// --from-archive, append an archive's expired lines to the (stopped) WAL.
-    Restore {
-        wal: PathBuf,
-        #[arg(required_unless_present = "from_archive")]
-        backup: Option<PathBuf>,
-        /// Append this archive's lines, in order, to the WAL instead, after backing up the
-        /// WAL (a copy). Offline only: refused (exit 4) if any process has the WAL open, or
-        /// if the WAL ends without a newline (a torn tail).
-        #[arg(long, value_name = "ARCHIVE", conflicts_with = "backup")]
-        from_archive: Option<PathBuf>,
-        /// With --from-archive: write the archive's lines to stdout, exactly; change nothing.
-        #[arg(long, requires = "from_archive", conflicts_with_all = ["backup", "json", "backup_dir"])]
-        print: bool,
-        #[arg(long)]
-        backup_dir: Option<PathBuf>,
-        /// How writers are kept out while the backup is put back: offline (none runs), lease
-        /// (a kernel lease holds writers back for the swap; late lines are kept) or online
-        /// (the writers' lock of docs/PROTOCOL.md is held for the rename).
-        #[arg(long, value_name = "MODE", value_parser = parse_mode, default_value = "offline",
-            conflicts_with = "from_archive")]
-        mode: Mode,
-        /// Online and lease: give up (exit 5, nothing changed) if writers hold the lock (or
-        /// keep the WAL open) this long.
-        #[arg(long, conflicts_with = "from_archive")]
-        lock_timeout_ms: Option<u64>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Delete backups older than --keep-days, always keeping the newest --keep-last.
-    PruneBackups {
-        wal: PathBuf,
-        #[arg(long)]
-        keep_days: u32,
-        #[arg(long)]
-        keep_last: u32,
-        #[arg(long)]
-        backup_dir: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run the daemon: watch the policy's WALs and compact them when a trigger holds.
-    ///
-    /// Refuses (exit 2) a policy that `check-policy` refuses, including one it cannot trust;
-    /// a reload that fails either way keeps the running policy.
-    Run {
-        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
-        #[arg(long)]
-        policy: Option<PathBuf>,
-    },
-    /// Validate a policy and print the effective policy; exit 2 listing every error.
-    ///
-    /// Hooks and alert commands run as the daemon's user, usually root. So when run as root,
-    /// or on a policy file another user owns, the policy file and the executables of its
-    /// commands, and every directory above them, must be owned by root or this user and not
-    /// be writable by group or others (a sticky directory such as /tmp excepted); else exit 2
-    /// naming each file, its mode or owner. WALCOMPACTD_INSECURE_POLICY=1 skips this check
-    /// with a warning.
-    CheckPolicy {
-        /// Policy file (default: /etc/walcompactd/policy.toml if it exists, else built-in).
-        path: Option<PathBuf>,
-    },
-    /// Finish or undo a compaction interrupted by a crash, and remove leftover temp files.
-    Recover {
-        wal: PathBuf,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print the manual page walcompactd(1) (`walcompactd man | man -l -`); with --dir, write
-    /// it and one page per subcommand there (walcompactd-status.1, ...), as the package ships.
-    Man {
-        #[arg(long, value_name = "DIR")]
-        dir: Option<PathBuf>,
-    },
-    /// Print the shell completion script for SHELL (installed by the package for bash, zsh
-    /// and fish), e.g. `walcompactd completions bash > /etc/bash_completion.d/walcompactd`.
-    Completions {
-        #[arg(value_enum)]
-        shell: clap_complete::Shell,
-    },
-}
-
-/// Opt-in retention on the command line: transactions older than a horizon leave the WAL
-/// for an archive (`compact`), or are shown as expirable (`status`, `compact --dry-run`).
-#[derive(Args, Debug, Clone, Default)]
-#[group(id = "retention", multiple = true)]
-struct ExpiryArgs {
-    /// Expire committed and aborted transactions whose last COMMIT/ABORT `timestamp` is
-    /// older than SECS seconds (at least 1).
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
-    expire_after: Option<u64>,
-    /// Expire in-flight transactions whose last PREPARE `timestamp` is older than SECS
-    /// seconds (0 = never); may be used without --expire-after.
-    #[arg(long, value_name = "SECS")]
-    expire_in_flight_after: Option<u64>,
-}
-
-impl ExpiryArgs {
-    /// The request, when either horizon was given.
-    fn request(&self, archive_dir: Option<PathBuf>) -> Option<RetentionRequest> {
-        if self.expire_after.is_none() && self.expire_in_flight_after.is_none() {
-            return None;
-        }
-        Some(RetentionRequest {
-            expire_after_secs: self.expire_after,
-            expire_in_flight_after_secs: self.expire_in_flight_after,
-            archive_dir,
-        })
-    }
-}
 
 /// Allocations from this size on get their own mappings (glibc's default is 128 KiB).
 const MMAP_THRESHOLD_BYTES: i32 = 1 << 20;
@@ -485,50 +276,104 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             mode,
             lock_timeout_ms,
             json,
-        } => match (backup, from_archive) {
-            (_, Some(archive)) if print_only => {
-                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-                commands::print_archive(&archive, &mut out)?;
-                Ok(exit_code::OK)
-            }
-            (_, Some(archive)) => {
-                let r = commands::restore_from_archive(&wal, &archive, backup_dir.as_deref())?;
-                print(json, &r, output::archive_restore);
-                Ok(exit_code::OK)
-            }
-            (Some(backup), None) => {
-                let Some(guard) = guard_of(mode, lock_timeout_ms) else {
-                    eprintln!(
-                        "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
+            policy,
+        } => {
+            // An archive named by its URL is downloaded and checked first (kept until done).
+            let fetched = match from_archive.as_deref().and_then(Path::to_str) {
+                Some(url) if offsite::cli::is_object_url(url) => {
+                    match offsite::cli::fetch_for(
+                        &wal,
+                        url,
+                        backup_dir.as_deref(),
+                        policy.as_deref(),
+                    ) {
+                        Ok(f) => Some(f),
+                        Err(e) => {
+                            eprintln!("walcompactd: error: {e}");
+                            return Ok(e.exit_code());
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let from_archive = match &fetched {
+                Some(f) => Some(f.path().to_path_buf()),
+                None => from_archive,
+            };
+            match (backup, from_archive) {
+                (_, Some(archive)) if print_only => {
+                    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                    commands::print_archive(&archive, &mut out)?;
+                    Ok(exit_code::OK)
+                }
+                (_, Some(archive)) => {
+                    let r = commands::restore_from_archive(&wal, &archive, backup_dir.as_deref())?;
+                    print(json, &r, output::archive_restore);
+                    Ok(exit_code::OK)
+                }
+                (Some(backup), None) => {
+                    let Some(guard) = guard_of(mode, lock_timeout_ms) else {
+                        eprintln!(
+                            "walcompactd: --lock-timeout-ms applies to --mode online and --mode lease only"
+                        );
+                        return Ok(exit_code::USAGE);
+                    };
+                    if let Some(url) = backup.to_str().filter(|t| offsite::cli::is_object_url(t)) {
+                        let dir = backup_dir.as_deref();
+                        return Ok(
+                            match offsite::cli::restore_from_url(
+                                &wal,
+                                url,
+                                dir,
+                                policy.as_deref(),
+                                guard,
+                            ) {
+                                Ok(r) => {
+                                    print(json, &r, output::restore);
+                                    exit_code::OK
+                                }
+                                Err(e) => {
+                                    eprintln!("walcompactd: error: {e}");
+                                    e.exit_code()
+                                }
+                            },
+                        );
+                    }
+                    print(
+                        json,
+                        &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
+                        output::restore,
                     );
-                    return Ok(exit_code::USAGE);
-                };
-                print(
-                    json,
-                    &commands::restore(&wal, &backup, backup_dir.as_deref(), guard)?,
-                    output::restore,
-                );
-                Ok(exit_code::OK)
+                    Ok(exit_code::OK)
+                }
+                (None, None) => {
+                    eprintln!("walcompactd: restore needs BACKUP or --from-archive ARCHIVE");
+                    Ok(exit_code::USAGE)
+                }
             }
-            (None, None) => {
-                eprintln!("walcompactd: restore needs BACKUP or --from-archive ARCHIVE");
-                Ok(exit_code::USAGE)
-            }
-        },
+        }
         Command::PruneBackups {
             wal,
             keep_days,
             keep_last,
             backup_dir,
             json,
+            policy,
         } => {
-            print(
-                json,
-                &commands::prune_backups(&wal, backup_dir.as_deref(), keep_days, keep_last)?,
-                output::prune,
-            );
+            let pending = match offsite::cli::pending_for(&wal, policy.as_deref()) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("walcompactd: error: {e}; nothing pruned");
+                    return Ok(e.exit_code());
+                }
+            };
+            let protect: Vec<&Path> = pending.iter().map(PathBuf::as_path).collect();
+            let dir = backup_dir.as_deref();
+            let r = commands::prune_backups(&wal, dir, keep_days, keep_last, &protect)?;
+            print(json, &r, output::prune);
             Ok(exit_code::OK)
         }
+        Command::Offsite { command } => Ok(offsite_command(command)),
         Command::Run { .. }
         | Command::CheckPolicy { .. }
         | Command::Man { .. }
@@ -540,12 +385,6 @@ fn dispatch(command: Command) -> Result<i32, PipelineError> {
             Ok(exit_code::OK)
         }
     }
-}
-
-/// `--mode` as the policy spells it.
-fn parse_mode(text: &str) -> Result<Mode, String> {
-    text.parse()
-        .map_err(|()| format!("expected one of {}", Mode::expected()))
 }
 
 /// The guard of `mode`; `None` when a lock timeout is given for a mode that takes no lock.
@@ -591,4 +430,31 @@ fn progress_bar() -> Option<indicatif::ProgressBar> {
     .ok()?;
     bar.set_style(style);
     Some(bar)
+}
+
+/// `offsite list` and `offsite push`: the WAL's entry in the policy, then the command.
+fn offsite_command(command: OffsiteCommand) -> i32 {
+    let (wal, json, path, is_push) = match command {
+        OffsiteCommand::List { wal, json, policy } => (wal, json, policy, false),
+        OffsiteCommand::Push { wal, json, policy } => (wal, json, policy, true),
+    };
+    let ran = offsite::cli::lookup(&wal, path.as_deref()).and_then(|(w, state_dir)| {
+        if is_push {
+            let r = offsite::cli::push(&w, &state_dir)?;
+            print(json, &r, offsite::cli::render_push);
+            Ok(if r.failures() > 0 {
+                exit_code::IO
+            } else {
+                exit_code::OK
+            })
+        } else {
+            let l = offsite::cli::list(&w, &state_dir)?;
+            print(json, &l, offsite::cli::render_listing);
+            Ok(exit_code::OK)
+        }
+    });
+    ran.unwrap_or_else(|e| {
+        eprintln!("walcompactd: error: {e}");
+        e.exit_code()
+    })
 }

@@ -71,6 +71,13 @@ pub const ARCHIVED_BYTES_TOTAL: &str = "walcompactd_archived_bytes_total";
 pub const ARCHIVES: &str = "walcompactd_archives";
 /// Bytes used by the archives (retention).
 pub const ARCHIVE_BYTES: &str = "walcompactd_archive_bytes";
+/// Bytes of backups and archives still waiting for a confirmed off-host copy.
+pub const OFFSITE_PENDING_BYTES: &str = "walcompactd_offsite_pending_bytes";
+/// Off-host upload attempts per outcome (`outcome` label: success, failed).
+pub const OFFSITE_UPLOADS_TOTAL: &str = "walcompactd_offsite_uploads_total";
+/// Unix time of the last confirmed off-host copy.
+pub const OFFSITE_LAST_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "walcompactd_offsite_last_success_timestamp_seconds";
 /// Policy reloads per result (`result` label); daemon-wide.
 pub const POLICY_RELOADS_TOTAL: &str = "walcompactd_policy_reloads_total";
 /// Constant 1 with the `version` label; daemon-wide.
@@ -99,6 +106,9 @@ pub const METRIC_NAMES: &[&str] = &[
     ARCHIVED_BYTES_TOTAL,
     ARCHIVES,
     ARCHIVE_BYTES,
+    OFFSITE_PENDING_BYTES,
+    OFFSITE_UPLOADS_TOTAL,
+    OFFSITE_LAST_SUCCESS_TIMESTAMP_SECONDS,
     POLICY_RELOADS_TOTAL,
     BUILD_INFO,
 ];
@@ -251,6 +261,7 @@ fn install_recorder(listen: Option<SocketAddr>) -> Result<PrometheusHandle, Metr
 }
 
 fn describe_all() {
+    describe_offsite();
     describe_gauge!(WAL_SIZE_BYTES, Unit::Bytes, "Size of the WAL file.");
     describe_gauge!(
         WAL_ENTRIES,
@@ -510,6 +521,42 @@ pub fn record_archives(name: &str, count: u64, bytes: u64) {
     let wal = wal_label(name);
     gauge!(ARCHIVES, &wal).set(count as f64);
     gauge!(ARCHIVE_BYTES, &wal).set(bytes as f64);
+}
+
+fn describe_offsite() {
+    describe_gauge!(
+        OFFSITE_PENDING_BYTES,
+        Unit::Bytes,
+        "Bytes of backups and archives waiting for a confirmed off-host copy."
+    );
+    describe_counter!(
+        OFFSITE_UPLOADS_TOTAL,
+        Unit::Count,
+        "Off-host upload attempts per outcome."
+    );
+    describe_gauge!(
+        OFFSITE_LAST_SUCCESS_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time of the last confirmed off-host copy."
+    );
+}
+
+/// Publishes what still waits for an off-host copy and when the last one was confirmed
+/// (0 when none ever was). Also creates both upload counters at 0.
+pub fn publish_offsite(name: &str, pending_bytes: u64, last_success_secs: f64) {
+    let wal = wal_label(name);
+    gauge!(OFFSITE_PENDING_BYTES, &wal).set(pending_bytes as f64);
+    gauge!(OFFSITE_LAST_SUCCESS_TIMESTAMP_SECONDS, &wal).set(last_success_secs);
+    for outcome in ["success", "failed"] {
+        counter!(OFFSITE_UPLOADS_TOTAL, "wal" => name.to_string(), "outcome" => outcome)
+            .increment(0);
+    }
+}
+
+/// Counts one upload attempt (`success`: confirmed on the server; `failed`: anything else).
+pub fn record_offsite_upload(name: &str, success: bool) {
+    let outcome = if success { "success" } else { "failed" };
+    counter!(OFFSITE_UPLOADS_TOTAL, "wal" => name.to_string(), "outcome" => outcome).increment(1);
 }
 
 /// Sets whether a run of the WAL is in progress.

@@ -102,6 +102,10 @@ async fn scrape_and_textfile_match_a_real_wal_status() {
     metrics::record_expired("orders", 3, 420);
     metrics::record_expired("orders", 1, 80);
     metrics::record_archives("orders", 2, 500);
+    metrics::publish_offsite("orders", 4096, 1_700_000_000.5);
+    metrics::record_offsite_upload("orders", true);
+    metrics::record_offsite_upload("orders", false);
+    metrics::record_offsite_upload("orders", false);
 
     let body = tokio::task::spawn_blocking(move || scrape(addr))
         .await
@@ -220,6 +224,21 @@ async fn scrape_and_textfile_match_a_real_wal_status() {
     assert_eq!(scalar(&s, metrics::ARCHIVED_BYTES_TOTAL, &[w]), 500.0);
     assert_eq!(scalar(&s, metrics::ARCHIVES, &[w]), 2.0);
     assert_eq!(scalar(&s, metrics::ARCHIVE_BYTES, &[w]), 500.0);
+    assert_eq!(scalar(&s, metrics::OFFSITE_PENDING_BYTES, &[w]), 4096.0);
+    assert_eq!(
+        scalar(&s, metrics::OFFSITE_LAST_SUCCESS_TIMESTAMP_SECONDS, &[w]),
+        1_700_000_000.5
+    );
+    for (outcome, n) in [("success", 1.0), ("failed", 2.0)] {
+        assert_eq!(
+            scalar(
+                &s,
+                metrics::OFFSITE_UPLOADS_TOTAL,
+                &[w, ("outcome", outcome)]
+            ),
+            n
+        );
+    }
 
     // Every metric is described (HELP line).
     for name in metrics::METRIC_NAMES {

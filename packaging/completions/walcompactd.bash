@@ -34,6 +34,9 @@ _walcompactd() {
             walcompactd,man)
                 cmd="walcompactd__subcmd__man"
                 ;;
+            walcompactd,offsite)
+                cmd="walcompactd__subcmd__offsite"
+                ;;
             walcompactd,prune-backups)
                 cmd="walcompactd__subcmd__prune__subcmd__backups"
                 ;;
@@ -70,6 +73,9 @@ _walcompactd() {
             walcompactd__subcmd__help,man)
                 cmd="walcompactd__subcmd__help__subcmd__man"
                 ;;
+            walcompactd__subcmd__help,offsite)
+                cmd="walcompactd__subcmd__help__subcmd__offsite"
+                ;;
             walcompactd__subcmd__help,prune-backups)
                 cmd="walcompactd__subcmd__help__subcmd__prune__subcmd__backups"
                 ;;
@@ -88,6 +94,30 @@ _walcompactd() {
             walcompactd__subcmd__help,verify)
                 cmd="walcompactd__subcmd__help__subcmd__verify"
                 ;;
+            walcompactd__subcmd__help__subcmd__offsite,list)
+                cmd="walcompactd__subcmd__help__subcmd__offsite__subcmd__list"
+                ;;
+            walcompactd__subcmd__help__subcmd__offsite,push)
+                cmd="walcompactd__subcmd__help__subcmd__offsite__subcmd__push"
+                ;;
+            walcompactd__subcmd__offsite,help)
+                cmd="walcompactd__subcmd__offsite__subcmd__help"
+                ;;
+            walcompactd__subcmd__offsite,list)
+                cmd="walcompactd__subcmd__offsite__subcmd__list"
+                ;;
+            walcompactd__subcmd__offsite,push)
+                cmd="walcompactd__subcmd__offsite__subcmd__push"
+                ;;
+            walcompactd__subcmd__offsite__subcmd__help,help)
+                cmd="walcompactd__subcmd__offsite__subcmd__help__subcmd__help"
+                ;;
+            walcompactd__subcmd__offsite__subcmd__help,list)
+                cmd="walcompactd__subcmd__offsite__subcmd__help__subcmd__list"
+                ;;
+            walcompactd__subcmd__offsite__subcmd__help,push)
+                cmd="walcompactd__subcmd__offsite__subcmd__help__subcmd__push"
+                ;;
             *)
                 ;;
         esac
@@ -95,7 +125,7 @@ _walcompactd() {
 
     case "${cmd}" in
         walcompactd)
-            opts="-h -V --help --version status compact verify backup restore prune-backups run check-policy recover man completions help"
+            opts="-h -V --help --version status compact verify backup restore prune-backups run check-policy offsite recover man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -197,7 +227,7 @@ _walcompactd() {
             return 0
             ;;
         walcompactd__subcmd__help)
-            opts="status compact verify backup restore prune-backups run check-policy recover man completions help"
+            opts="status compact verify backup restore prune-backups run check-policy offsite recover man completions help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -283,6 +313,48 @@ _walcompactd() {
         walcompactd__subcmd__help__subcmd__man)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__help__subcmd__offsite)
+            opts="list push"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__help__subcmd__offsite__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__help__subcmd__offsite__subcmd__push)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
@@ -396,8 +468,114 @@ _walcompactd() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        walcompactd__subcmd__offsite)
+            opts="-h --help list push help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__offsite__subcmd__help)
+            opts="list push help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__offsite__subcmd__help__subcmd__help)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__offsite__subcmd__help__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__offsite__subcmd__help__subcmd__push)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__offsite__subcmd__list)
+            opts="-h --json --policy --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        walcompactd__subcmd__offsite__subcmd__push)
+            opts="-h --json --policy --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         walcompactd__subcmd__prune__subcmd__backups)
-            opts="-h --keep-days --keep-last --backup-dir --json --help"
+            opts="-h --keep-days --keep-last --backup-dir --json --policy --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -412,6 +590,10 @@ _walcompactd() {
                     return 0
                     ;;
                 --backup-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --policy)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -437,12 +619,16 @@ _walcompactd() {
             return 0
             ;;
         walcompactd__subcmd__restore)
-            opts="-h --from-archive --print --backup-dir --mode --lock-timeout-ms --json --help"
+            opts="-h --policy --from-archive --print --backup-dir --mode --lock-timeout-ms --json --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --policy)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --from-archive)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0

@@ -248,6 +248,7 @@ fn values_map_every_metric() {
         compaction_stalled_seconds: Some(6.0),
         consecutive_failures: Some(7),
         disk_free_percent: Some(8.0),
+        offsite_pending_seconds: Some(10.0),
     };
     let got: Vec<_> = AlertMetric::ALL.iter().map(|m| v.value(*m)).collect();
     let want = [
@@ -262,6 +263,7 @@ fn values_map_every_metric() {
         6.0,
         7.0,
         8.0,
+        10.0,
     ];
     assert_eq!(got, want.map(Some));
     assert!(

@@ -110,8 +110,14 @@ impl JobResult {
     }
 }
 
-/// Runs one attempt. `trigger` is the decision's reasons, for the logs.
-pub async fn run(policy: &WalPolicy, trigger: &str, cancel: &CancellationToken) -> JobResult {
+/// Runs one attempt. `trigger` is the decision's reasons, for the logs; `offsite` is where
+/// a successful run's new files are queued for their off-host copies.
+pub async fn run(
+    policy: &WalPolicy,
+    trigger: &str,
+    cancel: &CancellationToken,
+    offsite: &super::offsite::Link,
+) -> JobResult {
     let started = Instant::now();
     let env = HookEnv {
         wal_path: policy.resolved_path.clone(),
@@ -141,7 +147,12 @@ pub async fn run(policy: &WalPolicy, trigger: &str, cancel: &CancellationToken) 
     if let JobResult::Success(report) = &result
         && let Some(b) = &report.backup
     {
-        housekeeping(policy.clone(), b.clone());
+        housekeeping(
+            policy.clone(),
+            b.clone(),
+            report.archive.clone(),
+            offsite.clone(),
+        );
     }
     result
 }
@@ -455,30 +466,28 @@ fn log_result(policy: &WalPolicy, trigger: &str, result: &JobResult, started: In
     }
 }
 
-/// Prune old backups (protecting the new one), then compress the new one if asked — in
-/// the background: failures are logged, never counted as run failures.
-fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
+/// Prune old backups (protecting the new one and those still waiting for an off-host
+/// copy), then compress the new one if asked, then queue the new backup and archive for
+/// their off-host copies and wake the uploader — in the background: failures are logged,
+/// never counted as run failures.
+fn housekeeping(
+    policy: WalPolicy,
+    new_backup: PathBuf,
+    archive: Option<PathBuf>,
+    offsite: super::offsite::Link,
+) {
     tokio::task::spawn_blocking(move || {
         // Backups are named after and (by default) beside the real file behind a symlink.
         let wal = &pipeline::links::real_path_or_given(&policy.resolved_path);
         let dir = backup::backup_dir(wal, policy.backup_dir.as_deref());
-        let b = policy.backups;
-        match backup::prune(
-            wal,
-            &dir,
-            b.keep_days,
-            b.keep_last,
-            Some(&new_backup),
-            chrono::Utc::now(),
-        ) {
-            Ok(gone) if !gone.is_empty() => {
-                info!(event = "prune", wal = %policy.name, removed = gone.len(), "pruned {} old backups", gone.len())
-            }
-            Ok(_) => {}
-            Err(e) => warn!(event = "prune", wal = %policy.name, "backup pruning failed: {e}"),
+        // A pending list that cannot be read protects nothing: then nothing is pruned.
+        if let Some(pending) = offsite.pending(&policy) {
+            let mut protect: Vec<&Path> = pending.iter().map(PathBuf::as_path).collect();
+            protect.push(&new_backup);
+            prune_backups(&policy, wal, &dir, &protect);
+            prune_archives(&policy, wal, &dir, &protect);
         }
-        prune_archives(&policy, wal, &dir);
-        if b.compress {
+        if policy.backups.compress {
             match backup::compress(&new_backup) {
                 Ok(p) => {
                     info!(event = "compress", wal = %policy.name, backup = %p.display(), "backup compressed")
@@ -488,18 +497,40 @@ fn housekeeping(policy: WalPolicy, new_backup: PathBuf) {
                 }
             }
         }
+        offsite.enqueue(&policy, &new_backup, archive.as_deref());
     });
+}
+
+/// Prunes old backups by `keep_days`/`keep_last`, never one in `protect`.
+fn prune_backups(policy: &WalPolicy, wal: &Path, dir: &Path, protect: &[&Path]) {
+    let b = policy.backups;
+    {
+        match backup::prune(
+            wal,
+            dir,
+            b.keep_days,
+            b.keep_last,
+            protect,
+            chrono::Utc::now(),
+        ) {
+            Ok(gone) if !gone.is_empty() => {
+                info!(event = "prune", wal = %policy.name, removed = gone.len(), "pruned {} old backups", gone.len())
+            }
+            Ok(_) => {}
+            Err(e) => warn!(event = "prune", wal = %policy.name, "backup pruning failed: {e}"),
+        }
+    }
 }
 
 /// Prunes the WAL's archives by `archive_keep_days` (never the newest; separately from
 /// backups) and publishes how many remain and their size.
-fn prune_archives(policy: &WalPolicy, wal: &Path, backup_dir: &Path) {
+fn prune_archives(policy: &WalPolicy, wal: &Path, backup_dir: &Path, protect: &[&Path]) {
     let Some(r) = &policy.retention else { return };
     let dir = r
         .archive_dir
         .clone()
         .unwrap_or_else(|| backup_dir.to_path_buf());
-    match pipeline::archive::prune(wal, &dir, r.archive_keep_days, chrono::Utc::now()) {
+    match pipeline::archive::prune(wal, &dir, r.archive_keep_days, protect, chrono::Utc::now()) {
         Ok(gone) if !gone.is_empty() => {
             info!(event = "prune", wal = %policy.name, removed = gone.len(), "pruned {} old archives", gone.len())
         }

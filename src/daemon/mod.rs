@@ -11,6 +11,7 @@ mod job;
 pub mod logging;
 pub mod notify;
 pub mod observe;
+pub mod offsite;
 pub mod report;
 pub mod schedule;
 pub mod state;

@@ -204,10 +204,15 @@ pub fn alert_values(status: &WalStatus, now: DateTime<Utc>, min_reclaimable: u64
         .last_success
         .map(|t| (now - t).num_milliseconds().max(0) as f64 / 1000.0);
     let consecutive_failures = Some(u64::from(status.state.consecutive_failures));
+    let offsite_pending_seconds = status.offsite.as_ref().map(|o| {
+        o.oldest_pending
+            .map_or(0.0, |t| (now - t).num_milliseconds().max(0) as f64 / 1000.0)
+    });
     if status.missing {
         return AlertValues {
             seconds_since_last_success: since,
             consecutive_failures,
+            offsite_pending_seconds,
             ..AlertValues::default()
         };
     }
@@ -227,6 +232,7 @@ pub fn alert_values(status: &WalStatus, now: DateTime<Utc>, min_reclaimable: u64
         ),
         consecutive_failures,
         disk_free_percent: s.free_percent,
+        offsite_pending_seconds,
     }
 }
 

@@ -55,6 +55,49 @@ pub struct WalReport {
     pub disk_free_ratio: Option<f64>,
     pub decision: DecisionReport,
     pub alerts: Vec<AlertReport>,
+    /// With `[wal.offsite]`: where copies go and what still waits for one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteReport>,
+}
+
+/// The WAL's off-host copies as the queue records them.
+#[derive(Debug, Clone, Serialize)]
+pub struct OffsiteReport {
+    pub target: String,
+    pub pending: Vec<crate::offsite::queue::Pending>,
+    pub pending_bytes: u64,
+    pub last_success: Option<DateTime<Utc>>,
+    /// The queue could not be read (then nothing is pruned locally).
+    pub error: Option<String>,
+}
+
+/// The offsite report and the board's figures of `w`, if it has `[wal.offsite]`.
+fn offsite_report(
+    w: &WalPolicy,
+    state_dir: &Path,
+) -> Option<(OffsiteReport, super::offsite::OffsiteStatus)> {
+    let o = w.offsite.as_ref()?;
+    let target = o
+        .target(&w.name)
+        .map_or_else(|e| format!("(invalid: {e})"), |t| t.to_string());
+    let (queue, error) = match crate::offsite::cli::queue_file(w, state_dir).load() {
+        Ok(q) => (q, None),
+        Err(e) => (Default::default(), Some(e.to_string())),
+    };
+    let status = super::offsite::OffsiteStatus {
+        pending: queue.pending.len(),
+        pending_bytes: queue.pending_bytes(),
+        oldest_pending: queue.oldest_pending(),
+        last_success: queue.last_success,
+    };
+    let report = OffsiteReport {
+        target,
+        pending_bytes: queue.pending_bytes(),
+        last_success: queue.last_success,
+        pending: queue.pending,
+        error,
+    };
+    Some((report, status))
 }
 
 /// Backups kept for the WAL.
@@ -165,9 +208,11 @@ fn wal_report(
         &triggers::decide(&stats, &w.triggers, &state, None, now),
         &state,
     );
+    let offsite = offsite_report(w, &policy.daemon.state_dir);
     let board = WalStatus {
         stats,
         state: state.clone(),
+        offsite: offsite.as_ref().map(|(_, s)| s.clone()),
         ..WalStatus::default()
     };
     let values = observe::alert_values(&board, now, w.triggers.min_reclaimable_bytes);
@@ -210,6 +255,37 @@ fn wal_report(
         disk_free_ratio,
         decision,
         alerts,
+        offsite: offsite.map(|(r, _)| r),
+    }
+}
+
+/// The offsite lines of `status`: the target, the last copy, each pending file.
+fn render_offsite(o: &mut String, off: &OffsiteReport) {
+    let _ = writeln!(
+        o,
+        "offsite        {}: {} pending ({} bytes), last copy {}",
+        off.target,
+        off.pending.len(),
+        off.pending_bytes,
+        off.last_success
+            .map_or("never".to_string(), |t| t.to_rfc3339())
+    );
+    if let Some(e) = &off.error {
+        let _ = writeln!(o, "offsite        queue unreadable: {e}");
+    }
+    for p in &off.pending {
+        let retry = p
+            .next_attempt
+            .map_or(String::new(), |t| format!(", next try {}", t.to_rfc3339()));
+        let _ = writeln!(
+            o,
+            "  pending      {} {} ({} bytes, queued {}, {} failed attempts{retry})",
+            p.kind.as_str(),
+            p.path.display(),
+            p.bytes,
+            p.queued_at.to_rfc3339(),
+            p.attempts
+        );
     }
 }
 
@@ -352,6 +428,9 @@ pub fn render(p: &PolicyStatus) -> String {
         "decision       {}: {}",
         r.decision.verdict, r.decision.explanation
     );
+    if let Some(off) = &r.offsite {
+        render_offsite(&mut o, off);
+    }
     if r.alerts.is_empty() {
         let _ = writeln!(o, "alerts         no rule applies");
     }

@@ -46,6 +46,8 @@ pub struct WalStatus {
     pub running: bool,
     /// Backups kept (count, bytes), once listed.
     pub backups: Option<(u64, u64)>,
+    /// With `[wal.offsite]`, once its uploader has looked at the queue.
+    pub offsite: Option<super::offsite::OffsiteStatus>,
 }
 
 impl WalStatus {
@@ -109,6 +111,17 @@ pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> H
     let hint = Arc::new(Hint::default());
     let cancel = parent.child_token();
     let state_file = StateFile::new(&shared.state_dir, &policy.name);
+    let offsite = super::offsite::Link {
+        state_dir: shared.state_dir.clone(),
+        kick: Arc::new(Notify::new()),
+    };
+    super::offsite::spawn(
+        policy_tx.subscribe(),
+        offsite.clone(),
+        Arc::clone(&shared.board),
+        Arc::clone(&shared.changed),
+        cancel.clone(),
+    );
     let sv = Supervisor {
         stats: StatsTracker::for_policy(&policy),
         state_writer: StateWriter::spawn(state_file.clone(), policy.name.clone()),
@@ -124,6 +137,7 @@ pub fn spawn(policy: WalPolicy, shared: Shared, parent: &CancellationToken) -> H
         backups: None,
         backups_listed: None,
         pending_alert: None,
+        offsite,
     };
     let path = sv.policy.resolved_path.clone();
     let join = tokio::spawn(sv.run(rx, alert_rx, policy_rx));
@@ -158,6 +172,8 @@ struct Supervisor {
     /// An alert asked for a compaction (its name): kept while cooldown or backoff hold it
     /// back, dropped once a job ran or there is nothing worth compacting.
     pending_alert: Option<String>,
+    /// Where a successful run queues its files for the WAL's uploader.
+    offsite: super::offsite::Link,
 }
 
 impl Supervisor {
@@ -420,17 +436,20 @@ impl Supervisor {
 
     /// Puts the WAL's status on the board, exports its gauges, and wakes the observer.
     fn publish(&self, stats: WalStats) {
-        let status = WalStatus {
+        let mut status = WalStatus {
             stats,
             state: self.state.clone(),
             blocked: self.blocked,
             missing: self.missing,
             running: self.running,
             backups: self.backups,
+            offsite: None,
         };
         publish_metrics(&self.policy.name, &status);
         {
             let mut board = self.shared.board.lock().unwrap_or_else(|e| e.into_inner());
+            // The uploader owns the offsite part: keep what it published.
+            status.offsite = board.get(&self.policy.name).and_then(|s| s.offsite.clone());
             board.insert(self.policy.name.clone(), status);
         }
         self.shared.changed.notify_one();
@@ -452,7 +471,7 @@ impl Supervisor {
     async fn compact(&mut self, trigger: &str) {
         self.set_running(true);
         let started = Instant::now();
-        let result = job::run(&self.policy, trigger, &self.cancel).await;
+        let result = job::run(&self.policy, trigger, &self.cancel, &self.offsite).await;
         let duration = started.elapsed();
         self.set_running(false);
         let outcome = result.outcome();

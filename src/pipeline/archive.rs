@@ -531,16 +531,19 @@ pub fn select_prunable(
 }
 
 /// Removes the archives of `wal` in `dir` older than `keep_days` (0 = none), never the
-/// newest; returns those removed. Each is removed by name (`unlinkat`), only if it is still a
-/// regular file, then the directory is fsynced.
+/// newest, never one in `protect` (still waiting for an off-host copy); returns those
+/// removed. Each is removed by name (`unlinkat`), only if it is still a regular file, then
+/// the directory is fsynced.
 pub fn prune(
     wal: &Path,
     dir: &Path,
     keep_days: u32,
+    protect: &[&Path],
     now: DateTime<Utc>,
 ) -> Result<Vec<PathBuf>, PipelineError> {
     let archives = list(wal, dir).map_err(PipelineError::io(Stage::Prune, "list", dir))?;
-    let doomed = select_prunable(&archives, keep_days, now);
+    let mut doomed = select_prunable(&archives, keep_days, now);
+    doomed.retain(|p| !protect.contains(&p.as_path()));
     if doomed.is_empty() {
         return Ok(doomed);
     }

@@ -270,19 +270,20 @@ pub fn list(wal: &Path, dir: &Path) -> io::Result<Vec<BackupFile>> {
 }
 
 /// Which backups to delete: older than `keep_days`, never among the newest `keep_last`,
-/// never `protect`. Pure, so the retention rule is testable without files.
+/// never one in `protect` (the new backup; those still waiting for an off-host copy). Pure,
+/// so the retention rule is testable without files.
 pub fn select_prunable(
     backups: &[BackupFile],
     keep_days: u32,
     keep_last: u32,
-    protect: Option<&Path>,
+    protect: &[&Path],
     now: DateTime<Utc>,
 ) -> Vec<PathBuf> {
     let cutoff = now - chrono::Duration::days(i64::from(keep_days));
     let keep_from = backups.len().saturating_sub(keep_last as usize);
     backups[..keep_from]
         .iter()
-        .filter(|b| b.taken_at < cutoff && Some(b.path.as_path()) != protect)
+        .filter(|b| b.taken_at < cutoff && !protect.contains(&b.path.as_path()))
         .map(|b| b.path.clone())
         .collect()
 }
@@ -293,7 +294,7 @@ pub fn prune(
     dir: &Path,
     keep_days: u32,
     keep_last: u32,
-    protect: Option<&Path>,
+    protect: &[&Path],
     now: DateTime<Utc>,
 ) -> Result<Vec<PathBuf>, PipelineError> {
     let backups = list(wal, dir).map_err(PipelineError::io(Stage::Prune, "list", dir))?;
@@ -421,15 +422,15 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(
-            names(select_prunable(&all, 7, 2, None, now)),
+            names(select_prunable(&all, 7, 2, &[], now)),
             ["b1", "b2", "b3"]
         );
-        assert_eq!(names(select_prunable(&all, 7, 4, None, now)), ["b1"]);
+        assert_eq!(names(select_prunable(&all, 7, 4, &[], now)), ["b1"]);
         assert_eq!(
-            names(select_prunable(&all, 7, 2, Some(Path::new("b2")), now)),
+            names(select_prunable(&all, 7, 2, &[Path::new("b2")], now)),
             ["b1", "b3"]
         );
-        assert!(select_prunable(&all, 7, 10, None, now).is_empty());
-        assert!(select_prunable(&all, 30, 0, None, now).is_empty());
+        assert!(select_prunable(&all, 7, 10, &[], now).is_empty());
+        assert!(select_prunable(&all, 30, 0, &[], now).is_empty());
     }
 }

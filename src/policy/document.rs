@@ -130,11 +130,15 @@ fn read_wal(mut table: Table, prefix: &str, errors: &mut Vec<KeyError>) -> RawWa
     let retention = table
         .contains_key("retention")
         .then(|| read_sub_table(&mut table, prefix, "retention", errors));
+    let offsite = table
+        .contains_key("offsite")
+        .then(|| read_sub_table(&mut table, prefix, "offsite", errors));
     RawWal {
         triggers,
         backups,
         hooks,
         retention,
+        offsite,
         ..read_section(table, prefix, errors)
     }
 }

@@ -14,6 +14,7 @@
 mod alerts;
 mod document;
 mod env;
+mod offsite;
 mod render;
 mod schema;
 pub mod trust;
@@ -29,7 +30,7 @@ pub use env::{ParseEnv, SYSTEM_STATE_DIR, normalize};
 pub use trust::Trust;
 pub use types::{
     AlertAction, AlertMetric, AlertRule, BackupPolicy, DaemonPolicy, Hooks, LogFormat, Mode,
-    Policy, RetentionPolicy, Schedule, Severity, Threshold, Triggers, WalPolicy,
+    OffsitePolicy, Policy, RetentionPolicy, Schedule, Severity, Threshold, Triggers, WalPolicy,
 };
 
 /// Where a packaged install keeps its policy; used when no path is given and it exists.

@@ -63,6 +63,7 @@ fn wal(w: &WalPolicy) -> RawWal {
             verify: Some(w.hooks.verify.clone()),
         },
         retention: w.retention.as_ref().map(retention),
+        offsite: w.offsite.as_ref().map(super::offsite::render),
     }
 }
 

@@ -67,6 +67,9 @@ pub(crate) struct RawWal {
     /// `[wal.retention]` at all, since no value of `expire_after_secs` spells "off".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RawRetention>,
+    /// Absent means nothing leaves the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<RawOffsite>,
 }
 
 /// `[wal.triggers]`.
@@ -125,6 +128,22 @@ pub(crate) struct RawRetention {
     pub archive_dir: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archive_keep_days: Option<i64>,
+}
+
+/// `[wal.offsite]`: copies of backups and archives in object storage.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOffsite {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_http: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete_local_after_upload: Option<bool>,
 }
 
 /// One `[[alert]]` entry.

@@ -94,7 +94,8 @@ fn embedded_default_parses_to_the_operations_guide() {
             "WAL Size Critical",
             "Reclaimable Ratio High",
             "Compaction Stalled",
-            "WAL Has Corrupt Lines"
+            "WAL Has Corrupt Lines",
+            "Offsite Copies Behind"
         ]
     );
     let stalled = &policy.alerts[3];
@@ -326,7 +327,7 @@ fn alert_semantic_errors() {
                 [[alert]]\nname = \"x\"\nmetric = \"disk_free_percent\"\nbelow = 150\ncommand = [\"true\"]\n";
     let got = lines(text);
     let expected = [
-        "alert[0].metric: must be one of wal_size_mb, wal_size_bytes, wal_reclaimable_bytes, wal_reclaimable_ratio, wal_torn_tail_bytes, wal_corrupt_lines, wal_in_flight_transactions, seconds_since_last_success, compaction_stalled_seconds, consecutive_failures, disk_free_percent; got \"wal_sise_mb\"",
+        "alert[0].metric: must be one of wal_size_mb, wal_size_bytes, wal_reclaimable_bytes, wal_reclaimable_ratio, wal_torn_tail_bytes, wal_corrupt_lines, wal_in_flight_transactions, seconds_since_last_success, compaction_stalled_seconds, consecutive_failures, disk_free_percent, offsite_pending_seconds; got \"wal_sise_mb\"",
         "alert[0].severity: must be one of warning, critical; got \"loud\"",
         "alert[0].actions[1]: must be one of log, compact, command; got \"page\"",
         "alert[0].actions[2]: duplicate action \"log\"",

@@ -84,6 +84,42 @@ pub struct WalPolicy {
     pub hooks: Hooks,
     /// `[wal.retention]`; `None` when the table is absent (nothing ever expires).
     pub retention: Option<RetentionPolicy>,
+    /// `[wal.offsite]`; `None` when absent (nothing leaves the host).
+    pub offsite: Option<OffsitePolicy>,
+}
+
+/// `[wal.offsite]`: where copies of backups and archives go. Credentials are never here:
+/// the client reads them from the daemon's environment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OffsitePolicy {
+    /// The URL template as written (`{host}`, `{wal}` resolved when used), already checked.
+    pub url: String,
+    /// `None`: the provider's own endpoint (or `AWS_ENDPOINT_URL`).
+    pub endpoint: Option<String>,
+    pub allow_http: bool,
+    pub upload_backups: bool,
+    pub upload_archives: bool,
+    /// Remove a local backup or archive once its copy is confirmed (never the newest backup).
+    pub delete_local_after_upload: bool,
+}
+
+impl OffsitePolicy {
+    /// The destination of the WAL named `wal` on this host.
+    pub fn target(&self, wal: &str) -> Result<crate::offsite::target::Target, String> {
+        crate::offsite::target::Target::resolve(&self.url, &crate::offsite::hostname(), wal)
+    }
+
+    /// The client settings for `target`.
+    pub fn store_config(
+        &self,
+        target: &crate::offsite::target::Target,
+    ) -> crate::offsite::store::StoreConfig {
+        crate::offsite::store::StoreConfig {
+            bucket: target.bucket.clone(),
+            endpoint: self.endpoint.clone(),
+            allow_http: self.allow_http,
+        }
+    }
 }
 
 /// How writers are kept out during compaction: the pipeline's own mode (one type from the
@@ -315,6 +351,9 @@ pub enum AlertMetric {
     ConsecutiveFailures,
     /// Free space on the WAL's filesystem, percent.
     DiskFreePercent,
+    /// Seconds since the oldest backup or archive still waiting for its off-host copy was
+    /// queued; 0 when none waits; unknown without `[wal.offsite]`.
+    OffsitePendingSeconds,
 }
 
 keyword_enum!(AlertMetric {
@@ -329,6 +368,7 @@ keyword_enum!(AlertMetric {
     CompactionStalledSeconds => "compaction_stalled_seconds",
     ConsecutiveFailures => "consecutive_failures",
     DiskFreePercent => "disk_free_percent",
+    OffsitePendingSeconds => "offsite_pending_seconds",
 });
 
 impl AlertMetric {

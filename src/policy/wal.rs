@@ -74,6 +74,9 @@ pub(crate) fn wal(
         retention: raw
             .retention
             .map(|r| retention(r, &mut Section::new(s.key("retention"), s.errors), env)),
+        offsite: raw
+            .offsite
+            .map(|o| super::offsite::offsite(o, &mut Section::new(s.key("offsite"), s.errors))),
     };
     (errors.len() == before).then_some(wal)
 }

@@ -333,10 +333,10 @@ fn prune_keeps_the_newest_and_respects_keep_days() {
     symlink(&victim, path(3, 0)).unwrap();
     symlink(&victim, path(30, 0)).unwrap();
     assert!(
-        prune(&wal, d.path(), 0, now).unwrap().is_empty(),
+        prune(&wal, d.path(), 0, &[], now).unwrap().is_empty(),
         "0 = keep"
     );
-    let removed = prune(&wal, d.path(), 7, now).unwrap();
+    let removed = prune(&wal, d.path(), 7, &[], now).unwrap();
     assert_eq!(removed, [path(1, 0), path(1, 2), path(1, 10), path(2, 0)]);
     let left: Vec<PathBuf> = list(&wal, d.path())
         .unwrap()
@@ -345,7 +345,7 @@ fn prune_keeps_the_newest_and_respects_keep_days() {
         .collect();
     assert_eq!(left, [path(25, 0), path(29, 0)]);
     // Everything old: all but the newest go.
-    let removed = prune(&wal, d.path(), 1, at("2027-06-01T00:00:00Z")).unwrap();
+    let removed = prune(&wal, d.path(), 1, &[], at("2027-06-01T00:00:00Z")).unwrap();
     assert_eq!(removed, [path(25, 0)]);
     assert!(path(29, 0).exists(), "the newest archive is never pruned");
     assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
