@@ -1,0 +1,104 @@
+//! Reading an archive back: decompressed from its start, line by line for restores and
+//! `verify --archive`, or counted and hashed whole for the check before a swap.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{Archive, HASH_SEED};
+use crate::fsutil::safe::Dir;
+use crate::pipeline::{PipelineError, Stage};
+
+/// Read buffer for decompressed lines.
+const READ_BUFFER_BYTES: usize = 1 << 16;
+
+/// An archive opened for reading, never through a symlink; every read is of that one inode.
+#[derive(Debug)]
+pub struct ArchiveReader {
+    file: File,
+    path: PathBuf,
+}
+
+impl ArchiveReader {
+    /// Opens the archive at `path` (a symlink there is refused, not followed).
+    pub fn open(path: &Path) -> Result<ArchiveReader, PipelineError> {
+        let io_err = |op| PipelineError::io(Stage::Archive, op, path);
+        let file = Dir::of(path)
+            .and_then(|(dir, name)| dir.open_read(&name))
+            .map_err(io_err("open (not following a symlink)"))?;
+        if !file.metadata().map_err(io_err("stat"))?.is_file() {
+            return Err(PipelineError::BadInput {
+                path: path.into(),
+                what: "not a regular file, so not an archive".into(),
+            });
+        }
+        Ok(ArchiveReader {
+            file,
+            path: path.into(),
+        })
+    }
+
+    /// Decompresses the whole archive from its start, calling `f` with each line (its `\n`
+    /// included), and counts and hashes what it read. An archive that does not end with a
+    /// newline is damaged (a finished one always does): an error after the last whole line.
+    pub fn read_lines<E: From<PipelineError>>(
+        &mut self,
+        mut f: impl FnMut(&[u8]) -> Result<(), E>,
+    ) -> Result<Archive, E> {
+        let path = self.path.clone();
+        let io_err = |op| PipelineError::io(Stage::Archive, op, &path);
+        (&self.file)
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err("seek"))?;
+        let compressed_bytes = self.file.metadata().map_err(io_err("stat"))?.len();
+        let dec = zstd::Decoder::new(&self.file).map_err(io_err("decompress"))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, dec);
+        let (mut lines, mut bytes, mut hash) = (0u64, 0u64, Xxh3::with_seed(HASH_SEED));
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader
+                .read_until(b'\n', &mut line)
+                .map_err(io_err("decompress"))?;
+            if n == 0 {
+                break;
+            }
+            if line.last() != Some(&b'\n') {
+                return Err(PipelineError::BadInput {
+                    path: path.clone(),
+                    what: format!(
+                        "{n} bytes without a newline after line {lines}: damaged, or not an archive walcompactd finished"
+                    ),
+                }
+                .into());
+            }
+            lines += 1;
+            bytes += n as u64;
+            hash.update(&line);
+            f(&line)?;
+        }
+        Ok(Archive {
+            path,
+            lines,
+            bytes,
+            hash: hash.digest(),
+            compressed_bytes,
+        })
+    }
+}
+
+/// Reads the archive at `path` back from disk (decompressed): its lines, bytes and hash, to
+/// compare with what [`super::ArchiveWriter::finish`] reported it wrote.
+pub fn read_back(path: &Path) -> Result<Archive, PipelineError> {
+    ArchiveReader::open(path)?.read_lines(|_| Ok::<(), PipelineError>(()))
+}
+
+/// Streams the archive's lines (each with its `\n`), in order, to `f`.
+pub fn read_lines<E: From<PipelineError>>(
+    path: &Path,
+    f: impl FnMut(&[u8]) -> Result<(), E>,
+) -> Result<Archive, E> {
+    ArchiveReader::open(path)?.read_lines(f)
+}
