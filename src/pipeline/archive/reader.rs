@@ -2,7 +2,7 @@
 //! `verify --archive`, or counted and hashed whole for the check before a swap.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::Xxh3;
@@ -13,6 +13,9 @@ use crate::pipeline::{PipelineError, Stage};
 
 /// Read buffer for decompressed lines.
 const READ_BUFFER_BYTES: usize = 1 << 16;
+/// Decompressed bytes the read-back check takes at a time: large enough that the per-read
+/// cost vanishes, small enough to stay in the cache while it is counted and hashed.
+const CHECK_BUFFER_BYTES: usize = 1 << 18;
 
 /// An archive opened for reading, never through a symlink; every read is of that one inode.
 #[derive(Debug)]
@@ -49,11 +52,7 @@ impl ArchiveReader {
     ) -> Result<Archive, E> {
         let path = self.path.clone();
         let io_err = |op| PipelineError::io(Stage::Archive, op, &path);
-        (&self.file)
-            .seek(SeekFrom::Start(0))
-            .map_err(io_err("seek"))?;
-        let compressed_bytes = self.file.metadata().map_err(io_err("stat"))?.len();
-        let dec = zstd::Decoder::new(&self.file).map_err(io_err("decompress"))?;
+        let (dec, compressed_bytes) = self.decoder()?;
         let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, dec);
         let (mut lines, mut bytes, mut hash) = (0u64, 0u64, Xxh3::with_seed(HASH_SEED));
         let mut line = Vec::new();
@@ -66,13 +65,7 @@ impl ArchiveReader {
                 break;
             }
             if line.last() != Some(&b'\n') {
-                return Err(PipelineError::BadInput {
-                    path: path.clone(),
-                    what: format!(
-                        "{n} bytes without a newline after line {lines}: damaged, or not an archive walcompactd finished"
-                    ),
-                }
-                .into());
+                return Err(self.unterminated(n as u64, lines).into());
             }
             lines += 1;
             bytes += n as u64;
@@ -87,12 +80,72 @@ impl ArchiveReader {
             compressed_bytes,
         })
     }
+
+    /// Decompresses the whole archive from its start and counts, measures and hashes it
+    /// (the same [`Archive`] as [`ArchiveReader::read_lines`]), a buffer at a time: the check
+    /// before a swap needs no line on its own, and splitting 100 MB into lines cost about
+    /// as much as decompressing it.
+    pub fn summarize(&mut self) -> Result<Archive, PipelineError> {
+        let path = self.path.clone();
+        let (mut dec, compressed_bytes) = self.decoder()?;
+        let mut buf = vec![0; CHECK_BUFFER_BYTES];
+        let (mut lines, mut bytes, mut hash) = (0u64, 0u64, Xxh3::with_seed(HASH_SEED));
+        // Bytes since the last newline: a finished archive ends with one.
+        let mut open_line = 0u64;
+        loop {
+            let n = match dec.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(PipelineError::io(Stage::Archive, "decompress", &path)(e)),
+            };
+            let chunk = &buf[..n];
+            hash.update(chunk);
+            bytes += n as u64;
+            lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
+            open_line = match memchr::memrchr(b'\n', chunk) {
+                Some(at) => (n - at - 1) as u64,
+                None => open_line + n as u64,
+            };
+        }
+        if open_line > 0 {
+            return Err(self.unterminated(open_line, lines));
+        }
+        Ok(Archive {
+            path,
+            lines,
+            bytes,
+            hash: hash.digest(),
+            compressed_bytes,
+        })
+    }
+
+    /// A decoder from the archive's start, and the archive's size on disk.
+    fn decoder(&self) -> Result<(zstd::Decoder<'static, BufReader<&File>>, u64), PipelineError> {
+        let io_err = |op| PipelineError::io(Stage::Archive, op, &self.path);
+        (&self.file)
+            .seek(SeekFrom::Start(0))
+            .map_err(io_err("seek"))?;
+        let compressed_bytes = self.file.metadata().map_err(io_err("stat"))?.len();
+        let dec = zstd::Decoder::new(&self.file).map_err(io_err("decompress"))?;
+        Ok((dec, compressed_bytes))
+    }
+
+    /// `len` bytes after line `lines` with no newline: a finished archive always ends with one.
+    fn unterminated(&self, len: u64, lines: u64) -> PipelineError {
+        PipelineError::BadInput {
+            path: self.path.clone(),
+            what: format!(
+                "{len} bytes without a newline after line {lines}: damaged, or not an archive walcompactd finished"
+            ),
+        }
+    }
 }
 
 /// Reads the archive at `path` back from disk (decompressed): its lines, bytes and hash, to
 /// compare with what [`super::ArchiveWriter::finish`] reported it wrote.
 pub fn read_back(path: &Path) -> Result<Archive, PipelineError> {
-    ArchiveReader::open(path)?.read_lines(|_| Ok::<(), PipelineError>(()))
+    ArchiveReader::open(path)?.summarize()
 }
 
 /// Streams the archive's lines (each with its `\n`), in order, to `f`.

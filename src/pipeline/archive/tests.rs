@@ -141,6 +141,27 @@ fn what_is_written_is_what_reads_back() {
     assert_eq!(seen, LINES.map(<[u8]>::to_vec));
 }
 
+/// The read-back check takes the archive a buffer at a time: lines crossing buffers, and
+/// more than a buffer in all, count and hash as line by line.
+#[test]
+fn the_read_back_check_agrees_with_reading_line_by_line() {
+    let (d, wal, _) = setup();
+    let meta = fs::metadata(&wal).unwrap();
+    let mut w = ArchiveWriter::create(&wal, d.path(), at(NOW), &meta).unwrap();
+    for i in 0..20_000u32 {
+        let line = format!(
+            "{{\"op\": \"COMMIT\", \"tx_id\": \"t{i}\"}}{}\n",
+            " ".repeat(i as usize % 97)
+        );
+        w.write_line(line.as_bytes()).unwrap();
+    }
+    let written = w.finish().unwrap();
+    assert!(written.bytes > 2 * (1 << 18), "more than a buffer");
+    let by_line = read_lines(&written.path, |_| Ok::<(), PipelineError>(())).unwrap();
+    assert_eq!(by_line, written);
+    assert_eq!(read_back(&written.path).unwrap(), written);
+}
+
 #[test]
 fn an_empty_archive_reads_back_empty() {
     let (d, wal, _) = setup();
