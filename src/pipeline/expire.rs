@@ -4,7 +4,8 @@
 //! the swap, or a crash after it loses the expired lines. The journal records the archive
 //! (its directory and inode) before any line is written: a run that does not swap, or is
 //! rolled back, removes it — its lines are still in the WAL, and two copies of the same
-//! lines must never be archived.
+//! lines must never be archived. Once journaled, the archive is written on a thread of its
+//! own beside compact ∥ verify (see `Run::write_archive_and_verify`); the swap waits for both.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use super::archive::{self, Archive, ArchiveWriter};
 use super::{PipelineError, Snapshot, Stage};
+use crate::rules::{ArchivedLines, Expiry};
 
 /// Bytes of the WAL read at a time while copying archived lines.
 const READ_WINDOW_BYTES: usize = 4 << 20;
@@ -43,37 +45,70 @@ impl ArchiveMark {
     }
 }
 
-/// Starts the run's archive in `dir`; the caller journals [`ArchiveMark`] before [`write`].
+/// A run's archive, started and journaled, with everything writing it needs, owned: it is
+/// written on a thread of its own while the survivors are (see [`write`]).
+pub(super) struct Pending {
+    w: ArchiveWriter,
+    /// The WAL as analyzed, a descriptor of its own (reads are positioned).
+    src: File,
+    wal: PathBuf,
+    lines: ArchivedLines,
+    /// The end of the lines the plan covers: no archived line reaches past it.
+    scanned_len: u64,
+    want: Expiry,
+}
+
+/// Starts the run's archive in `dir`, taking the archived lines out of the plan; the caller
+/// journals [`ArchiveMark`] before [`write`].
 pub(super) fn create(
     wal: &Path,
     dir: &Path,
-    snap: &Snapshot,
-) -> Result<(ArchiveWriter, ArchiveMark), PipelineError> {
+    snap: &mut Snapshot,
+) -> Result<(Pending, ArchiveMark), PipelineError> {
     let w = ArchiveWriter::create(wal, dir, chrono::Utc::now(), &snap.meta)?;
     let mark = ArchiveMark {
         dir: dir.to_path_buf(),
         ino: w.ino()?,
     };
-    Ok((w, mark))
+    let src = snap.file.try_clone().map_err(PipelineError::io(
+        Stage::Archive,
+        "duplicate descriptor of",
+        wal,
+    ))?;
+    let pending = Pending {
+        w,
+        src,
+        wal: wal.to_path_buf(),
+        lines: snap.plan.take_archived(),
+        scanned_len: snap.plan.scanned_len,
+        want: snap.plan.expiry,
+    };
+    Ok((pending, mark))
 }
 
-/// Writes the plan's archived lines from the WAL as read, finishes the archive durably, then
-/// reads it back from disk: it must hold exactly the lines the plan expired (count, bytes,
-/// and the hash of what was written). Any difference: no swap.
-pub(super) fn write(
-    mut w: ArchiveWriter,
-    wal: &Path,
-    snap: &Snapshot,
-) -> Result<Archive, PipelineError> {
-    copy_lines(&mut w, &snap.file, wal, snap)?;
+/// Writes the archived lines from the WAL as read, finishes the archive durably, then reads
+/// it back from disk: it must hold exactly the lines the plan expired (count, bytes, and the
+/// hash of what was written). Any difference: no swap.
+pub(super) fn write(p: Pending) -> Result<Archive, PipelineError> {
+    let Pending {
+        mut w,
+        src,
+        wal,
+        lines,
+        scanned_len,
+        want,
+    } = p;
+    // Test builds: hold the archive back so that the compaction beside it finishes first.
+    fail::fail_point!("archive::write::delay");
+    copy_lines(&mut w, &src, &wal, &lines, scanned_len)?;
+    drop(lines);
     crate::crash_point!("archive::write::crash");
     let written = w.finish()?;
     crate::crash_point!("archive::finish::crash");
     let back = archive::read_back(&written.path)?;
-    let want = &snap.plan.expiry;
     if back.lines != want.lines || back.bytes != want.bytes || back.hash != written.hash {
         return Err(PipelineError::VerifyFailed {
-            path: wal.into(),
+            path: wal,
             detail: format!(
                 "the archive {} read back holds {} lines, {} bytes (hash {:016x}); the plan expired {} lines, {} bytes (hash {:016x})",
                 back.path.display(),
@@ -96,16 +131,17 @@ fn copy_lines(
     w: &mut ArchiveWriter,
     src: &File,
     wal: &Path,
-    snap: &Snapshot,
+    lines: &ArchivedLines,
+    scanned_len: u64,
 ) -> Result<(), PipelineError> {
     let mut buf: Vec<u8> = Vec::new();
     let mut window = 0..0u64;
-    for line in snap.plan.archived() {
+    for line in lines.iter() {
         let end = line.offset + u64::from(line.len);
         if line.offset < window.start || end > window.end {
             let len = (READ_WINDOW_BYTES as u64)
                 .max(u64::from(line.len))
-                .min(snap.plan.scanned_len - line.offset);
+                .min(scanned_len - line.offset);
             buf.resize(len as usize, 0);
             crate::io_fault!(error "archive::read")
                 .and_then(|()| src.read_exact_at(&mut buf, line.offset))
