@@ -617,7 +617,14 @@ pub struct ArchivedLines {
 impl ArchivedLines {
     /// The lines in file order (as [`Plan::archived`] gave them).
     pub fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
-        self.packed.iter().map(|&p| unpack(p, &self.long_lens))
+        self.range(0..self.packed.len())
+    }
+
+    /// Lines `range` (indices in file order).
+    pub fn range(&self, range: Range<usize>) -> impl Iterator<Item = Slot> + '_ {
+        self.packed[range]
+            .iter()
+            .map(|&p| unpack(p, &self.long_lens))
     }
 }
 

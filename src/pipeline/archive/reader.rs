@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use xxhash_rust::xxh3::Xxh3;
 
+use super::frames::{self, Tally};
 use super::{Archive, HASH_SEED};
 use crate::fsutil::safe::Dir;
 use crate::pipeline::{PipelineError, Stage};
@@ -84,14 +85,56 @@ impl ArchiveReader {
     /// Decompresses the whole archive from its start and counts, measures and hashes it
     /// (the same [`Archive`] as [`ArchiveReader::read_lines`]), a buffer at a time: the check
     /// before a swap needs no line on its own, and splitting 100 MB into lines cost about
-    /// as much as decompressing it.
+    /// as much as decompressing it. The frames of an archive written in frames (see
+    /// [`frames`]) are decompressed on several threads; anything else as one stream.
     pub fn summarize(&mut self) -> Result<Archive, PipelineError> {
+        match self.summarize_frames()? {
+            Some(archive) => Ok(archive),
+            None => self.summarize_stream(),
+        }
+    }
+
+    /// [`ArchiveReader::summarize`] frame by frame, in parallel; `None` if the archive is not
+    /// all frames this reader splits off (the stream then decides, and names any damage).
+    fn summarize_frames(&mut self) -> Result<Option<Archive>, PipelineError> {
+        let io_err = |op| PipelineError::io(Stage::Archive, op, &self.path);
+        let compressed_bytes = self.file.metadata().map_err(io_err("stat"))?.len();
+        let pool = frames::Pool::default();
+        let mut split = frames::Splitter::new(&self.file, compressed_bytes, &pool);
+        let mut tally = Tally::new();
+        let mut whole = true;
+        let decompressed = frames::ordered(
+            &mut split,
+            frames::workers(),
+            |dctx: &mut frames::Decompressing, zst| {
+                let raw = dctx.frame(&zst, &pool);
+                pool.give(zst);
+                raw
+            },
+            |raw| match raw {
+                Some(raw) => raw.map(|raw| {
+                    tally.add(&raw);
+                    pool.give(raw);
+                }),
+                None => {
+                    whole = false;
+                    Err(std::io::Error::other("not split"))
+                }
+            },
+        );
+        if split.unsplit || !whole {
+            return Ok(None);
+        }
+        decompressed.map_err(io_err("decompress"))?;
+        self.tallied(tally, compressed_bytes).map(Some)
+    }
+
+    /// [`ArchiveReader::summarize`] as one stream.
+    fn summarize_stream(&mut self) -> Result<Archive, PipelineError> {
         let path = self.path.clone();
         let (mut dec, compressed_bytes) = self.decoder()?;
         let mut buf = vec![0; CHECK_BUFFER_BYTES];
-        let (mut lines, mut bytes, mut hash) = (0u64, 0u64, Xxh3::with_seed(HASH_SEED));
-        // Bytes since the last newline: a finished archive ends with one.
-        let mut open_line = 0u64;
+        let mut tally = Tally::new();
         loop {
             let n = match dec.read(&mut buf) {
                 Ok(0) => break,
@@ -99,23 +142,21 @@ impl ArchiveReader {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(PipelineError::io(Stage::Archive, "decompress", &path)(e)),
             };
-            let chunk = &buf[..n];
-            hash.update(chunk);
-            bytes += n as u64;
-            lines += memchr::memchr_iter(b'\n', chunk).count() as u64;
-            open_line = match memchr::memrchr(b'\n', chunk) {
-                Some(at) => (n - at - 1) as u64,
-                None => open_line + n as u64,
-            };
+            tally.add(&buf[..n]);
         }
-        if open_line > 0 {
-            return Err(self.unterminated(open_line, lines));
+        self.tallied(tally, compressed_bytes)
+    }
+
+    /// The archive the tally describes; an error if its last line has no newline.
+    fn tallied(&self, tally: Tally, compressed_bytes: u64) -> Result<Archive, PipelineError> {
+        if tally.open_line > 0 {
+            return Err(self.unterminated(tally.open_line, tally.lines));
         }
         Ok(Archive {
-            path,
-            lines,
-            bytes,
-            hash: hash.digest(),
+            path: self.path.clone(),
+            lines: tally.lines,
+            bytes: tally.bytes,
+            hash: tally.hash.digest(),
             compressed_bytes,
         })
     }
