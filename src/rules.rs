@@ -607,6 +607,27 @@ pub struct Plan {
     pub dropped_lines: u64,
 }
 
+/// The lines leaving for the archive, taken out of a [`Plan`] ([`Plan::take_archived`]).
+#[derive(Debug, Default)]
+pub struct ArchivedLines {
+    packed: Vec<u64>,
+    long_lens: LongLens,
+}
+
+impl ArchivedLines {
+    /// The lines in file order (as [`Plan::archived`] gave them).
+    pub fn iter(&self) -> impl Iterator<Item = Slot> + '_ {
+        self.range(0..self.packed.len())
+    }
+
+    /// Lines `range` (indices in file order).
+    pub fn range(&self, range: Range<usize>) -> impl Iterator<Item = Slot> + '_ {
+        self.packed[range]
+            .iter()
+            .map(|&p| unpack(p, &self.long_lens))
+    }
+}
+
 impl Plan {
     fn new(survivors: Vec<u64>, long_lens: LongLens, scanned_len: u64, lines: u64) -> Plan {
         let survivor_lines = survivors.len() as u64;
@@ -650,6 +671,19 @@ impl Plan {
     pub fn archived(&self) -> impl Iterator<Item = Slot> + '_ {
         assert!(!self.released, "the plan's lines were released");
         self.archived.iter().map(|&p| unpack(p, &self.long_lens))
+    }
+
+    /// Takes the lines leaving for the archive out of the plan (it archives none after
+    /// this): the archive is written on a thread of its own, beside the survivors.
+    pub fn take_archived(&mut self) -> ArchivedLines {
+        assert!(!self.released, "the plan's lines were released");
+        let packed = std::mem::take(&mut self.archived);
+        let long_lens = packed
+            .iter()
+            .filter(|&&p| p & LONG_LEN == LONG_LEN)
+            .map(|&p| (packed_offset(p), self.long_lens[&packed_offset(p)]))
+            .collect();
+        ArchivedLines { packed, long_lens }
     }
 
     /// Frees the surviving lines once they are written: verification would otherwise hold

@@ -217,3 +217,54 @@ fn a_line_appended_for_an_expiring_transaction_makes_the_run_give_up() {
             .contains("\"old3\"")
     );
 }
+
+/// The archive is written beside the compaction: held back here until the temp is written,
+/// fsynced and verified, then the run crashes (both files half-way: a partial archive and a
+/// complete temp) or fails its verification while the archive is still being written. Either
+/// way the run never swaps: after recovery there is no archive and the original WAL, and the
+/// next run completes.
+#[test]
+fn a_crash_or_an_error_beside_an_unfinished_archive() {
+    use std::os::unix::process::ExitStatusExt;
+    let hold_back = "archive::write::delay=sleep(1000)";
+    for (point, crash) in [
+        ("compact::archive_pending::crash", true),
+        ("verify::digest::mismatch", false),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let wal = history(d.path());
+        let original = fs::read(&wal).unwrap();
+        let out = compact(&wal, &format!("{hold_back};{point}=return"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if crash {
+            assert_eq!(out.status.signal(), Some(9), "{point}: {stderr}");
+            let left = names(d.path());
+            assert!(
+                left.iter().any(|n| n.ends_with(".partial")),
+                "{point}: the archive was unfinished at the crash: {left:?}"
+            );
+            assert!(
+                left.iter().any(|n| n.ends_with(".compact.tmp")),
+                "{point}: {left:?}"
+            );
+        } else {
+            assert_ne!(out.status.code(), Some(0), "{point}: {stderr}");
+        }
+        walcompactd().arg("recover").arg(&wal).assert().success();
+        assert_one_or_the_other(&wal, &original, point);
+        assert!(
+            archives(d.path()).is_empty(),
+            "{point}: the run never swapped"
+        );
+        assert_eq!(fs::read(&wal).unwrap(), original, "{point}");
+        assert!(compact(&wal, "").status.success(), "{point}: the next run");
+        let all = archives(d.path());
+        assert_eq!(all.len(), 1, "{point}: {all:?}");
+        assert_eq!(archived_lines(&all[0]), 2 * OLD, "{point}");
+        assert_eq!(
+            digest(&fs::read(&wal).unwrap(), Retention::NONE),
+            digest(&original, week()),
+            "{point}"
+        );
+    }
+}

@@ -4,8 +4,10 @@
 //! the disk, and `walcompactd restore WAL --from-archive ARCHIVE` can append them back.
 //!
 //! Naming, like backups: `wal.log` → `wal_archive_YYYYmmdd_HHMMSS.log.zst` (UTC), `_N` before
-//! the extension on collision, beside the backups. Format: one zstd stream (level 3) of the
-//! lines exactly as they were in the WAL, each ending with `\n`; nothing added. The file has
+//! the extension on collision, beside the backups. Format: zstd (level [`frames::ZSTD_LEVEL`])
+//! of the lines exactly as they were in the WAL, each ending with `\n`; nothing added. It is
+//! written as independent frames of about [`frames::FRAME_BYTES`] of lines each, which any
+//! zstd reader takes as one stream (see [`frames`]). The file has
 //! the WAL's owner, group and mode (never wider): it holds the same transaction data.
 //!
 //! Crash safety: an archive is written under `<name>.partial` (a name that never parses as an
@@ -21,7 +23,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -33,27 +35,18 @@ use super::backup::{COMPRESSED_EXT, name_parts};
 use super::{PipelineError, Stage};
 use crate::fsutil::safe::Dir;
 
+pub(super) mod frames;
+mod reader;
+pub use reader::{ArchiveReader, read_back, read_lines};
+
 /// Timestamp format inside archive names (the backups' one).
 const STAMP_FORMAT: &str = "%Y%m%d_%H%M%S";
-/// zstd worker threads: the cores there are, up to 4.
-fn compress_workers() -> u32 {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(4) as u32)
-}
-
-/// Bytes of lines gathered before they go to the encoder at once.
-const PENDING_BYTES: usize = 1 << 20;
 /// Collision suffixes tried before giving up (more than one archive a second per WAL is odd).
 const MAX_COLLISION_SUFFIX: u32 = 1000;
-/// zstd level 1: the archive is written while the run holds the WAL's compaction lock, before
-/// the swap; level 1 still shrinks JSON lines ~6x (70 MB to 11 MB measured) and cut the
-/// archive stage of a 100 MB retention run from 244 to 190 ms against level 3.
-const ZSTD_LEVEL: i32 = 1;
 /// Seed of the XXH3-64 hash over the archive's uncompressed bytes.
 pub const HASH_SEED: u64 = 0;
 /// Suffix of an archive while it is written: never parsed as an archive.
 pub const PARTIAL_SUFFIX: &str = ".partial";
-/// Read buffer for decompressed lines.
-const READ_BUFFER_BYTES: usize = 1 << 16;
 
 /// The archive file name for `wal` at `now`, with collision number `n` (0 = none):
 /// `wal.log` → `wal_archive_20261130_120000.log.zst`, `wal_archive_20261130_120000_2.log.zst`.
@@ -122,10 +115,14 @@ pub struct ArchiveWriter {
     /// The collision number the partial was named for; [`ArchiveWriter::finish`] starts there.
     n: u32,
     partial: OsString,
-    enc: Option<zstd::Encoder<'static, File>>,
-    /// Lines gathered for the encoder: one call into zstd per line cost more than the
-    /// compression itself; handed over [`PENDING_BYTES`] at a time.
+    /// The partial file, until [`ArchiveWriter::finish`] closes it.
+    file: Option<File>,
+    /// Lines gathered by [`ArchiveWriter::write_line`] for the next frame (one call into zstd
+    /// per line cost more than the compression itself), and how many.
     pending: Vec<u8>,
+    pending_lines: u64,
+    /// Frames written so far (an archive holds at least one, if empty).
+    frames: u64,
     /// The WAL's owner, group and permission bits, given to the archive when it is finished.
     owner: (u32, u32),
     mode: u32,
@@ -173,14 +170,16 @@ impl ArchiveWriter {
                     return Err(PipelineError::io(Stage::Archive, "create", path)(e));
                 }
             };
-            let mut w = ArchiveWriter {
+            let w = ArchiveWriter {
                 dir: d,
                 wal: wal.to_path_buf(),
                 now,
                 n,
                 partial,
-                enc: None,
+                file: Some(file),
                 pending: Vec::new(),
+                pending_lines: 0,
+                frames: 0,
                 owner: (wal_meta.uid(), wal_meta.gid()),
                 mode: wal_meta.mode() & 0o777,
                 lines: 0,
@@ -188,13 +187,6 @@ impl ArchiveWriter {
                 hash: Xxh3::with_seed(HASH_SEED),
                 claimed: false,
             };
-            // On error `w` is dropped, which removes the partial.
-            let io_err = || PipelineError::io(Stage::Archive, "compress", w.partial_path());
-            let mut enc = zstd::Encoder::new(file, ZSTD_LEVEL).map_err(io_err())?;
-            // Compression is most of a retention run's archive stage, and the analysis that
-            // kept the other cores busy is over by now.
-            enc.multithread(compress_workers()).map_err(io_err())?;
-            w.enc = Some(enc);
             return Ok(w);
         }
         Err(PipelineError::BadInput {
@@ -206,7 +198,7 @@ impl ArchiveWriter {
     /// The archive's inode: the run's journal records it before any line is written, so
     /// recovery can find the archive of a run that did not swap, whatever its final name.
     pub fn ino(&self) -> Result<u64, PipelineError> {
-        let file = self.enc.as_ref().expect("not finished").get_ref();
+        let file = self.file.as_ref().expect("not finished");
         let meta = file.metadata().map_err(PipelineError::io(
             Stage::Archive,
             "stat",
@@ -237,43 +229,70 @@ impl ArchiveWriter {
             });
         }
         self.pending.extend_from_slice(line);
-        if self.pending.len() >= PENDING_BYTES {
+        self.pending_lines += 1;
+        if self.pending.len() >= frames::FRAME_BYTES {
             self.hand_over()?;
         }
-        self.lines += 1;
-        self.bytes += line.len() as u64;
         Ok(())
     }
 
     /// Lines written so far.
     pub fn lines(&self) -> u64 {
-        self.lines
+        self.lines + self.pending_lines
     }
 
-    /// Hands the gathered lines to the encoder.
-    fn hand_over(&mut self) -> Result<(), PipelineError> {
-        let enc = self
-            .enc
+    /// Appends one frame compressed elsewhere ([`frames::Compressing`], on another thread), after
+    /// the lines written so far: its lines count, and are hashed, in the order of the calls.
+    pub fn write_frame(&mut self, frame: &frames::Frame) -> Result<(), PipelineError> {
+        self.hand_over()?;
+        // The stream hash over the frame's lines at once: the same digest as line by line.
+        self.hash.update(&frame.raw);
+        self.lines += frame.lines;
+        self.bytes += frame.raw.len() as u64;
+        self.frames += 1;
+        let file = self
+            .file
             .as_mut()
-            .expect("an unfinished writer has its encoder");
-        // The stream hash over the gathered bytes at once: the same digest as line by line.
-        self.hash.update(&self.pending);
-        let written = enc.write_all(&self.pending);
-        self.pending.clear();
-        written.map_err(|e| PipelineError::io(Stage::Archive, "write", self.partial_path())(e))
+            .expect("an unfinished writer has its file");
+        file.write_all(&frame.zst)
+            .map_err(|e| PipelineError::io(Stage::Archive, "write", self.partial_path())(e))
     }
 
-    /// Ends the zstd stream, gives the file the WAL's owner and mode, fsyncs it, claims the
+    /// Compresses the lines gathered by [`ArchiveWriter::write_line`], if any, into a frame.
+    fn hand_over(&mut self) -> Result<(), PipelineError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let raw = std::mem::take(&mut self.pending);
+        let lines = std::mem::take(&mut self.pending_lines);
+        let frame = frames::Compressing::default()
+            .frame(raw, lines, &frames::Pool::default())
+            .map_err(PipelineError::io(
+                Stage::Archive,
+                "compress",
+                self.partial_path(),
+            ))?;
+        self.write_frame(&frame)
+    }
+
+    /// Writes the last frame, gives the file the WAL's owner and mode, fsyncs it, claims the
     /// first free archive name and fsyncs the directory.
     pub fn finish(mut self) -> Result<Archive, PipelineError> {
         self.hand_over()?;
+        if self.frames == 0 {
+            // An empty archive is still a zstd stream: one empty frame.
+            let empty = frames::Compressing::default()
+                .frame(Vec::new(), 0, &frames::Pool::default())
+                .map_err(PipelineError::io(
+                    Stage::Archive,
+                    "compress",
+                    self.partial_path(),
+                ))?;
+            self.write_frame(&empty)?;
+        }
         let partial_path = self.partial_path();
         let io_err = |op| PipelineError::io(Stage::Archive, op, &partial_path);
-        let enc = self
-            .enc
-            .take()
-            .expect("an unfinished writer has its encoder");
-        let file = enc.finish().map_err(io_err("compress"))?;
+        let file = self.file.take().expect("an unfinished writer has its file");
         // The WAL's owner and mode, never wider, set on the descriptor. Only now: while it
         // was written, the partial was this process's alone (0600), and a crash left a
         // leftover `create_new` and `remove_leftovers` recognize as ours.
@@ -358,7 +377,7 @@ impl Drop for ArchiveWriter {
         if self.claimed {
             return;
         }
-        drop(self.enc.take());
+        drop(self.file.take());
         match self.dir.unlink(&self.partial) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 tracing::warn!(event = "archive", partial = %self.partial_path().display(),
@@ -375,95 +394,6 @@ fn link_unsupported(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EPERM) | Some(libc::ENOTSUP) | Some(libc::EMLINK)
     )
-}
-
-/// An archive opened for reading, never through a symlink; every read is of that one inode.
-#[derive(Debug)]
-pub struct ArchiveReader {
-    file: File,
-    path: PathBuf,
-}
-
-impl ArchiveReader {
-    /// Opens the archive at `path` (a symlink there is refused, not followed).
-    pub fn open(path: &Path) -> Result<ArchiveReader, PipelineError> {
-        let io_err = |op| PipelineError::io(Stage::Archive, op, path);
-        let file = Dir::of(path)
-            .and_then(|(dir, name)| dir.open_read(&name))
-            .map_err(io_err("open (not following a symlink)"))?;
-        if !file.metadata().map_err(io_err("stat"))?.is_file() {
-            return Err(PipelineError::BadInput {
-                path: path.into(),
-                what: "not a regular file, so not an archive".into(),
-            });
-        }
-        Ok(ArchiveReader {
-            file,
-            path: path.into(),
-        })
-    }
-
-    /// Decompresses the whole archive from its start, calling `f` with each line (its `\n`
-    /// included), and counts and hashes what it read. An archive that does not end with a
-    /// newline is damaged (a finished one always does): an error after the last whole line.
-    pub fn read_lines<E: From<PipelineError>>(
-        &mut self,
-        mut f: impl FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<Archive, E> {
-        let path = self.path.clone();
-        let io_err = |op| PipelineError::io(Stage::Archive, op, &path);
-        (&self.file)
-            .seek(SeekFrom::Start(0))
-            .map_err(io_err("seek"))?;
-        let compressed_bytes = self.file.metadata().map_err(io_err("stat"))?.len();
-        let dec = zstd::Decoder::new(&self.file).map_err(io_err("decompress"))?;
-        let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, dec);
-        let (mut lines, mut bytes, mut hash) = (0u64, 0u64, Xxh3::with_seed(HASH_SEED));
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = reader
-                .read_until(b'\n', &mut line)
-                .map_err(io_err("decompress"))?;
-            if n == 0 {
-                break;
-            }
-            if line.last() != Some(&b'\n') {
-                return Err(PipelineError::BadInput {
-                    path: path.clone(),
-                    what: format!(
-                        "{n} bytes without a newline after line {lines}: damaged, or not an archive walcompactd finished"
-                    ),
-                }
-                .into());
-            }
-            lines += 1;
-            bytes += n as u64;
-            hash.update(&line);
-            f(&line)?;
-        }
-        Ok(Archive {
-            path,
-            lines,
-            bytes,
-            hash: hash.digest(),
-            compressed_bytes,
-        })
-    }
-}
-
-/// Reads the archive at `path` back from disk (decompressed): its lines, bytes and hash, to
-/// compare with what [`ArchiveWriter::finish`] reported it wrote.
-pub fn read_back(path: &Path) -> Result<Archive, PipelineError> {
-    ArchiveReader::open(path)?.read_lines(|_| Ok::<(), PipelineError>(()))
-}
-
-/// Streams the archive's lines (each with its `\n`), in order, to `f`.
-pub fn read_lines<E: From<PipelineError>>(
-    path: &Path,
-    f: impl FnMut(&[u8]) -> Result<(), E>,
-) -> Result<Archive, E> {
-    ArchiveReader::open(path)?.read_lines(f)
 }
 
 /// An archive found on disk.

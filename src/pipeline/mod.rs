@@ -280,10 +280,10 @@ impl<'a> Run<'a> {
     fn write_verify_swap(&mut self) -> Result<Swapped, PipelineError> {
         let wal = self.req.wal.clone();
         self.checkpoint(Stage::Compact)?;
-        self.archive_expired()?;
+        let archiving = self.start_archive()?;
         let mut temp = compact::create_temp(&self.journal.temp, &self.snap.meta)?;
         self.journal.temp_ino = Some(temp.ino()?);
-        self.write_and_verify(&mut temp)?;
+        self.write_archive_and_verify(&mut temp, archiving)?;
         // Verification waited for the original's replay state: this does not block.
         self.journal.original_digest = Some(self.snap.replay.get().digest_hex());
         self.quarantine()?;
@@ -334,24 +334,53 @@ impl<'a> Run<'a> {
         })
     }
 
-    /// Writes the expired transactions' lines to a new archive, if any expired: journaled
-    /// before its first line, durable and read back before the swap (see [`expire`]).
-    fn archive_expired(&mut self) -> Result<(), PipelineError> {
+    /// Starts the archive of the expired transactions' lines, if any expired, and journals it
+    /// (durably) BEFORE its first line is written: a crash from here on leaves a journal that
+    /// names it, so recovery removes it unless the swap happened (see [`expire`]).
+    fn start_archive(&mut self) -> Result<Option<expire::Pending>, PipelineError> {
         if self.snap.plan.expiry.lines == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let wal = self.req.wal.clone();
-        let (dir, snap) = (self.archive_dir.clone(), &self.snap);
-        let written = self
-            .clock
-            .stage(Stage::Archive, || -> Result<_, PipelineError> {
-                let (w, mark) = expire::create(&wal, &dir, snap)?;
-                self.journal.archive = Some(mark);
-                journal::write(&wal, &self.journal)?;
-                expire::write(w, &wal, snap)
-            })?;
-        self.archive = Some(written);
-        Ok(())
+        let (wal, dir) = (self.req.wal.clone(), self.archive_dir.clone());
+        let (pending, mark) = expire::create(&wal, &dir, &mut self.snap)?;
+        self.journal.archive = Some(mark);
+        // On error `pending` is dropped, which removes the partial archive.
+        journal::write(&wal, &self.journal)?;
+        Ok(Some(pending))
+    }
+
+    /// Writes the archive (if the run expires lines) on a thread of its own while the temp is
+    /// written and verified: both only read the WAL as analyzed, and with most of the WAL
+    /// expiring the archive is the longer of the two. Both must succeed before the swap,
+    /// which comes after this returns: the archive fsynced, named, its directory fsynced and
+    /// read back; the temp fsynced and verified. An archive error is reported first.
+    fn write_archive_and_verify(
+        &mut self,
+        temp: &mut compact::TempFile,
+        archiving: Option<expire::Pending>,
+    ) -> Result<(), PipelineError> {
+        let Some(pending) = archiving else {
+            return self.write_and_verify(temp);
+        };
+        let (compacted, (archived, took)) = std::thread::scope(|scope| {
+            let archiving = scope.spawn(|| {
+                let start = std::time::Instant::now();
+                (expire::write(pending), report::ms(start))
+            });
+            let compacted = self.write_and_verify(temp);
+            // The temp is complete (or failed) and the archive may still be unfinished: a
+            // crash here leaves both, which recovery removes (the journal names them).
+            if compacted.is_ok() {
+                crate::crash_point!("compact::archive_pending::crash");
+            }
+            let archived = archiving
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            (compacted, archived)
+        });
+        self.clock.record(Stage::Archive, took);
+        self.archive = Some(archived?);
+        compacted
     }
 
     /// Moves the plan's corrupt lines to the quarantine file, if there are any: durable and

@@ -150,6 +150,12 @@ impl Clock {
         });
         out
     }
+
+    /// Records a stage that ran on a thread of its own for `duration_ms` (it overlapped the
+    /// stages recorded around it).
+    pub(super) fn record(&mut self, stage: Stage, duration_ms: f64) {
+        self.stages.push(StageTime { stage, duration_ms });
+    }
 }
 
 /// Milliseconds since `t`, as stage timings report them.
