@@ -52,18 +52,45 @@ fn policy(dir: &Path, s3: &S3) {
     write_policy(dir, &text);
 }
 
+/// A server, a [`history_wal`] of `old` and `new` transactions under [`policy`], and one
+/// daemon run over it, stopped once it has logged both copies (the backup and the archive).
+struct Copied {
+    s3: S3,
+    dir: tempfile::TempDir,
+    wal: PathBuf,
+    daemon: Run,
+    copies: Vec<serde_json::Value>,
+}
+
+fn copied(old: u64, new: u64) -> Copied {
+    let s3 = S3::start(0);
+    let dir = tempfile::tempdir().unwrap();
+    let wal = history_wal(dir.path(), old, new);
+    policy(dir.path(), &s3);
+    let mut daemon = Run::start(dir.path(), &s3.env(), "daemon");
+    let copies = daemon.wait_for(2, offsite_ok);
+    daemon.stop();
+    Copied {
+        s3,
+        dir,
+        wal,
+        daemon,
+        copies,
+    }
+}
+
 #[test]
 fn a_daemon_run_uploads_the_backup_and_the_archive_and_restore_round_trips() {
     if !s3::available() {
         return;
     }
-    let s3 = S3::start(0);
-    let d = tempfile::tempdir().unwrap();
-    let wal = history_wal(d.path(), 300, 3000);
-    policy(d.path(), &s3);
-    let mut daemon = Run::start(d.path(), &s3.env(), "daemon");
-    let copies = daemon.wait_for(2, offsite_ok);
-    daemon.stop();
+    let Copied {
+        s3,
+        dir: d,
+        wal,
+        daemon,
+        copies,
+    } = copied(300, 3000);
     let mut kinds: Vec<&str> = copies.iter().map(|v| v["kind"].as_str().unwrap()).collect();
     kinds.sort();
     assert_eq!(kinds, ["archive", "backup"], "{}", daemon.text());
@@ -289,13 +316,13 @@ fn restore_refuses_an_object_whose_bytes_changed_on_the_server() {
     if !s3::available() {
         return;
     }
-    let s3 = S3::start(0);
-    let d = tempfile::tempdir().unwrap();
-    let wal = history_wal(d.path(), 100, 500);
-    policy(d.path(), &s3);
-    let mut daemon = Run::start(d.path(), &s3.env(), "daemon");
-    let copies = daemon.wait_for(2, offsite_ok);
-    daemon.stop();
+    let Copied {
+        s3,
+        dir: d,
+        wal,
+        copies,
+        ..
+    } = copied(100, 500);
     let backup = copies.iter().find(|c| c["kind"] == "backup").unwrap();
     let url = backup["url"].as_str().unwrap();
 
