@@ -44,8 +44,12 @@ fn main() -> ExitCode {
         Command::CheckPolicy { path } => return check_policy(path.as_deref()),
         Command::Man { dir } => return man(dir.as_deref()),
         Command::Completions { shell } => {
-            walcompactd::manual::print_completions(Cli::command(), shell, &mut std::io::stdout());
-            return ExitCode::SUCCESS;
+            let out = &mut std::io::stdout();
+            return printed(walcompactd::manual::print_completions(
+                Cli::command(),
+                shell,
+                out,
+            ));
         }
         _ => {}
     }
@@ -137,8 +141,19 @@ fn man(dir: Option<&Path>) -> ExitCode {
             pages.iter().for_each(|p| println!("{}", p.display()));
         }),
     };
+    printed(result)
+}
+
+/// The exit code of `man` and `completions`, which only print.
+fn printed(result: Result<(), walcompactd::manual::ManualError>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `walcompactd man | head`: the reader has all it wanted; not an error.
+        Err(walcompactd::manual::ManualError::Stdout(e))
+            if e.kind() == std::io::ErrorKind::BrokenPipe =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("walcompactd: error: {e}");
             ExitCode::from(exit_code::IO as u8)

@@ -67,10 +67,17 @@ fn pages(cmd: Command) -> Vec<Command> {
     all
 }
 
-/// Writes the completion script for `shell` to `out`.
-pub fn print_completions(mut cmd: Command, shell: Shell, out: &mut dyn Write) {
+/// Writes the completion script for `shell` to `out`. Generated into memory first:
+/// `clap_complete` panics on a write error (`walcompactd completions bash | head`).
+pub fn print_completions(
+    mut cmd: Command,
+    shell: Shell,
+    out: &mut dyn Write,
+) -> Result<(), ManualError> {
     let name = cmd.get_name().to_string();
-    clap_complete::generate(shell, &mut cmd, name, out);
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut cmd, name, &mut script);
+    out.write_all(&script).map_err(ManualError::Stdout)
 }
 
 /// Where the package installs each shell's script (Debian's vendor directories), by the

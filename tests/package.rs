@@ -207,3 +207,20 @@ fn the_package_installs_removes_purges_and_keeps_an_edited_policy() {
     drop(installed);
     assert!(!Path::new(POLICY).exists() && !Path::new(BINARY).exists());
 }
+
+#[test]
+fn man_and_completions_into_a_closed_pipe_are_not_an_error() {
+    // `walcompactd man | head`: the reader is gone before the page is written.
+    for args in [&["man"][..], &["completions", "bash"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .stdout(writer)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
