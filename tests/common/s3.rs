@@ -21,6 +21,10 @@ use crate::common::{DEADLINE, bin, fixture, free_port, names, wait_until, walcom
 pub const BUCKET: &str = "walcompactd-test";
 /// moto imports a lot: on a loaded 2-core machine it can take a while to answer.
 const START_DEADLINE: Duration = Duration::from_secs(90);
+/// Starts of the fixture before a test gives up (see [`S3::start`]).
+const START_ATTEMPTS: usize = 3;
+/// How much of a failed fixture's stderr a panic shows.
+const STDERR_LINES: usize = 15;
 
 /// A running server and the credentials it accepts.
 pub struct S3 {
@@ -52,14 +56,33 @@ pub fn available() -> bool {
 }
 
 impl S3 {
-    /// Starts a server on `port` (0: a free one) and waits until it is ready.
+    /// Starts a server on `port` (0: a free one) and waits until it is ready. A free port
+    /// can be taken by another test between being picked and moto binding it, and a fixed one
+    /// can still be held by the server just killed: a server that exits before it is ready is
+    /// started again, a few times, and its stderr shown if it never is.
     pub fn start(port: u16) -> S3 {
-        let port = if port == 0 { free_port().port() } else { port };
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = if port == 0 { free_port().port() } else { port };
+            match S3::try_start(port) {
+                Ok(s3) => return s3,
+                Err(why) => {
+                    eprintln!("the moto fixture did not start on port {port}: {why}");
+                    failures.push(format!("port {port}: {why}"));
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("the moto fixture did not start:\n{}", failures.join("\n"));
+    }
+
+    fn try_start(port: u16) -> Result<S3, String> {
+        let stderr = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new("python3")
             .arg(fixture("moto_s3.py"))
             .args([&port.to_string(), BUCKET])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr.reopen().unwrap())
             .spawn()
             .expect("python3 runs the moto fixture");
         let stdout = child.stdout.take().unwrap();
@@ -73,16 +96,20 @@ impl S3 {
             Ok(l) if !l.trim().is_empty() => l,
             other => {
                 let _ = child.kill();
-                panic!("the moto fixture did not start: {other:?}");
+                let _ = child.wait();
+                let err = fs::read_to_string(stderr.path()).unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(STDERR_LINES).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                return Err(format!("{other:?}; its stderr ends:\n{}", tail.join("\n")));
             }
         };
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        S3 {
+        Ok(S3 {
             child,
             port,
             access_key: v["access_key"].as_str().unwrap().to_string(),
             secret_key: v["secret_key"].as_str().unwrap().to_string(),
-        }
+        })
     }
 
     pub fn endpoint(&self) -> String {
