@@ -100,6 +100,20 @@ fn assert_one_or_the_other(wal: &Path, original: &[u8], point: &str) {
     );
 }
 
+/// After a failed run and `recover`: the next run completes exactly, one archive in all
+/// (the old history's lines), the WAL replaying as the original minus that history.
+fn next_run_completes_exactly(dir: &Path, wal: &Path, original: &[u8], point: &str) {
+    assert!(compact(wal, "").status.success(), "{point}: the next run");
+    let all = archives(dir);
+    assert_eq!(all.len(), 1, "{point}: {all:?}");
+    assert_eq!(archived_lines(&all[0]), 2 * OLD, "{point}");
+    assert_eq!(
+        digest(&fs::read(wal).unwrap(), Retention::NONE),
+        digest(original, week()),
+        "{point}"
+    );
+}
+
 #[test]
 fn every_retention_step_survives_a_crash_or_an_error() {
     use std::os::unix::process::ExitStatusExt;
@@ -131,16 +145,7 @@ fn every_retention_step_survives_a_crash_or_an_error() {
         }
         walcompactd().arg("recover").arg(&wal).assert().success();
         assert_one_or_the_other(&wal, &original, point);
-        // The next run completes exactly: one archive in all, the WAL without old history.
-        assert!(compact(&wal, "").status.success(), "{point}: the next run");
-        let all = archives(d.path());
-        assert_eq!(all.len(), 1, "{point}: {all:?}");
-        assert_eq!(archived_lines(&all[0]), 2 * OLD, "{point}");
-        assert_eq!(
-            digest(&fs::read(&wal).unwrap(), Retention::NONE),
-            digest(&original, week()),
-            "{point}"
-        );
+        next_run_completes_exactly(d.path(), &wal, &original, point);
     }
 }
 
@@ -257,14 +262,6 @@ fn a_crash_or_an_error_beside_an_unfinished_archive() {
             "{point}: the run never swapped"
         );
         assert_eq!(fs::read(&wal).unwrap(), original, "{point}");
-        assert!(compact(&wal, "").status.success(), "{point}: the next run");
-        let all = archives(d.path());
-        assert_eq!(all.len(), 1, "{point}: {all:?}");
-        assert_eq!(archived_lines(&all[0]), 2 * OLD, "{point}");
-        assert_eq!(
-            digest(&fs::read(&wal).unwrap(), Retention::NONE),
-            digest(&original, week()),
-            "{point}"
-        );
+        next_run_completes_exactly(d.path(), &wal, &original, point);
     }
 }
